@@ -1,0 +1,84 @@
+"""The root typer app, error handling and logging set-up shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from xstilts import __version__
+from xstilts.errors import XStiltsError
+
+app = typer.Typer(
+    name="xstilts",
+    help="Intermediate-task training for zero-shot cross-lingual transfer (X-STILTs).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else getattr(logging, os.environ.get("XSTILTS_LOG", "INFO").upper(), logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def handle_errors(func: F) -> F:
+    """Decorator for commands: user errors print one clear line and exit 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except XStiltsError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: progress up to the last checkpoint is kept; run the same command again to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print the xstilts version and those of its main dependencies."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    console.print(f"xstilts {__version__}")
+    for dep in ("torch", "transformers", "datasets", "accelerate"):
+        try:
+            console.print(f"  {dep} {v(dep)}", highlight=False)
+        except PackageNotFoundError:
+            console.print(f"  {dep} (not installed)")
+    console.print(f"  python {sys.version.split()[0]}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,41 @@
+"""Shared test set-up: no network, deterministic, a per-session cache dir unless one is given."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real benchmark data beside the checkout; tests that need it skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real XLM-R fast tokenizer (250,002 pieces), as shipped offline."""
+    from tests.helpers import xlmr_tokenizer
+
+    return xlmr_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight XLM-R-shaped encoder + the real XLM-R tokenizer, saved once per session."""
+    from tests.helpers import tiny_encoder_dir
+
+    return tiny_encoder_dir(tmp_path_factory.mktemp("tiny-xlmr"))
