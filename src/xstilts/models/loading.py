@@ -1,0 +1,238 @@
+"""Loading any encoder: Hugging Face hub ids, local directories, the offline ``e5-small``,
+and xstilts model directories (their ``encoder/``).
+
+Hub loading is real (``from_pretrained``) but never hangs offline: the Hugging Face cache is
+tried first; when the model is not cached, ``HF_HUB_OFFLINE`` (or ``local_files_only``) makes
+it fail at once, and otherwise the hub endpoint is probed with a short timeout before any
+download is attempted. Every failure is a :class:`~xstilts.errors.ModelLoadError` that says
+what to do.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xstilts.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+XSTILTS_MODEL_FILE = "xstilts_model.json"
+ENCODER_SUBDIR = "encoder"
+PROBE_TIMEOUT_S = 3.0
+#: model types whose checkpoints are encoder-decoders: only the encoder is loaded
+_ENCODER_ONLY_CLASSES = {"mt5": "MT5EncoderModel", "t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
+_TRUTHY = {"1", "on", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where an encoder comes from: a local directory, or a hub id (``local`` is None)."""
+
+    name: str  # what the user asked for
+    local: Path | None  # directory holding config.json (an xstilts dir's encoder/)
+    hub_id: str | None
+    xstilts_dir: Path | None = None  # set when ``name`` is an xstilts model directory
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+def resolve_model(name_or_path: str | Path) -> ResolvedModel:
+    """Decide what ``name_or_path`` names, without loading weights or touching the network.
+
+    Order: the alias ``e5-small`` (built on demand), an existing directory (an xstilts model
+    dir -> its ``encoder/``; a plain HF dir with ``config.json``), otherwise a hub id.
+    """
+    from xstilts.models.e5 import E5_ALIAS, e5_small_dir, is_e5_small_built, prepare_e5_small
+
+    name = str(name_or_path)
+    if name == E5_ALIAS:
+        path = e5_small_dir() if is_e5_small_built() else prepare_e5_small()
+        return ResolvedModel(name, path, None)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / XSTILTS_MODEL_FILE).is_file():
+            enc = path / ENCODER_SUBDIR
+            if not (enc / "config.json").is_file():
+                raise ModelLoadError(f"{path} is an xstilts model directory but {enc}/config.json is missing (incomplete save?)")
+            return ResolvedModel(name, enc, None, xstilts_dir=path)
+        if (path / "config.json").is_file():
+            return ResolvedModel(name, path, None)
+        raise ModelLoadError(
+            f"{path} is not a model directory: expected config.json (a transformers model saved with "
+            f"save_pretrained) or {XSTILTS_MODEL_FILE} (an xstilts model)"
+        )
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file, not a model directory (expected a directory with config.json)")
+    if _looks_like_path(name):
+        raise ModelLoadError(f"model directory {path} does not exist")
+    return ResolvedModel(name, None, name)
+
+
+def hub_offline() -> bool:
+    """True when the user asked for offline mode (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in _TRUTHY:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return False
+
+
+def hub_endpoint() -> str:
+    """The hub URL in use: ``HF_ENDPOINT`` or https://huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
+
+
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the hub endpoint answers within ``timeout`` seconds (any HTTP status counts).
+
+    Runs in a daemon thread so that a stalled DNS lookup cannot block longer than ``timeout``.
+    """
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(hub_endpoint() + "/api/models?limit=1", method="HEAD")
+            with urllib.request.urlopen(req, timeout=timeout):
+                result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # the server answered
+        except (urllib.error.URLError, socket.timeout, OSError, ValueError):
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="xstilts-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _not_cached_message(name: str, reason: str) -> str:
+    return (
+        f"model '{name}' is not in the Hugging Face cache and {reason}. "
+        f"Either download it on a machine with network access and point xstilts at the local "
+        f"directory (e.g. `hf download {name} --local-dir DIR`, then use DIR as the model), "
+        f"or use the offline encoder: run `xstilts models prepare e5-small` and use the model 'e5-small'"
+    )
+
+
+def _model_class(config: Any) -> Any:
+    import transformers
+
+    cls_name = _ENCODER_ONLY_CLASSES.get(getattr(config, "model_type", ""))
+    if cls_name is not None:
+        return getattr(transformers, cls_name)
+    from transformers import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError as exc:
+        raise ModelLoadError(f"model type '{config.model_type}' has no transformers encoder class") from exc
+
+
+def _load_from(source: str, name: str, local_files_only: bool) -> tuple[Any, Any]:
+    """from_pretrained the config, encoder and tokenizer from ``source`` (dir or cached hub id)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+    cls = _model_class(config)
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": local_files_only}
+    if "add_pooling_layer" in inspect.signature(cls.__init__).parameters:
+        kwargs["add_pooling_layer"] = False  # heads pool themselves; an unused pooler breaks DDP
+    try:
+        model = cls.from_pretrained(source, **kwargs)
+    except TypeError:  # a class whose __init__ takes **kwargs but not add_pooling_layer
+        kwargs.pop("add_pooling_layer", None)
+        model = cls.from_pretrained(source, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model '{name}': no usable tokenizer in {source} ({exc})") from exc
+    return model, tokenizer
+
+
+def load_encoder(name_or_path: str | Path, *, local_files_only: bool | None = None) -> tuple[Any, Any]:
+    """Load an encoder and its tokenizer.
+
+    ``name_or_path``: a hub id (``xlm-roberta-base``, ``xlm-roberta-large``,
+    ``bert-base-multilingual-cased``, ``intfloat/multilingual-e5-small``, ``google/mt5-base`` ...),
+    a directory saved with ``save_pretrained``, the alias ``e5-small`` (the offline build,
+    prepared on first use), or an xstilts model directory (its ``encoder/``). mT5/T5/umT5
+    checkpoints load through their ``*EncoderModel`` class (the encoder alone).
+
+    ``local_files_only``: True never touches the network; None (default) uses the cache
+    first and the hub only when it is reachable and ``HF_HUB_OFFLINE`` is not set.
+
+    Returns ``(encoder, tokenizer)``; raises :class:`ModelLoadError` (within seconds when
+    offline) with instructions when the model cannot be loaded.
+    """
+    resolved = resolve_model(name_or_path)
+    name = resolved.name
+    try:
+        if resolved.local is not None:
+            return _load_from(str(resolved.local), name, local_files_only=True)
+
+        hub_id = resolved.hub_id
+        assert hub_id is not None
+        try:  # 1. the HF cache, no network at all
+            return _load_from(hub_id, name, local_files_only=True)
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError) as exc:
+            log.debug("'%s' not (fully) cached: %s", hub_id, exc)
+        if local_files_only:
+            raise ModelLoadError(_not_cached_message(hub_id, "local_files_only was requested"))
+        if hub_offline():
+            raise ModelLoadError(_not_cached_message(hub_id, "HF_HUB_OFFLINE is set"))
+        if not hub_reachable():
+            raise ModelLoadError(_not_cached_message(hub_id, f"the hub ({hub_endpoint()}) cannot be reached"))
+        log.info("downloading '%s' from %s", hub_id, hub_endpoint())
+        return _load_from(hub_id, name, local_files_only=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # never let a raw transformers/hub traceback through
+        raise ModelLoadError(f"could not load model '{name}': {type(exc).__name__}: {exc}") from exc
+
+
+def encoder_hidden_size(config: Any) -> int:
+    """Width of the encoder's output (``hidden_size``; ``d_model`` for T5-style configs)."""
+    for attr in ("hidden_size", "d_model", "dim"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ModelLoadError(f"cannot tell the hidden size of a '{getattr(config, 'model_type', '?')}' encoder")
+
+
+def encoder_num_layers(config: Any) -> int:
+    """Number of transformer layers of the encoder."""
+    for attr in ("num_hidden_layers", "num_layers", "n_layers"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    raise ModelLoadError(f"cannot tell the number of layers of a '{getattr(config, 'model_type', '?')}' encoder")
+
+
+def read_xstilts_model_json(directory: str | Path) -> dict[str, Any]:
+    """Parse ``DIR/xstilts_model.json``; ModelLoadError naming the file when it is malformed."""
+    path = Path(directory) / XSTILTS_MODEL_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read xstilts model metadata ({exc})") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("heads", []), list):
+        raise ModelLoadError(f"{path}: expected an object with a 'heads' list")
+    return meta
