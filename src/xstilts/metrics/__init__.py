@@ -1,0 +1,25 @@
+"""Standalone scorers (no torch, no tasks), with parity to the official scripts; percentages 0-100."""
+
+from xstilts.metrics.classification import accuracy
+from xstilts.metrics.qa import MLQA_LANGUAGES, mlqa_scores, normalize_mlqa, normalize_squad, squad_scores, squad_v2_scores
+from xstilts.metrics.retrieval import (
+    MARGINS,
+    bucc_f1,
+    knn,
+    knn_mean_similarity,
+    l2_normalize,
+    margin_scores,
+    mine_bitext,
+    nearest_neighbours,
+    optimize_threshold,
+    prf,
+    tatoeba_accuracy,
+)
+from xstilts.metrics.tagging import get_entities, ner_scores, pos_scores
+
+__all__ = [
+    "accuracy", "squad_scores", "mlqa_scores", "squad_v2_scores", "normalize_squad", "normalize_mlqa", "MLQA_LANGUAGES",
+    "ner_scores", "pos_scores", "get_entities",
+    "tatoeba_accuracy", "bucc_f1", "mine_bitext", "margin_scores", "knn", "knn_mean_similarity", "nearest_neighbours",
+    "l2_normalize", "optimize_threshold", "prf", "MARGINS",
+]
