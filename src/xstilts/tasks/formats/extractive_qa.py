@@ -1,0 +1,238 @@
+"""Extractive QA, SQuAD v1.1 and v2.0 style (SQuAD, XQuAD, MLQA, TyDiQA-GoldP).
+
+Featurisation follows the standard recipe: the question (truncated to ``max_query_length``
+tokens) is the first segment, the context the second; a long context is split into
+windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (fast tokenizer,
+``truncation="only_second"``, ``return_overflowing_tokens``). A training window whose
+context does not contain the whole answer (or an unanswerable question) points both
+positions at the CLS token (index 0).
+
+Decoding is the standard post-processing: for each example gather all its windows, take the
+``n_best_size`` best start and end positions of each window inside the context, keep pairs
+with ``end >= start`` and at most ``max_answer_length`` tokens, and return the pair with the
+highest ``start + end`` logit sliced from the original context by character offsets. With
+unanswerable questions (SQuAD v2) the best span is compared with the null score (CLS
+start + end, minimum over windows): ``null - best > null_score_diff_threshold`` -> ``""``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xstilts.errors import ConfigError, XStiltsError
+from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, group_features
+from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.types import QAExample
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+CLS_INDEX = 0
+NO_OFFSET = [-1, -1]
+
+
+def truncate_questions(questions: Sequence[str], tokenizer: Any, max_query_length: int) -> list[str]:
+    """Left-strip each question and cut it after its ``max_query_length``-th token (by char offset)."""
+    questions = [q.lstrip() for q in questions]
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for q, offsets in zip(questions, enc["offset_mapping"]):
+        if len(offsets) > max_query_length:
+            q = q[: offsets[max_query_length - 1][1]]
+        out.append(q)
+    return out
+
+
+def effective_stride(tokenizer: Any, options: FeaturizeOptions) -> int:
+    """``doc_stride``, reduced when a window has fewer context tokens than the stride needs."""
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    room = options.max_length - options.max_query_length - n_special
+    if room < 2:
+        raise ConfigError(
+            f"max_length={options.max_length} leaves no room for the context after a question of "
+            f"max_query_length={options.max_query_length} tokens and {n_special} special tokens",
+            key="max_length",
+        )
+    if options.doc_stride >= room:
+        stride = room // 2
+        logger.warning(
+            "doc_stride=%d is not smaller than the %d context tokens of a window (max_length=%d, "
+            "max_query_length=%d); using a stride of %d",
+            options.doc_stride, room, options.max_length, options.max_query_length, stride,
+        )
+        return stride
+    return options.doc_stride
+
+
+def answer_token_span(
+    offsets: Sequence[Sequence[int]], start_char: int, end_char: int
+) -> tuple[int, int]:
+    """Token positions of the characters ``[start_char, end_char)`` in one window.
+
+    ``offsets`` hold ``[-1, -1]`` outside the context. Returns ``(CLS_INDEX, CLS_INDEX)``
+    when the window's context does not contain the whole answer.
+    """
+    ctx = [j for j, o in enumerate(offsets) if o[0] >= 0]
+    if not ctx or offsets[ctx[0]][0] > start_char or offsets[ctx[-1]][1] < end_char:
+        return CLS_INDEX, CLS_INDEX
+    start = max(j for j in ctx if offsets[j][0] <= start_char)
+    end = next((j for j in ctx if j >= start and offsets[j][1] >= end_char), None)
+    if end is None:
+        return CLS_INDEX, CLS_INDEX
+    return start, end
+
+
+class ExtractiveQAFormat(Format):
+    """Windows of (question, context) with start/end positions; decodes to answer strings."""
+
+    name: ClassVar[str] = "extractive_qa"
+    head_kind: ClassVar[str | None] = "extractive_qa"
+    metrics: ClassVar[tuple[str, ...]] = ("squad", "mlqa", "squad_v2")
+
+    def featurize(
+        self,
+        examples: Sequence[QAExample],
+        tokenizer: Any,
+        options: FeaturizeOptions,
+        label_list: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One feature per window; every feature holds ``start_positions`` / ``end_positions``.
+
+        The positions use the first gold answer; unanswerable questions and windows without the
+        whole answer point at CLS (0). Examples without gold answers get CLS positions too (the
+        positions are then meaningless and only the decoding matters).
+        """
+        if not examples:
+            return []
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError("extractive QA needs a fast tokenizer (offset mappings)", key="tokenizer")
+        stride = effective_stride(tokenizer, options)
+        questions = truncate_questions([ex.question for ex in examples], tokenizer, options.max_query_length)
+        enc = tokenizer(
+            questions,
+            [ex.context for ex in examples],
+            truncation="only_second",
+            max_length=options.max_length,
+            stride=stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        sample_map = enc["overflow_to_sample_mapping"]
+        features: list[dict[str, Any]] = []
+        for i in range(len(enc["input_ids"])):
+            ex_idx = int(sample_map[i])
+            ex = examples[ex_idx]
+            seq_ids = enc.sequence_ids(i)
+            offsets = [list(o) if s == 1 else list(NO_OFFSET) for o, s in zip(enc["offset_mapping"][i], seq_ids)]
+            feat: dict[str, Any] = {k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            feat["example_index"] = ex_idx
+            feat["offset_mapping"] = offsets
+            if ex.is_impossible or not ex.answers:
+                start, end = CLS_INDEX, CLS_INDEX
+            else:
+                answer = ex.answers[0]
+                start, end = answer_token_span(offsets, answer.start, answer.start + len(answer.text))
+            feat["start_positions"] = start
+            feat["end_positions"] = end
+            features.append(feat)
+        logger.debug("extractive_qa: %d examples -> %d windows", len(examples), len(features))
+        return features
+
+    def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+        """``[B, L_max]`` inputs; ``start_positions`` / ``end_positions`` ``[B]``."""
+        return collate_flat(features, pad_token_id, MODEL_KEYS)
+
+    def decode(
+        self,
+        examples: Sequence[QAExample],
+        features: Sequence[dict[str, Any]],
+        outputs: dict[str, np.ndarray],
+        label_list: Sequence[str] | None = None,
+        *,
+        n_best_size: int = 20,
+        max_answer_length: int = 30,
+        null_score_diff_threshold: float = 0.0,
+        allow_no_answer: bool | None = None,
+        **options: Any,
+    ) -> dict[str, str]:
+        """Best answer span per example over all its windows (see module docstring).
+
+        ``allow_no_answer`` (SQuAD v2 behaviour) defaults to True when any example is
+        unanswerable. An example with no valid span and no-answer disallowed decodes to "".
+        """
+        start_logits = outputs["start_logits"]
+        end_logits = outputs["end_logits"]
+        if len(start_logits) != len(features) or len(end_logits) != len(features):
+            raise XStiltsError(
+                f"extractive_qa: {len(start_logits)} start / {len(end_logits)} end logit rows for {len(features)} features"
+            )
+        if allow_no_answer is None:
+            allow_no_answer = any(ex.is_impossible for ex in examples)
+        predictions: dict[str, str] = {}
+        for ex_idx, feat_ids in enumerate(group_features(features, len(examples))):
+            if not feat_ids:
+                continue
+            example = examples[ex_idx]
+            best_score = -np.inf
+            best_span: tuple[int, int] | None = None
+            min_null = np.inf
+            for f in feat_ids:
+                offsets = np.asarray(features[f]["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+                n = len(offsets)
+                s = np.asarray(start_logits[f][:n], dtype=np.float64)
+                e = np.asarray(end_logits[f][:n], dtype=np.float64)
+                min_null = min(min_null, s[CLS_INDEX] + e[CLS_INDEX])
+                in_ctx = offsets[:, 0] >= 0
+                if not in_ctx.any():
+                    continue
+                ctx_pos = np.nonzero(in_ctx)[0]
+                top_s = ctx_pos[np.argsort(-s[ctx_pos], kind="stable")[:n_best_size]]
+                top_e = ctx_pos[np.argsort(-e[ctx_pos], kind="stable")[:n_best_size]]
+                for si in top_s:
+                    for ei in top_e:
+                        if ei < si or ei - si + 1 > max_answer_length:
+                            continue
+                        score = s[si] + e[ei]
+                        if score > best_score:
+                            best_score = score
+                            best_span = (int(offsets[si, 0]), int(offsets[ei, 1]))
+            if best_span is None:
+                predictions[example.id] = ""
+            elif allow_no_answer and min_null - best_score > null_score_diff_threshold:
+                predictions[example.id] = ""
+            else:
+                predictions[example.id] = example.context[best_span[0] : best_span[1]].strip()
+        return predictions
+
+    def score(
+        self,
+        examples: Sequence[QAExample],
+        predictions: dict[str, Any],
+        metric: str,
+        language: str | None = None,
+    ) -> dict[str, float]:
+        """Exact match and F1 with the named scorer: ``squad``, ``mlqa`` (needs ``language``) or ``squad_v2``."""
+        check_metric(self.name, metric, self.metrics)
+        check_coverage(examples, predictions, self.name)
+        from xstilts import metrics
+
+        preds = {ex.id: predictions[ex.id] for ex in examples}
+        if metric == "squad_v2":
+            golds = {ex.id: [] if ex.is_impossible else [a.text for a in ex.answers] for ex in examples}
+            return dict(metrics.squad_v2_scores(preds, golds))
+        unanswerable = [ex.id for ex in examples if not ex.answers]
+        if unanswerable:
+            raise XStiltsError(
+                f"extractive_qa: metric '{metric}' needs gold answers, but {len(unanswerable)} examples have none "
+                f"(e.g. '{unanswerable[0]}'); use metric 'squad_v2' for unanswerable questions"
+            )
+        golds = {ex.id: [a.text for a in ex.answers] for ex in examples}
+        if metric == "mlqa":
+            if not language:
+                raise XStiltsError("extractive_qa: metric 'mlqa' needs the language of the examples")
+            return dict(metrics.mlqa_scores(preds, golds, language))
+        return dict(metrics.squad_scores(preds, golds))

@@ -1,0 +1,140 @@
+"""Multiple choice (HellaSwag, CosmosQA, CommonsenseQA, COPA/XCOPA, SIQA).
+
+Each choice is encoded as a pair, as HF's ``run_swag`` does: the first segment is the
+context, the second ``question + " " + choice``. When an example has no context
+(CommonsenseQA) the pair is ``(question, choice)``. Pairs are truncated longest-first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xstilts.errors import XStiltsError
+from xstilts.tasks.formats._common import (
+    IGNORE_INDEX,
+    PAD_VALUES,
+    check_coverage,
+    check_metric,
+    group_features,
+    pad_2d,
+)
+from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.types import MultipleChoiceExample
+
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def choice_pair(example: MultipleChoiceExample, choice: str) -> tuple[str, str]:
+    """The (first, second) segments for one choice of an example."""
+    context = (example.context or "").strip()
+    question = (example.question or "").strip()
+    if not context:
+        return question, choice
+    return context, f"{question} {choice}".strip()
+
+
+class MultipleChoiceFormat(Format):
+    """Features hold ``[C][L]`` lists; ``labels`` is the index of the right choice."""
+
+    name: ClassVar[str] = "multiple_choice"
+    head_kind: ClassVar[str | None] = "multiple_choice"
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+
+    def featurize(
+        self,
+        examples: Sequence[MultipleChoiceExample],
+        tokenizer: Any,
+        options: FeaturizeOptions,
+        label_list: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Encode every (example, choice) pair in one tokenizer call, then regroup per example."""
+        if not examples:
+            return []
+        firsts: list[str] = []
+        seconds: list[str] = []
+        for ex in examples:
+            if not ex.choices:
+                raise XStiltsError(f"multiple_choice: example '{ex.id}' has no choices")
+            if ex.label is not None and not 0 <= ex.label < len(ex.choices):
+                raise XStiltsError(
+                    f"multiple_choice: example '{ex.id}' has label {ex.label} but only {len(ex.choices)} choices"
+                )
+            for choice in ex.choices:
+                a, b = choice_pair(ex, choice)
+                firsts.append(a)
+                seconds.append(b)
+        enc = tokenizer(firsts, seconds, truncation="longest_first", max_length=options.max_length)
+        labelled = any(ex.label is not None for ex in examples)
+        features: list[dict[str, Any]] = []
+        pos = 0
+        for i, ex in enumerate(examples):
+            n = len(ex.choices)
+            feat: dict[str, Any] = {k: enc[k][pos : pos + n] for k in INPUT_KEYS if k in enc}
+            pos += n
+            feat["example_index"] = i
+            if labelled:
+                feat["labels"] = int(ex.label) if ex.label is not None else IGNORE_INDEX
+            features.append(feat)
+        return features
+
+    def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+        """Pad to ``[B, C, L_max]`` (all examples of a batch must have the same number of choices)."""
+        import torch
+
+        if not features:
+            raise XStiltsError("collate: empty batch")
+        n_choices = {len(f["input_ids"]) for f in features}
+        if len(n_choices) != 1:
+            raise XStiltsError(
+                f"multiple_choice: a batch mixes examples with {sorted(n_choices)} choices; "
+                "batch examples with the same number of choices together"
+            )
+        width = max(len(row) for f in features for row in f["input_ids"])
+        batch: dict[str, Any] = {}
+        for key in INPUT_KEYS:
+            if key not in features[0]:
+                continue
+            pad = pad_token_id if key == "input_ids" else int(PAD_VALUES[key] or 0)
+            batch[key] = torch.tensor([pad_2d(f[key], pad, width) for f in features], dtype=torch.long)
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        return batch
+
+    def decode(
+        self,
+        examples: Sequence[MultipleChoiceExample],
+        features: Sequence[dict[str, Any]],
+        outputs: dict[str, np.ndarray],
+        label_list: Sequence[str] | None = None,
+        **options: Any,
+    ) -> dict[str, int]:
+        """Argmax over the choices of ``logits`` [F, C] -> the choice index."""
+        logits = np.asarray(outputs["logits"])
+        if logits.ndim != 2 or logits.shape[0] != len(features):
+            raise XStiltsError(f"multiple_choice: logits of shape {logits.shape} do not match {len(features)} features")
+        predictions: dict[str, int] = {}
+        for ex_idx, feats in enumerate(group_features(features, len(examples))):
+            if feats:
+                n = len(examples[ex_idx].choices)
+                predictions[examples[ex_idx].id] = int(np.argmax(logits[feats[0]][:n]))
+        return predictions
+
+    def score(
+        self,
+        examples: Sequence[MultipleChoiceExample],
+        predictions: dict[str, Any],
+        metric: str,
+        language: str | None = None,
+    ) -> dict[str, float]:
+        """Accuracy (percent) of the predicted choice indices."""
+        check_metric(self.name, metric, self.metrics)
+        check_coverage(examples, predictions, self.name)
+        unlabelled = [ex.id for ex in examples if ex.label is None]
+        if unlabelled:
+            raise XStiltsError(f"multiple_choice: {len(unlabelled)} examples have no gold label (e.g. '{unlabelled[0]}')")
+        from xstilts.metrics import accuracy
+
+        return {"accuracy": accuracy([int(predictions[ex.id]) for ex in examples], [int(ex.label) for ex in examples])}
