@@ -54,7 +54,7 @@ class UnknownNameError(XStiltsError):
     def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]):
         self.kind, self.name, self.valid = kind, name, list(valid)
         shown = ", ".join(sorted(self.valid))
-        super().__init__(f"unknown {kind} '{name}'. Valid {kind}s: {shown}")
+        super().__init__(f"unknown {kind} '{name}'. Valid values: {shown}")
 
 
 class ModelLoadError(XStiltsError):
