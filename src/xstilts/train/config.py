@@ -1,0 +1,209 @@
+"""The typed configuration of one training stage (pydantic, loaded from YAML).
+
+Every hyperparameter of a stage lives in :class:`TrainConfig`. Unknown keys are
+rejected and every validation error names the dotted key that is wrong, so a typo
+in a YAML file is caught before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xstilts.errors import ConfigError
+
+#: config keys that do not change the weights a stage produces (not part of the config hash)
+OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_max_examples",
+                              "eval_batch_size"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExtraFile(_Strict):
+    """A training file outside the catalog (e.g. machine-translated data) in the task's local format."""
+
+    path: Path
+    language: str = "xx"
+
+
+class TaskMixture(_Strict):
+    """One task of a stage and the data it trains on.
+
+    ``languages`` lists the languages whose ``split`` is loaded through the task
+    catalog (``["en"]`` by default; ``["en", "de"]`` mixes in German training data at
+    its natural size). ``extra_files`` are further files in the task's local format
+    (translations, other languages); they are mixed in at ``extra_ratio`` extra
+    examples per example of the catalog data (0.5: one extra example for every two
+    English ones; subsampled deterministically, or cycled when the files are smaller).
+    """
+
+    task: str
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    split: str = "train"
+    max_examples: int | None = Field(default=None, gt=0)
+    extra_files: list[ExtraFile] = Field(default_factory=list)
+    extra_ratio: float = Field(default=0.0, ge=0.0)
+    head: Literal["classification", "multiple_choice", "extractive_qa", "tagging"] | None = None
+    dev_split: str | None = None  # None: the task's "dev" split when it has one, else its eval_split
+
+    @field_validator("extra_files", mode="before")
+    @classmethod
+    def _paths_as_files(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, (str, Path)) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _ratio_needs_files(self) -> "TaskMixture":
+        if self.extra_files and self.extra_ratio <= 0:
+            raise ValueError("extra_files given but extra_ratio is 0: set extra_ratio > 0 (extra examples per catalog example)")
+        if self.extra_ratio > 0 and not self.extra_files:
+            raise ValueError("extra_ratio > 0 needs extra_files")
+        return self
+
+
+class SamplerConfig(_Strict):
+    """How the task of each batch is drawn (jiant's multi-task samplers).
+
+    ``proportional``: p_i ∝ n_i; ``temperature``: p_i ∝ n_i^(1/T); ``uniform``: p_i = 1/k.
+    ``caps`` caps the sizes n_i used above (one int for every task, or per task name),
+    as jiant's / T5's examples-proportional mixing with a cap.
+    """
+
+    kind: Literal["proportional", "temperature", "uniform"] = "proportional"
+    temperature: float = Field(default=2.0, gt=0.0)
+    caps: int | dict[str, int] | None = None
+
+    @field_validator("caps")
+    @classmethod
+    def _positive_caps(cls, v: Any) -> Any:
+        vals = [v] if isinstance(v, int) else list(v.values()) if isinstance(v, dict) else []
+        if any(c <= 0 for c in vals):
+            raise ValueError("caps must be positive")
+        return v
+
+
+class MLMConfig(_Strict):
+    """Masked-LM auxiliary task on raw text files (one sentence or paragraph per line)."""
+
+    files: list[Path] = Field(min_length=1)
+    probability: float = Field(default=0.5, gt=0.0, le=1.0)  # chance that a batch is an MLM batch
+    mask_prob: float = Field(default=0.15, gt=0.0, lt=1.0)
+    max_examples: int | None = Field(default=None, gt=0)
+    max_length: int | None = Field(default=None, gt=4)  # None: the stage's max_length
+
+
+class TrainConfig(_Strict):
+    """All settings of one training stage (see docs/ARCHITECTURE.md, layer ``train``)."""
+
+    model: str
+    init_heads: bool = False
+    tasks: list[TaskMixture] = Field(default_factory=list)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    mlm: MLMConfig | None = None
+
+    learning_rate: float = Field(default=2e-5, gt=0.0)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    num_epochs: float = Field(default=1.0, gt=0.0)
+    max_steps: int | None = Field(default=None, gt=0)  # wins over num_epochs
+    batch_size: int = Field(default=32, gt=0)  # examples per micro-batch, across all processes
+    grad_accum: int = Field(default=1, gt=0)
+    max_length: int = Field(default=128, gt=8)
+    doc_stride: int = Field(default=128, gt=0)
+    max_query_length: int = Field(default=64, gt=0)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_grad_norm: float | None = Field(default=1.0)
+    freeze_embeddings: bool = False
+    pooling: Literal["cls", "mean"] = "cls"
+    compact_vocab: bool = True  # exact speed-up: train only the embedding rows the data uses
+
+    eval_every: int = Field(default=0, ge=0)  # steps; 0: only at the end
+    eval_max_examples: int | None = Field(default=None, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    final_model: Literal["last", "best"] = "last"
+    save_every: int = Field(default=0, ge=0)  # steps; 0: only at the end
+    keep_last: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, gt=0)
+    trackers: list[str] = Field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
+    progress: bool = True
+    data_dir: Path | None = None
+    group_by_length: bool = True
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> "TrainConfig":
+        if not self.tasks and self.mlm is None:
+            raise ValueError("a stage needs at least one entry in 'tasks' or an 'mlm' section")
+        names = [t.task for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task(s) listed twice: {', '.join(dup)} (give one entry with several languages instead)")
+        if self.mlm is not None and self.tasks and self.mlm.probability >= 1.0:
+            raise ValueError("mlm.probability must be < 1 when tasks are trained too")
+        if isinstance(self.sampler.caps, dict):
+            unknown = sorted(set(self.sampler.caps) - set(names))
+            if unknown:
+                raise ValueError(f"sampler.caps names task(s) not in 'tasks': {', '.join(unknown)}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("max_grad_norm must be > 0 (or null for no clipping)")
+        return self
+
+    def hash(self) -> str:
+        """Content hash of everything that changes the trained weights (operational keys excluded)."""
+        data = self.model_dump(mode="json", exclude=set(OPERATIONAL_KEYS))
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) if loc else "<root>"
+
+
+def config_error_from_validation(exc: ValidationError, file: str | Path | None = None) -> ConfigError:
+    """Turn a pydantic error into one :class:`ConfigError` naming the first bad key (all keys listed)."""
+    errs = exc.errors()
+    parts = []
+    for e in errs:
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a TrainConfig setting)"
+        parts.append(f"{_dotted(loc)}: {msg}")
+    first_key = _dotted(tuple(errs[0]["loc"])) if errs else None
+    return ConfigError("; ".join(parts), key=first_key, file=file)
+
+
+def make_train_config(data: dict[str, Any], file: str | Path | None = None) -> TrainConfig:
+    """Validate a dict into a :class:`TrainConfig`; raise :class:`ConfigError` naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}", file=file)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from_validation(exc, file) from None
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a stage config from YAML (with optional top-level ``overrides``); errors name the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", file=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"not valid YAML{where}: {exc}", file=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping of settings at the top level", file=path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return make_train_config(data, file=path)

@@ -1,0 +1,89 @@
+"""Synthetic copy-the-label tasks for the train tests (and the subprocess scripts they run).
+
+Each task is learnable only by reading the text: the label word (or answer, or entity
+word) appears in the input, everything else is random filler.
+"""
+
+from __future__ import annotations
+
+import random
+
+from xstilts.tasks.types import Answer, ClassificationExample, MultipleChoiceExample, QAExample, TaggingExample
+from xstilts.train.data import TaskData
+
+FILLER = ("house river green table window music paper stone cloud bread garden light horse city "
+          "summer blue train letter forest coffee").split()
+LABELS = ["yes", "no", "maybe"]
+NAMES = ["Anna", "Pedro", "Yuki", "Omar"]
+
+
+def _filler(rng: random.Random, n: int) -> list[str]:
+    return [rng.choice(FILLER) for _ in range(n)]
+
+
+def classification_task(n_train: int = 240, n_dev: int = 60, seed: int = 0, name: str = "copycls") -> TaskData:
+    """Three classes; the label word appears somewhere in text_a."""
+    rng = random.Random(seed)
+
+    def make(i: int) -> ClassificationExample:
+        label = rng.choice(LABELS)
+        words = _filler(rng, rng.randint(3, 8))
+        words.insert(rng.randint(0, len(words)), label)
+        return ClassificationExample(id=f"{name}-{i}", text_a=" ".join(words), label=label)
+
+    return TaskData(name=name, format="classification", train=[make(i) for i in range(n_train)],
+                    dev=[make(n_train + i) for i in range(n_dev)], label_list=list(LABELS),
+                    metric="accuracy", primary_metric="accuracy")
+
+
+def multiple_choice_task(n_train: int = 240, n_dev: int = 60, seed: int = 1, name: str = "copymc") -> TaskData:
+    """Three choices; the right one is the only choice word that occurs in the context."""
+    rng = random.Random(seed)
+
+    def make(i: int) -> MultipleChoiceExample:
+        choices = rng.sample(LABELS, 3)
+        label = rng.randrange(3)
+        words = _filler(rng, 5)
+        words.insert(rng.randint(0, 5), choices[label])
+        return MultipleChoiceExample(id=f"{name}-{i}", context=" ".join(words), question="which word?",
+                                     choices=choices, label=label)
+
+    return TaskData(name=name, format="multiple_choice", train=[make(i) for i in range(n_train)],
+                    dev=[make(n_train + i) for i in range(n_dev)], metric="accuracy", primary_metric="accuracy")
+
+
+def qa_task(n_train: int = 240, n_dev: int = 60, seed: int = 2, name: str = "copyqa") -> TaskData:
+    """The answer is the person name in the context."""
+    rng = random.Random(seed)
+
+    def make(i: int) -> QAExample:
+        name_ = rng.choice(NAMES)
+        before, after = " ".join(_filler(rng, rng.randint(1, 6))), " ".join(_filler(rng, rng.randint(1, 6)))
+        context = f"{before} {name_} {after}"
+        return QAExample(id=f"{name}-{i}", context=context, question="who is it?",
+                         answers=[Answer(text=name_, start=len(before) + 1)])
+
+    return TaskData(name=name, format="extractive_qa", train=[make(i) for i in range(n_train)],
+                    dev=[make(n_train + i) for i in range(n_dev)], metric="squad", primary_metric="f1")
+
+
+def tagging_task(n_train: int = 240, n_dev: int = 60, seed: int = 3, name: str = "copyner") -> TaskData:
+    """Person names are B-PER, everything else O."""
+    rng = random.Random(seed)
+
+    def make(i: int) -> TaggingExample:
+        tokens = _filler(rng, rng.randint(3, 7))
+        tokens.insert(rng.randint(0, len(tokens)), rng.choice(NAMES))
+        tags = ["B-PER" if t in NAMES else "O" for t in tokens]
+        return TaggingExample(id=f"{name}-{i}", tokens=tokens, tags=tags)
+
+    return TaskData(name=name, format="tagging", train=[make(i) for i in range(n_train)],
+                    dev=[make(n_train + i) for i in range(n_dev)], label_list=["O", "B-PER", "I-PER"],
+                    metric="ner_f1", primary_metric="f1")
+
+
+TASKS = {"copycls": classification_task, "copymc": multiple_choice_task, "copyqa": qa_task, "copyner": tagging_task}
+
+
+def synthetic(*names: str, **kw) -> dict[str, TaskData]:
+    return {n: TASKS[n](**kw) for n in names}
