@@ -1,5 +1,80 @@
-"""`xstilts eval` command group (to be filled by its layer's owner)."""
+"""`xstilts eval`: zero-shot evaluation of a model on every language of a target task; `xstilts rescore`."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+
+def _print_report(report: Any, out: Path | None) -> None:
+    from rich.table import Table
+
+    metrics = list(report.average) or sorted({m for s in report.per_language.values() for m in s})
+    table = Table(title=f"{report.task} ({report.split}) — {report.model or ''}")
+    table.add_column("language")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("n", justify="right")
+    for lang, scores in report.per_language.items():
+        table.add_row(lang, *(f"{scores.get(m, float('nan')):.2f}" for m in metrics), str(report.n_examples.get(lang, "")))
+    if report.per_language:
+        table.add_section()
+        table.add_row(f"average ({len(report.per_language)})", *(f"{report.average.get(m, float('nan')):.2f}" for m in metrics), "",
+                      style="bold")
+    console.print(table)
+    for lang, reason in report.skipped.items():
+        console.print(f"[yellow]skipped[/] {lang}: {reason}", highlight=False, soft_wrap=True)
+    ret = report.settings.get("retrieval")
+    if ret:
+        console.print(f"retrieval: layer {ret['layer']}/{ret['num_layers']}, {ret['pooling']} pooling, {ret['similarity']}, "
+                      f"{ret['direction']}" + (f", prefix {ret['prefix']!r}" if ret.get("prefix") else ""), highlight=False)
+    if report.wall_time_s is not None:
+        console.print(f"wall time: {report.wall_time_s:.1f} s", highlight=False)
+    if out is not None:
+        console.print(f"wrote [bold]{out / 'metrics.json'}[/] and {out / 'predictions'}/<lang>.jsonl", highlight=False)
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="xstilts model dir, or (retrieval) e5-small / a hub id / an encoder dir."),
+    task: str = typer.Option(..., "--task", "-t", help="Target task name (xstilts tasks list)."),
+    languages: str = typer.Option("all", "--languages", "-l", help="'all', 'xtreme', 'xtreme-r' or a comma list (de,fr)."),
+    split: str | None = typer.Option(None, "--split", help="dev | test (default: the task's eval split)."),
+    max_examples: int | None = typer.Option(None, "--max-examples", help="Seeded subsample per language (recorded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subsample."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Features per forward pass."),
+    layer: int | None = typer.Option(None, "--layer", help="Retrieval: hidden-state layer (default: round(7/12 * depth), XTREME's)."),
+    pooling: str = typer.Option("mean", "--pooling", help="Retrieval: mean | cls."),
+    margin: str | None = typer.Option(None, "--margin", help="Retrieval: ratio | distance | absolute (default: plain cosine)."),
+    both_directions: bool = typer.Option(False, "--both-directions", help="Retrieval: also score English -> source."),
+    prefix: str = typer.Option("", "--prefix", help="Retrieval: text prepended to every sentence (e.g. 'query: ' for e5)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output dir for metrics.json + predictions/ (default: eval-<task>)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data dir (default: ../shared/data or $XSTILTS_DATA_DIR)."),
+) -> None:
+    """Evaluate a model zero-shot on every requested language of a task, in one process."""
+    from xstilts.evaluate import RetrievalSettings, zero_shot_eval
+
+    out_dir = out if out is not None else Path(f"eval-{task}")
+    rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
+    report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
+                            batch_size=batch_size, out_dir=out_dir, retrieval=rs)
+    _print_report(report, out_dir)
+
+
+@app.command("rescore")
+@handle_errors
+def rescore_cmd(
+    out_dir: Path = typer.Argument(..., help="Output dir of a previous `xstilts eval`."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data dir (default: the one recorded)."),
+    write: bool = typer.Option(False, "--write", help="Rewrite metrics.json with the recomputed scores."),
+) -> None:
+    """Recompute every score of an evaluation from its predictions files and the gold data."""
+    from xstilts.evaluate import rescore
+
+    report = rescore(out_dir, data_dir=data_dir, write=write)
+    _print_report(report, out_dir if write else None)

@@ -1,0 +1,134 @@
+"""zero_shot_eval / rescore on tiny random-weight models: all languages in one call, outputs, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xstilts.errors import XStiltsError
+from xstilts.evaluate import RetrievalSettings, default_retrieval_layer, rescore, zero_shot_eval
+from xstilts.evaluate.zero_shot import _truncated_encoder, find_head
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k])
+
+
+def _tatoeba_dir(root: Path) -> Path:
+    """A tiny synthetic Tatoeba folder (our own sentences): deu and fra present, nothing else."""
+    d = root / "tatoeba"
+    d.mkdir(parents=True)
+    pairs = {
+        "deu": (["Ich habe Hunger.", "Das Haus ist rot.", "Wo ist der Bahnhof?", "Guten Morgen!", "Ich lese ein Buch."]),
+        "fra": (["J'ai faim.", "La maison est rouge.", "Où est la gare ?", "Bonjour !", "Je lis un livre."]),
+    }
+    eng = ["I am hungry.", "The house is red.", "Where is the station?", "Good morning!", "I am reading a book."]
+    for code, src in pairs.items():
+        (d / f"tatoeba.{code}-eng.{code}").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (d / f"tatoeba.{code}-eng.eng").write_text("\n".join(eng) + "\n", encoding="utf-8")
+    return root
+
+
+def test_default_layer_scales_xtreme_reference():
+    assert default_retrieval_layer(12) == 7  # XTREME --specific_layer 7 for 12-layer encoders
+    assert default_retrieval_layer(24) == 14
+    assert default_retrieval_layer(2) == 1
+
+
+def test_truncated_encoder_equals_hidden_state_of_that_layer(tiny_model_dir):
+    import torch
+
+    from xstilts.models import MultiTaskModel
+
+    model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    model.eval()
+    enc = tok(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model.embed(enc["input_ids"], enc["attention_mask"], layer=1)
+        with _truncated_encoder(model.encoder, 1) as applied:
+            fast = model.embed(enc["input_ids"], enc["attention_mask"], layer=None)
+    assert applied
+    torch.testing.assert_close(ref, fast)
+    assert len(model.encoder.encoder.layer) == 2  # restored
+
+
+def test_retrieval_eval_all_languages_skips_missing_and_rescore(tiny_model_dir, tmp_path):
+    data = _tatoeba_dir(tmp_path / "data")
+    out = tmp_path / "out"
+    rs = RetrievalSettings(both_directions=True, prefix="query: ")
+    rep = zero_shot_eval(str(tiny_model_dir), "tatoeba", "de,fr,ja", data_dir=data, out_dir=out, batch_size=2, retrieval=rs)
+    assert set(rep.per_language) == {"de", "fr"} and "ja" in rep.skipped
+    assert rep.n_examples == {"de": 5, "fr": 5}
+    for scores in rep.per_language.values():
+        assert 0 <= scores["accuracy"] <= 100 and "accuracy_reverse" in scores
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["settings"]["retrieval"]["layer"] == 1 and saved["settings"]["retrieval"]["prefix"] == "query: "
+    assert saved["average"]["accuracy"] == pytest.approx((rep.per_language["de"]["accuracy"] + rep.per_language["fr"]["accuracy"]) / 2)
+    rows = [json.loads(line) for line in (out / "predictions" / "de.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and {"id", "prediction", "prediction_reverse"} <= set(rows[0])
+    again = rescore(out)
+    _same(again.per_language, rep.per_language)
+
+    # a predictions file that misses an id
+    (out / "predictions" / "de.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n")
+    with pytest.raises(XStiltsError, match="missing for 2 of 5"):
+        rescore(out)
+    # predictions for a language with no gold data
+    (out / "predictions" / "de.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (out / "predictions" / "ja.jsonl").write_text(json.dumps({"id": "x", "prediction": "x"}) + "\n")
+    with pytest.raises(XStiltsError, match="language 'ja'.*no gold data"):
+        rescore(out)
+
+
+def test_retrieval_on_real_tatoeba_with_margin(tiny_model_dir, shared_data, tmp_path):
+    rep = zero_shot_eval(str(tiny_model_dir), "tatoeba", ["deu", "sw"], data_dir=shared_data, max_examples=30,
+                         retrieval=RetrievalSettings(margin="ratio", layer=2, pooling="cls"))
+    assert set(rep.per_language) == {"de", "sw"} and rep.n_examples == {"de": 30, "sw": 30}
+    assert rep.settings["retrieval"]["similarity"] == "margin-ratio" and rep.settings["max_examples"] == 30
+
+
+@pytest.fixture(scope="module")
+def pawsx_model_dir(tiny_model_dir, tmp_path_factory):
+    from xstilts.models import HeadSpec, MultiTaskModel
+
+    model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    model.add_head(HeadSpec(task="pawsx", kind="classification", num_labels=2))
+    d = tmp_path_factory.mktemp("pawsx-model") / "model"
+    model.save(d, tokenizer=tok)
+    return d
+
+
+def test_classification_eval_with_head_and_rescore(pawsx_model_dir, shared_data, tmp_path):
+    out = tmp_path / "out"
+    rep = zero_shot_eval(pawsx_model_dir, "pawsx", "de,fr", split="dev", data_dir=shared_data, max_examples=24, seed=3,
+                         out_dir=out, batch_size=8)
+    assert set(rep.per_language) == {"de"} and "fr" in rep.skipped
+    assert rep.settings["head"] == "pawsx" and rep.n_examples["de"] == 24
+    preds = [json.loads(x) for x in (out / "predictions" / "de.jsonl").read_text().splitlines()]
+    assert len(preds) == 24 and all(p["prediction"] in ("0", "1") for p in preds)
+    assert rescore(out).per_language["de"]["accuracy"] == pytest.approx(rep.per_language["de"]["accuracy"])
+    # the same subsample again: identical predictions (deterministic)
+    rep2 = zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=24, seed=3, batch_size=5)
+    _same(rep2.per_language, rep.per_language)
+
+
+def test_model_without_the_needed_head_is_a_clear_error(pawsx_model_dir, shared_data):
+    with pytest.raises(XStiltsError, match="no tagging head for task 'panx'.*pawsx \\(classification\\)"):
+        zero_shot_eval(pawsx_model_dir, "panx", "de", data_dir=shared_data, max_examples=4)
+
+
+def test_find_head_by_kind_and_ambiguity():
+    from types import SimpleNamespace
+
+    from xstilts.models import HeadSpec
+
+    task = SimpleNamespace(name="xquad", train_task="squad_v1")
+    assert find_head({"squad_v1": HeadSpec(task="squad_v1", kind="extractive_qa")}, task, "extractive_qa") == "squad_v1"
+    assert find_head({"qa": HeadSpec(task="qa", kind="extractive_qa")}, task, "extractive_qa") == "qa"
+    two = {n: HeadSpec(task=n, kind="extractive_qa") for n in ("a", "b")}
+    with pytest.raises(XStiltsError, match="several extractive_qa heads"):
+        find_head(two, task, "extractive_qa")
