@@ -1,5 +1,63 @@
-"""`xstilts data` command group (to be filled by its layer's owner)."""
+"""`xstilts data check`: read every local dataset, count examples, report every problem."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+data_app = typer.Typer(help="Local benchmark data: check what is there and that it parses.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+@handle_errors
+def data_check(
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder with local data (default: $XSTILTS_DATA_DIR, else ../shared/data)."
+    ),
+    task: Optional[list[str]] = typer.Option(None, "--task", "-t", help="Only these tasks (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Read every task/language/split found locally; print counts and problems.
+
+    Keeps going past problems and reports them all; exits 1 if any was found.
+    """
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from xstilts.paths import resolve_data_dir
+    from xstilts.tasks.loading import check_local_data
+
+    directory = resolve_data_dir(data_dir)
+    results = check_local_data(directory, tasks=task or None)
+    problems = [r for r in results if not r.ok]
+    if as_json:
+        payload = {
+            "data_dir": str(directory),
+            "n_checked": len(results),
+            "n_problems": len(problems),
+            "results": [asdict(r) for r in results],
+        }
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        table = Table(title=f"local data in {directory}")
+        for col, justify in (("task", "left"), ("language", "left"), ("split", "left"), ("examples", "right"),
+                             ("labels", "left"), ("status", "left")):
+            table.add_column(col, justify=justify)
+        for r in results:
+            status = "[green]ok[/]" if r.ok else f"[red]{r.error}[/]"
+            count = "" if r.n_examples is None else f"{r.n_examples:,}"
+            labels = "" if r.labelled is None else ("yes" if r.labelled else "[yellow]none[/]")
+            table.add_row(r.task, r.language, r.split, count, labels, status)
+        console.print(table)
+        tasks_found = len({r.task for r in results})
+        console.print(f"{len(results)} task/language/split combinations in {tasks_found} tasks; "
+                      f"{len(problems)} problem(s).")
+    if problems:
+        raise typer.Exit(1)

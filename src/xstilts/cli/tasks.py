@@ -1,5 +1,131 @@
-"""`xstilts tasks` command group (to be filled by its layer's owner)."""
+"""`xstilts tasks`: the task catalog (table) and `xstilts tasks show NAME`."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+tasks_app = typer.Typer(
+    help="The task catalog: formats, roles, languages, metrics, local data.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(tasks_app, name="tasks")
+
+DATA_DIR_HELP = "Folder with local data (default: $XSTILTS_DATA_DIR, else ../shared/data)."
+
+
+@tasks_app.callback(invoke_without_command=True)
+@handle_errors
+def tasks_table(
+    ctx: typer.Context,
+    role: Optional[str] = typer.Option(None, "--role", "-r", help="Only tasks usable as: intermediate | target."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every task of the catalog (plain `xstilts tasks`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from xstilts.paths import resolve_data_dir
+    from xstilts.tasks import list_tasks, local_availability
+
+    directory = resolve_data_dir(data_dir)
+    specs = list_tasks(role)
+    rows = []
+    for spec in specs:
+        found = local_availability(spec, directory)
+        langs = sorted({lang for lang, _ in found})
+        rows.append((spec, langs, len(found)))
+    if as_json:
+        payload = [
+            {"name": s.name, "format": s.format, "role": s.role, "languages": len(s.languages), "metric": s.metric,
+             "local_languages": langs, "local_splits": n}
+            for s, langs, n in rows
+        ]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{len(specs)} tasks  (local data: {directory or 'no data dir'})")
+    for col, justify in (("name", "left"), ("format", "left"), ("role", "left"), ("#langs", "right"),
+                         ("metric", "left"), ("local data", "left")):
+        table.add_column(col, justify=justify, no_wrap=col in ("name", "format"))
+    for spec, langs, _ in rows:
+        if not langs:
+            local = "[dim]—[/]"
+        elif len(langs) == len(spec.languages):
+            local = f"[green]all {len(langs)}[/]"
+        else:
+            shown = ", ".join(langs[:6]) + (", …" if len(langs) > 6 else "")
+            local = f"[yellow]{len(langs)}[/]: {shown}"
+        table.add_row(spec.name, spec.format, spec.role, str(len(spec.languages)), spec.metric, local)
+    console.print(table)
+
+
+@tasks_app.command("show")
+@handle_errors
+def tasks_show(
+    name: str = typer.Argument(..., help="Task name (or alias), e.g. xnli, panx, squad_v1."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+) -> None:
+    """Show one task's catalog entry and which of its languages/splits are found locally."""
+    from rich.table import Table
+
+    from xstilts.paths import resolve_data_dir
+    from xstilts.tasks import get_task, local_availability
+
+    spec = get_task(name)
+    directory = resolve_data_dir(data_dir)
+    found = local_availability(spec, directory)
+    if as_json:
+        payload = spec.model_dump()
+        payload["local_found"] = {f"{lang}/{split}": str(path) for (lang, split), path in sorted(found.items())}
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    info.add_row("name", spec.name + (f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""))
+    info.add_row("format", spec.format)
+    info.add_row("role", spec.role)
+    info.add_row("metric", f"{spec.metric} (primary: {spec.primary_metric})")
+    info.add_row("splits", f"{', '.join(spec.splits)} (zero-shot: {spec.eval_split})")
+    info.add_row("train languages", ", ".join(spec.train_languages))
+    if spec.train_task:
+        info.add_row("trained on", spec.train_task)
+    info.add_row("labels", ", ".join(spec.label_list) if spec.label_list else "—")
+    info.add_row("domain", spec.domain or "—")
+    info.add_row(f"languages ({len(spec.languages)})", ", ".join(spec.languages))
+    for bench, langs in spec.benchmarks.items():
+        info.add_row(f"{bench} ({len(langs)})", ", ".join(langs))
+    if spec.hub:
+        cfg = spec.hub.config or ("per language" if spec.hub.configs else "—")
+        extra = "".join(f" + {h.id}" for h in spec.hub.also)
+        info.add_row("hub", f"{spec.hub.id}{extra}  config: {cfg}")
+    else:
+        info.add_row("hub", "—")
+    if spec.local:
+        paths = "; ".join(f"{s}: {', '.join(spec.local.templates(s))}" for s in spec.local.paths)
+        info.add_row("local", f"reader {spec.local.reader}  {paths}")
+    info.add_row("description", spec.description)
+    if spec.citation:
+        info.add_row("citation", spec.citation)
+    console.print(info)
+    if found:
+        table = Table(title=f"local data in {directory}")
+        table.add_column("language")
+        for split in spec.splits:
+            table.add_column(split)
+        for lang in spec.languages:
+            cells = ["[green]✓[/]" if (lang, split) in found else "[dim]—[/]" for split in spec.splits]
+            if any("✓" in c for c in cells):
+                table.add_row(lang, *cells)
+        console.print(table)
+    else:
+        console.print(f"[dim]no local data for {spec.name} in {directory or '(no data dir)'}[/]")

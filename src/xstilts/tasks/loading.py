@@ -1,0 +1,358 @@
+"""Loading a task's examples for one (language, split): from a local data dir or the hub.
+
+``source="auto"`` reads local files when they exist and otherwise goes to the Hugging Face
+hub through ``datasets.load_dataset`` — failing fast, with a message saying how to pass
+``--data-dir``, when the machine is offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from xstilts.errors import DataError, DataNotFoundError, UnknownNameError, XStiltsError
+from xstilts.paths import resolve_data_dir
+from xstilts.tasks.catalog import HubSource, TaskSpec, check_language, check_split, get_task, list_tasks
+from xstilts.tasks.readers import COPA_QUESTIONS, get_reader
+from xstilts.tasks.types import (
+    Answer,
+    BitextExample,
+    ClassificationExample,
+    Example,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
+
+logger = logging.getLogger(__name__)
+
+HUB_HOST = ("huggingface.co", 443)
+PROBE_TIMEOUT_S = 3.0
+_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+# small cache of parsed local files: (reader, path, mtime, size, options) -> examples
+_CACHE: OrderedDict[tuple[Any, ...], list[Example]] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+# --------------------------------------------------------------------------- local
+
+
+def local_files(task: str | TaskSpec, language: str, split: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The local files of (task, language, split) under the data dir (they may not exist)."""
+    spec = get_task(task)
+    directory = resolve_data_dir(data_dir)
+    if spec.local is None or directory is None:
+        return []
+    return spec.local.resolve(directory, language, split)
+
+
+def local_availability(task: str | TaskSpec, data_dir: str | Path | None = None) -> dict[tuple[str, str], Path]:
+    """``{(language, split): first file}`` for every language/split whose local files all exist."""
+    spec = get_task(task)
+    directory = resolve_data_dir(data_dir)
+    found: dict[tuple[str, str], Path] = {}
+    if spec.local is None or directory is None or not directory.is_dir():
+        return found
+    for language in spec.languages:
+        for split in spec.splits:
+            files = spec.local.resolve(directory, language, split)
+            if files and all(f.is_file() for f in files):
+                found[(language, split)] = files[0]
+    return found
+
+
+def _read_parts(spec: TaskSpec, language: str, files: Sequence[Path], use_cache: bool = True) -> list[list[Example]]:
+    """The examples of each file (cached by path, mtime and size when ``use_cache``)."""
+    assert spec.local is not None
+    reader = get_reader(spec.local.reader)
+    parts: list[list[Example]] = []
+    for file in files:
+        stat = file.stat()
+        key = (spec.local.reader, str(file), stat.st_mtime_ns, stat.st_size, tuple(spec.label_list or ()),
+               language, repr(sorted(spec.local.options.items())))
+        cached = _CACHE.get(key) if use_cache else None
+        if cached is None:
+            cached = reader(file, label_list=spec.label_list, language=language, **spec.local.options)
+            if use_cache:
+                _CACHE[key] = cached
+                while len(_CACHE) > _CACHE_SIZE:
+                    _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+        parts.append(list(cached))
+    return parts
+
+
+def _concat(files: Sequence[Path], parts: list[list[Example]]) -> list[Example]:
+    """Concatenate per-file examples, prefixing ids with the file stem where they collide."""
+    examples: list[Example] = []
+    seen: set[str] = set()
+    for file, part in zip(files, parts):
+        if any(ex.id in seen for ex in part):
+            part = [_with_id(ex, f"{file.stem}-{ex.id}") for ex in part]
+        seen.update(ex.id for ex in part)
+        examples.extend(part)
+    return examples
+
+
+def _read_local(spec: TaskSpec, language: str, files: Sequence[Path], use_cache: bool = True) -> list[Example]:
+    return _concat(files, _read_parts(spec, language, files, use_cache))
+
+
+def _with_id(ex: Example, new_id: str) -> Example:
+    data = asdict(ex)
+    data["id"] = new_id
+    if isinstance(ex, QAExample):
+        data["answers"] = [Answer(**a) for a in data["answers"]]
+    return type(ex)(**data)
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached (offline variables set, or no connection), else None."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]} is set"
+    try:
+        with socket.create_connection(HUB_HOST, timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"cannot reach {HUB_HOST[0]} ({exc.__class__.__name__})"
+
+
+def _convert_rows(spec: TaskSpec, hub: HubSource, rows: Any, language: str) -> list[Example]:
+    """Turn rows of a ``datasets.Dataset`` into examples of ``spec.format``."""
+    fmt = spec.format
+    fields = hub.fields
+    features = getattr(rows, "features", None) or {}
+
+    def get(row: dict[str, Any], name: str, default: str | None = None) -> Any:
+        key = fields.get(name, default if default is not None else name)
+        if isinstance(key, list):
+            return [_dig(row, k) for k in key]
+        return _dig(row, key)
+
+    def label_names(name: str) -> list[str] | None:
+        key = fields.get(name, name)
+        feat = features.get(key) if isinstance(key, str) else None
+        inner = getattr(feat, "feature", feat)  # Sequence(ClassLabel) for tags
+        return list(getattr(inner, "names", []) or []) or None
+
+    out: list[Example] = []
+    id_prefix = hub.options.get("id_prefix")
+    if isinstance(id_prefix, dict):
+        id_prefix = id_prefix.get(language)
+    if fmt == "classification":
+        names = label_names("label")
+        for i, row in enumerate(rows):
+            label = get(row, "label")
+            if label is None or label == -1:  # SNLI/GLUE: no gold label
+                continue
+            label = names[label] if names and isinstance(label, int) else str(label)
+            if names and spec.label_list and names != spec.label_list and label not in spec.label_list:
+                raise DataError(f"hub:{hub.id}", f"label {label!r} not in {spec.label_list}", record=str(i))
+            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
+            out.append(ClassificationExample(id=ex_id, text_a=get(row, "text_a"), text_b=get(row, "text_b"), label=label))
+    elif fmt == "multiple_choice":
+        qmap = hub.options.get("question_map") or (COPA_QUESTIONS if spec.name == "xcopa" else None)
+        for i, row in enumerate(rows):
+            choices = get(row, "choices")
+            label = get(row, "label")
+            if "choice_labels" in fields:  # letter keys (CommonsenseQA answerKey)
+                keys = get(row, "choice_labels")
+                label = keys.index(label) if label in keys else None
+            elif isinstance(label, str):
+                label = int(label) if label.strip().isdigit() else None
+            if isinstance(label, int) and label < 0:
+                label = None
+            question = get(row, "question") if "question" in fields else ""
+            if qmap:
+                question = qmap.get(question, question)
+            context = get(row, "context") if "context" in fields else ""
+            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
+            out.append(MultipleChoiceExample(id=ex_id, context=context or "", question=question or "",
+                                             choices=list(choices), label=label))
+    elif fmt == "extractive_qa":
+        for row in rows:
+            if id_prefix and not str(row["id"]).startswith(id_prefix):
+                continue
+            ans = row.get("answers") or {"text": [], "answer_start": []}
+            answers = [Answer(text=t, start=int(s)) for t, s in zip(ans["text"], ans["answer_start"])]
+            out.append(QAExample(id=str(row["id"]), context=row["context"], question=row["question"], answers=answers,
+                                 is_impossible=not answers, title=row.get("title")))
+    elif fmt == "tagging":
+        names = label_names("tags")
+        for i, row in enumerate(rows):
+            tags = get(row, "tags")
+            if tags is not None and names:
+                tags = [names[t] for t in tags]
+            out.append(TaggingExample(id=str(i), tokens=list(get(row, "tokens")), tags=list(tags) if tags else None))
+    else:
+        for i, row in enumerate(rows):
+            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
+            out.append(BitextExample(id=ex_id, source=get(row, "source"), target=get(row, "target")))
+    return out
+
+
+def _dig(row: dict[str, Any], key: str) -> Any:
+    cur: Any = row
+    for part in key.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _load_hub(spec: TaskSpec, language: str, split: str) -> list[Example]:
+    if spec.hub is None:
+        raise DataNotFoundError(
+            f"task '{spec.name}' has no hub source and no local files for {language}/{split}; "
+            f"put its files under a data dir ({_expected_local(spec, language, split)}) and pass --data-dir."
+        )
+    reason = hub_offline_reason()
+    if reason is not None:
+        raise DataNotFoundError(
+            f"{spec.name}/{language}/{split} is not in the local data dir and the Hugging Face hub is "
+            f"unreachable ({reason}). Expected local file(s): {_expected_local(spec, language, split)}. "
+            f"Pass --data-dir DIR (or set XSTILTS_DATA_DIR) to a folder holding them."
+        )
+    import datasets
+
+    examples: list[Example] = []
+    for hub in [spec.hub, *spec.hub.also]:
+        if split not in hub.splits:
+            continue
+        if not hub.covers(language):
+            raise DataNotFoundError(f"hub source {hub.id} of task '{spec.name}' has no data for language '{language}'")
+        lang3 = spec.local.file_code(language) if spec.local else language
+        config = hub.config_for(language, lang3)
+        hub_splits = hub.splits[split]
+        for hub_split in [hub_splits] if isinstance(hub_splits, str) else hub_splits:
+            logger.info("loading %s (config %s, split %s) from the hub", hub.id, config, hub_split)
+            try:
+                rows = datasets.load_dataset(hub.id, config, split=hub_split)
+            except Exception as exc:  # network/auth/missing config: surface as a user error
+                raise DataNotFoundError(f"could not load {hub.id} config={config} split={hub_split}: {exc}") from exc
+            examples.extend(_convert_rows(spec, hub, rows, language))
+    if not examples:
+        raise DataNotFoundError(f"the hub source of '{spec.name}' has no split '{split}'")
+    return examples
+
+
+def _expected_local(spec: TaskSpec, language: str, split: str) -> str:
+    if spec.local is None or not spec.local.templates(split):
+        return "none defined in the catalog"
+    lang3 = spec.local.file_code(language)
+    return ", ".join(t.format(lang=language, lang3=lang3) for t in spec.local.templates(split))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def subsample(examples: Sequence[Example], max_examples: int | None, seed: int = 0) -> list[Example]:
+    """At most ``max_examples`` examples chosen with ``random.Random(seed)``, in their original order."""
+    if max_examples is None or max_examples >= len(examples):
+        return list(examples)
+    if max_examples < 0:
+        raise XStiltsError(f"max_examples must be >= 0, got {max_examples}")
+    keep = sorted(random.Random(seed).sample(range(len(examples)), max_examples))
+    return [examples[i] for i in keep]
+
+
+def load_examples(task: str | TaskSpec, language: str, split: str, data_dir: str | Path | None = None,
+                  source: Literal["auto", "local", "hub"] = "auto", max_examples: int | None = None,
+                  seed: int = 0) -> list[Example]:
+    """Examples of ``task`` for one language and split.
+
+    ``source``: "local" reads files under the data dir (``--data-dir`` / ``XSTILTS_DATA_DIR`` /
+    ``../shared/data``); "hub" uses ``datasets.load_dataset``; "auto" prefers local files.
+    ``max_examples`` subsamples deterministically (``seed``), keeping the original order.
+    Raises UnknownNameError (task/language/split), DataNotFoundError, DataError.
+    """
+    spec = get_task(task)
+    language = check_language(spec, language)
+    split = check_split(spec, split)
+    if source not in ("auto", "local", "hub"):
+        raise UnknownNameError("source", str(source), ["auto", "local", "hub"])
+    examples: list[Example] | None = None
+    if source in ("auto", "local"):
+        files = local_files(spec, language, split, data_dir)
+        if files and all(f.is_file() for f in files):
+            examples = _read_local(spec, language, files)
+        elif source == "local":
+            directory = resolve_data_dir(data_dir)
+            raise DataNotFoundError(
+                f"no local data for {spec.name}/{language}/{split} in data dir {directory}: expected "
+                f"{_expected_local(spec, language, split)}. Pass --data-dir DIR to the folder holding it."
+            )
+    if examples is None:
+        examples = _load_hub(spec, language, split)
+    return subsample(examples, max_examples, seed)
+
+
+@dataclass
+class CheckResult:
+    """One line of ``xstilts data check``: a (task, language, split) found locally."""
+
+    task: str
+    language: str
+    split: str
+    files: list[str]
+    n_examples: int | None
+    labelled: bool | None
+    error: str | None = None
+    file_counts: dict[str, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | None = None) -> list[CheckResult]:
+    """Read every (task, language, split) with local files; record counts and problems, never stop.
+
+    A file shared by several tasks (``panx`` and ``panx_en``) is parsed once.
+    """
+    directory = resolve_data_dir(data_dir)
+    if directory is None or not directory.is_dir():
+        raise DataNotFoundError(f"data dir not found: {directory if directory else '(none given, ../shared/data absent)'}; "
+                                "pass --data-dir DIR")
+    specs = [get_task(t) for t in tasks] if tasks else list_tasks()
+    results: list[CheckResult] = []
+    for spec in specs:
+        for (language, split), _ in sorted(local_availability(spec, directory).items(),
+                                           key=lambda kv: (spec.languages.index(kv[0][0]), spec.splits.index(kv[0][1]))):
+            files = spec.local.resolve(directory, language, split)  # type: ignore[union-attr]
+            rel = [str(f.relative_to(directory)) for f in files]
+            try:
+                parts = _read_parts(spec, language, files, use_cache=False)
+                examples = _concat(files, parts)
+                labelled = _is_labelled(examples[0]) if examples else None
+                counts = {r: len(p) for r, p in zip(rel, parts)}
+                results.append(CheckResult(spec.name, language, split, rel, len(examples), labelled, None, counts))
+            except XStiltsError as exc:
+                results.append(CheckResult(spec.name, language, split, rel, None, None, str(exc)))
+            except Exception as exc:  # a reader bug must not hide the other results
+                results.append(CheckResult(spec.name, language, split, rel, None, None,
+                                           f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def _is_labelled(ex: Example) -> bool:
+    if isinstance(ex, TaggingExample):
+        return ex.tags is not None
+    if isinstance(ex, QAExample):
+        return bool(ex.answers) or ex.is_impossible
+    if isinstance(ex, BitextExample):
+        return True
+    return ex.label is not None

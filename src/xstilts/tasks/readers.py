@@ -1,0 +1,671 @@
+"""Readers for the real file layouts of the benchmarks (and generic ones for your own data).
+
+Each reader takes one file and returns typed examples (:mod:`xstilts.tasks.types`). A
+malformed file raises :class:`~xstilts.errors.DataError` naming the file, the line or
+record, and what was expected. Readers are registered by name in :data:`READERS`; a catalog
+entry's ``local.reader`` picks one. Every reader accepts ``label_list`` (the task's label
+set: labels outside it are errors) and ``language`` (the catalog code of the file's
+language), plus its own options.
+
+Layouts:
+
+========================  ===================================================================
+``squad_json``            SQuAD v1.1/v2.0 JSON (XQuAD, MLQA, TyDiQA-GoldP, SQuAD)
+``token_tsv``             XTREME token TSV: ``token<TAB>tag`` per line, blank line between
+                          sentences; one column = no labels (PAN-X test); optional
+                          ``xx:`` language prefix on tokens is stripped
+``conllu``                CoNLL-U (UD treebanks): ``upos`` column (or ``xpos``)
+``xcopa_jsonl``           XCOPA / COPA JSONL: premise, choice1, choice2, question, label
+``commonsenseqa_jsonl``   CommonsenseQA JSONL (Hugging Face layout): question,
+                          choices.{label,text}, answerKey
+``cosmosqa_csv``          Cosmos QA CSV: id, context, question, answer0..3, label
+``anli_csv``              ANLI analysis CSV: context, statement, gold_label (e/n/c), uid
+``nli_tsv``               XNLI-style TSV: premise, hypothesis, label (no header)
+``pawsx_tsv``             PAWS-X TSV with header: id, sentence1, sentence2, label
+``tatoeba``               Tatoeba pair files: ``tatoeba.xxx-eng.xxx`` and ``.eng``, line-aligned
+``jsonl_<format>``        generic JSON lines for each format; field names in
+                          :data:`JSONL_FIELDS` (remap them with the ``fields`` option)
+========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from xstilts.errors import DataError
+from xstilts.tasks.types import (
+    Answer,
+    BitextExample,
+    ClassificationExample,
+    Example,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
+
+logger = logging.getLogger(__name__)
+
+Reader = Callable[..., list[Example]]
+
+COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+ANLI_LABELS = {"e": "entailment", "n": "neutral", "c": "contradiction"}
+
+#: generic JSONL: example field -> default JSON key (override with ``fields={...}``)
+JSONL_FIELDS: dict[str, dict[str, str]] = {
+    "classification": {"id": "id", "text_a": "text_a", "text_b": "text_b", "label": "label"},
+    "multiple_choice": {"id": "id", "context": "context", "question": "question", "choices": "choices", "label": "label"},
+    "extractive_qa": {"id": "id", "context": "context", "question": "question", "answers": "answers",
+                      "is_impossible": "is_impossible", "title": "title"},
+    "tagging": {"id": "id", "tokens": "tokens", "tags": "tags"},
+    "retrieval": {"id": "id", "source": "source", "target": "target"},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_text(path: Path, expected: str) -> str:
+    """The file's text (UTF-8, BOM stripped); DataError if unreadable or empty."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(path, f"file not found; expected {expected}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not valid UTF-8 (byte {exc.start}); expected {expected}") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read file ({exc.strerror}); expected {expected}") from None
+    if not text.strip():
+        raise DataError(path, f"file is empty; expected {expected}")
+    return text
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _check_label(path: Path, label: str, label_list: Sequence[str] | None, *, line: int | None = None,
+                 record: str | None = None) -> str:
+    if label_list is not None and label not in label_list:
+        raise DataError(path, f"unknown label {label!r}; expected one of {list(label_list)}", line=line, record=record)
+    return label
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    """``obj['a']['b']`` for ``'a.b'``; raises KeyError if missing."""
+    cur = obj
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise KeyError(dotted)
+        cur = cur[part]
+    return cur
+
+
+def _iter_jsonl(path: Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    text = _read_text(path, expected)
+    for lineno, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"invalid JSON ({exc.msg} at column {exc.colno}); expected {expected}", line=lineno) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
+        yield lineno, obj
+
+
+def _require(path: Path, obj: dict[str, Any], key: str, *, line: int | None = None, record: str | None = None,
+             types: type | tuple[type, ...] | None = None) -> Any:
+    try:
+        value = _get(obj, key)
+    except KeyError:
+        raise DataError(path, f"missing field '{key}'", line=line, record=record) from None
+    if types is not None and not isinstance(value, types):
+        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise DataError(path, f"field '{key}' should be {names}, got {type(value).__name__}", line=line, record=record)
+    return value
+
+
+def _read_csv(path: Path, required: Sequence[str], expected: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a CSV with a header as (line number where the record starts, row dict)."""
+    text = _read_text(path, expected)
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise DataError(path, f"invalid CSV header ({exc}); expected {expected}", line=1) from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing} in header {header}; expected {expected}", line=1)
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(path, f"invalid CSV ({exc})", line=start) from None
+        if not row:
+            start = reader.line_num + 1
+            continue
+        if len(row) != len(header):
+            raise DataError(path, f"{len(row)} fields, expected {len(header)} (as in the header)", line=start)
+        yield start, dict(zip(header, row))
+        start = reader.line_num + 1
+
+
+# --------------------------------------------------------------------------- QA
+
+
+def _qa_from_record(path: Path, qa: dict[str, Any], context: str, title: str | None, where: str,
+                    check_answers: bool = True) -> QAExample:
+    qid = qa.get("id")
+    record = f"id {qid}" if qid is not None else where
+    if not isinstance(qid, (str, int)):
+        raise DataError(path, "question without an 'id'", record=where)
+    question = _require(path, qa, "question", record=record, types=str)
+    raw_answers = qa.get("answers", [])
+    if not isinstance(raw_answers, list):
+        raise DataError(path, "'answers' should be a list of {text, answer_start}", record=record)
+    impossible = bool(qa.get("is_impossible", False))
+    answers: list[Answer] = []
+    for j, ans in enumerate(raw_answers):
+        if not isinstance(ans, dict):
+            raise DataError(path, f"answers[{j}] should be an object with text and answer_start", record=record)
+        text = _require(path, ans, "text", record=record, types=str)
+        start = _require(path, ans, "answer_start", record=record, types=int)
+        if check_answers and context[start:start + len(text)] != text:
+            found = context[start:start + len(text)]
+            raise DataError(
+                path,
+                f"answers[{j}] text {text!r} does not match the context at answer_start {start} "
+                f"(context there: {found!r})",
+                record=record,
+            )
+        answers.append(Answer(text=text, start=start))
+    if not answers and not impossible:
+        raise DataError(path, "question has no answers and is not marked is_impossible", record=record)
+    return QAExample(id=str(qid), context=context, question=question, answers=answers, is_impossible=impossible,
+                     title=title)
+
+
+def read_squad_json(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                    check_answers: bool = True) -> list[QAExample]:
+    """SQuAD v1.1/v2.0 JSON: ``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``.
+
+    Every answer's ``answer_start`` must point at its text in the context. Questions with no
+    answers must carry ``is_impossible: true`` (SQuAD v2.0).
+    """
+    expected = 'SQuAD JSON {"data": [{"paragraphs": [{"context", "qas"}]}]}'
+    text = _read_text(path, expected)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"invalid JSON ({exc.msg}, column {exc.colno}); expected {expected}", line=exc.lineno) from None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        raise DataError(path, f"no 'data' list at the top; expected {expected}")
+    examples: list[QAExample] = []
+    for a, article in enumerate(data):
+        where_a = f"data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise DataError(path, "article without a 'paragraphs' list", record=where_a)
+        title = article.get("title")
+        for p, para in enumerate(article["paragraphs"]):
+            where_p = f"{where_a}.paragraphs[{p}]"
+            if not isinstance(para, dict):
+                raise DataError(path, "paragraph should be an object with context and qas", record=where_p)
+            context = _require(path, para, "context", record=where_p, types=str)
+            qas = _require(path, para, "qas", record=where_p, types=list)
+            for q, qa in enumerate(qas):
+                where_q = f"{where_p}.qas[{q}]"
+                if not isinstance(qa, dict):
+                    raise DataError(path, "question should be an object", record=where_q)
+                examples.append(_qa_from_record(path, qa, context, title, where_q, check_answers))
+    if not examples:
+        raise DataError(path, f"no questions found; expected {expected}")
+    return examples
+
+
+# --------------------------------------------------------------------------- tagging
+
+_PREFIX = re.compile(r"^([a-z]{2,3}):(.+)$")
+
+
+def read_token_tsv(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                   strip_lang_prefix: bool = False) -> list[TaggingExample]:
+    """XTREME token TSV: ``token<TAB>tag`` lines, a blank line between sentences.
+
+    Files with a single column (PAN-X test) give examples with ``tags=None``. With
+    ``strip_lang_prefix``, a ``<language>:`` prefix on tokens (``en:Paris``, as in some
+    PAN-X distributions) is removed.
+    """
+    expected = "token<TAB>tag lines with a blank line between sentences"
+    raw = _read_text(path, expected)
+    # Files have up to ~1M lines: validate with C-speed string operations and only scan
+    # line by line (_locate_tsv_problem) once a problem is known to exist.
+    text = raw.replace("\r\n", "\n")
+    if " \n" in text or "\t\n" in text or "\r" in text or text.endswith((" ", "\t")):
+        text = _TRAILING_WS.sub("", text)
+    first = next((line for line in text.split("\n", 64) if line), "")
+    ncols = first.count("\t") + 1
+    if ncols > 2 or (ncols == 2 and _TWO_TABS.search(text)) or (ncols == 1 and "\t" in text):
+        _locate_tsv_problem(path, raw, expected)
+    prefix = f"{language}:" if (strip_lang_prefix and language) else None
+    if prefix is not None and not (text.startswith(prefix) or "\n" + prefix in text):
+        prefix = None
+    examples: list[TaggingExample] = []
+    for block in _split_blocks(text):
+        block = block.strip("\n")
+        if not block:
+            continue
+        if ncols == 2:
+            cells = block.replace("\n", "\t").split("\t")
+            if len(cells) != 2 * (block.count("\n") + 1):  # some line of this block lacks its tab
+                _locate_tsv_problem(path, raw, expected)
+            tokens, tags = cells[0::2], cells[1::2]
+        else:
+            tokens, tags = block.split("\n"), None
+        if prefix is not None:
+            n = len(prefix)
+            tokens = [t[n:] if t.startswith(prefix) and len(t) > n else t for t in tokens]
+        examples.append(TaggingExample(id=str(len(examples)), tokens=tokens, tags=tags))
+    if label_list is not None and ncols == 2 and not set(_TAG_CELL.findall(text)) <= set(label_list):
+        _locate_tsv_problem(path, raw, expected, label_list)
+    if not examples:
+        raise DataError(path, f"no sentences found; expected {expected}")
+    return examples
+
+
+_TRAILING_WS = re.compile(r"[ \t\r]+$", re.M)
+_TWO_TABS = re.compile(r"\t[^\t\n]*\t")
+_TAG_CELL = re.compile(r"\t([^\t\n]*)")
+
+
+def _split_blocks(text: str) -> Iterator[str]:
+    """Blank-line separated blocks, with the cyclic GC paused: parsing creates millions of
+    small lists and no cycles, and GC passes over them dominate the run time otherwise."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield from text.split("\n\n")
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _locate_tsv_problem(path: Path, text: str, expected: str, label_list: Sequence[str] | None = None) -> None:
+    """Scan a token-TSV line by line and raise a DataError at the first bad line."""
+    ncols: int | None = None
+    labels = set(label_list) if label_list is not None else None
+    for lineno, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) > 2:
+            raise DataError(path, f"{len(parts)} tab-separated fields, expected 2 ({expected})", line=lineno)
+        if ncols is not None and len(parts) != ncols:
+            raise DataError(path, f"{len(parts)} field(s) where earlier lines have {ncols}; expected {expected}",
+                            line=lineno)
+        ncols = len(parts)
+        if labels is not None and len(parts) == 2 and parts[1].strip() not in labels:
+            raise DataError(path, f"unknown tag {parts[1].strip()!r}; expected one of {list(label_list or [])}",
+                            line=lineno)
+    raise DataError(path, f"malformed file; expected {expected}")  # pragma: no cover - defensive
+
+
+def read_conllu(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                column: str = "upos") -> list[TaggingExample]:
+    """CoNLL-U (Universal Dependencies): one sentence per block, the ``upos`` (or ``xpos``) column.
+
+    Multi-word token ranges (``1-2``) and empty nodes (``1.1``) are skipped, as XTREME does
+    for UD-POS. Sentence ids come from ``# sent_id =`` comments when present.
+    """
+    col = {"upos": 3, "xpos": 4}.get(column)
+    if col is None:
+        raise DataError(path, f"unknown column option {column!r}; expected 'upos' or 'xpos'")
+    expected = "CoNLL-U: 10 tab-separated fields per token line, blank line between sentences"
+    text = _read_text(path, expected)
+    labels = set(label_list) if label_list is not None else None
+    examples: list[TaggingExample] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    sent_id: str | None = None
+
+    def flush() -> None:
+        nonlocal sent_id
+        if tokens:
+            examples.append(TaggingExample(id=sent_id or str(len(examples)), tokens=list(tokens), tags=list(tags)))
+        tokens.clear()
+        tags.clear()
+        sent_id = None
+
+    for lineno, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith("#"):
+            m = re.match(r"#\s*sent_id\s*=\s*(.+)", line)
+            if m:
+                sent_id = m.group(1).strip()
+            continue
+        parts = line.split("\t")
+        if len(parts) != 10:
+            raise DataError(path, f"{len(parts)} fields, expected 10 ({expected})", line=lineno)
+        tid = parts[0]
+        if "-" in tid or "." in tid:
+            continue
+        if not tid.isdigit():
+            raise DataError(path, f"token id {tid!r} is not an integer, a range or an empty-node id", line=lineno)
+        tag = parts[col]
+        if labels is not None and tag not in labels:
+            raise DataError(path, f"unknown tag {tag!r}; expected one of {list(label_list or [])}", line=lineno)
+        tokens.append(parts[1])
+        tags.append(tag)
+    flush()
+    if not examples:
+        raise DataError(path, f"no sentences found; expected {expected}")
+    return examples
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+
+def read_xcopa_jsonl(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                     question_map: dict[str, str] | None = None) -> list[MultipleChoiceExample]:
+    """XCOPA/COPA JSONL: ``premise``, ``choice1``, ``choice2``, ``question`` (cause|effect), ``label`` (0|1).
+
+    The question is rendered as "What was the cause?" / "What happened as a result?".
+    """
+    qmap = question_map or COPA_QUESTIONS
+    expected = "JSON lines with premise, choice1, choice2, question (cause|effect), label (0|1)"
+    out: list[MultipleChoiceExample] = []
+    for lineno, obj in _iter_jsonl(path, expected):
+        premise = _require(path, obj, "premise", line=lineno, types=str)
+        c1 = _require(path, obj, "choice1", line=lineno, types=str)
+        c2 = _require(path, obj, "choice2", line=lineno, types=str)
+        q = _require(path, obj, "question", line=lineno, types=str)
+        if q not in qmap:
+            raise DataError(path, f"unknown question {q!r}; expected one of {sorted(qmap)}", line=lineno)
+        label = obj.get("label")
+        if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+            raise DataError(path, f"unknown label {label!r}; expected 0 or 1", line=lineno)
+        ex_id = obj.get("idx", obj.get("id", len(out)))
+        out.append(MultipleChoiceExample(id=str(ex_id), context=premise, question=qmap[q], choices=[c1, c2], label=label))
+    if not out:
+        raise DataError(path, f"no examples found; expected {expected}")
+    return out
+
+
+def read_commonsenseqa_jsonl(path: Path, *, label_list: Sequence[str] | None = None,
+                             language: str | None = None) -> list[MultipleChoiceExample]:
+    """CommonsenseQA JSONL, Hugging Face layout: ``id``, ``question``, ``choices.{label,text}``, ``answerKey``.
+
+    The original layout (``question.stem``, ``question.choices[{label,text}]``) is read too.
+    """
+    expected = "JSON lines with id, question, choices {label: [...], text: [...]}, answerKey"
+    out: list[MultipleChoiceExample] = []
+    for lineno, obj in _iter_jsonl(path, expected):
+        q = _require(path, obj, "question", line=lineno)
+        if isinstance(q, dict):  # original CommonsenseQA release
+            question = _require(path, q, "stem", line=lineno, types=str)
+            raw = _require(path, q, "choices", line=lineno, types=list)
+            labels = [str(c.get("label")) for c in raw]
+            texts = [c.get("text") for c in raw]
+        else:
+            if not isinstance(q, str):
+                raise DataError(path, "field 'question' should be a string", line=lineno)
+            question = q
+            labels = _require(path, obj, "choices.label", line=lineno, types=list)
+            texts = _require(path, obj, "choices.text", line=lineno, types=list)
+        if len(labels) != len(texts) or len(texts) < 2 or not all(isinstance(t, str) for t in texts):
+            raise DataError(path, f"choices should have matching label and text lists of >= 2 strings "
+                                  f"(got {len(labels)} labels, {len(texts)} texts)", line=lineno)
+        key = obj.get("answerKey")
+        label: int | None = None
+        if key not in (None, ""):
+            if key not in labels:
+                raise DataError(path, f"unknown answerKey {key!r}; expected one of {labels}", line=lineno)
+            label = labels.index(key)
+        out.append(MultipleChoiceExample(id=str(obj.get("id", len(out))), context="", question=question,
+                                         choices=list(texts), label=label))
+    if not out:
+        raise DataError(path, f"no examples found; expected {expected}")
+    return out
+
+
+def read_cosmosqa_csv(path: Path, *, label_list: Sequence[str] | None = None,
+                      language: str | None = None) -> list[MultipleChoiceExample]:
+    """Cosmos QA CSV: ``id,context,question,answer0,answer1,answer2,answer3,label`` (label 0-3)."""
+    cols = ["id", "context", "question", "answer0", "answer1", "answer2", "answer3", "label"]
+    out: list[MultipleChoiceExample] = []
+    for line, row in _read_csv(path, cols, "a CSV with header " + ",".join(cols)):
+        raw = row["label"].strip()
+        if raw not in ("0", "1", "2", "3"):
+            raise DataError(path, f"unknown label {raw!r}; expected 0, 1, 2 or 3", line=line, record=row["id"])
+        out.append(MultipleChoiceExample(id=row["id"], context=row["context"], question=row["question"],
+                                         choices=[row[f"answer{i}"] for i in range(4)], label=int(raw)))
+    if not out:
+        raise DataError(path, "no rows after the header")
+    return out
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def read_anli_csv(path: Path, *, label_list: Sequence[str] | None = None,
+                  language: str | None = None) -> list[ClassificationExample]:
+    """ANLI analysis CSV: ``context``, ``statement``, ``gold_label`` (e/n/c), ``uid``."""
+    out: list[ClassificationExample] = []
+    for line, row in _read_csv(path, ["context", "statement", "gold_label"],
+                               "ANLI analysis CSV with context, statement, gold_label columns"):
+        raw = row["gold_label"].strip()
+        rid = row.get("uid") or str(len(out))
+        if raw not in ANLI_LABELS:
+            raise DataError(path, f"unknown gold_label {raw!r}; expected one of e, n, c", line=line, record=rid)
+        label = _check_label(path, ANLI_LABELS[raw], label_list, line=line, record=rid)
+        out.append(ClassificationExample(id=rid, text_a=row["context"], text_b=row["statement"], label=label))
+    if not out:
+        raise DataError(path, "no rows after the header")
+    return out
+
+
+def read_nli_tsv(path: Path, *, label_list: Sequence[str] | None = None,
+                 language: str | None = None) -> list[ClassificationExample]:
+    """XNLI-style TSV: ``premise<TAB>hypothesis<TAB>label`` per line (a header line is skipped)."""
+    expected = "premise<TAB>hypothesis<TAB>label"
+    out: list[ClassificationExample] = []
+    for lineno, line in enumerate(_lines(_read_text(path, expected)), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise DataError(path, f"{len(parts)} tab-separated fields, expected 3 ({expected})", line=lineno)
+        if lineno == 1 and [p.strip().lower() for p in parts] in (["premise", "hypothesis", "label"],
+                                                                 ["sentence1", "sentence2", "label"]):
+            continue
+        label = _check_label(path, parts[2].strip(), label_list, line=lineno)
+        out.append(ClassificationExample(id=str(len(out)), text_a=parts[0], text_b=parts[1], label=label))
+    if not out:
+        raise DataError(path, f"no examples found; expected {expected}")
+    return out
+
+
+def read_pawsx_tsv(path: Path, *, label_list: Sequence[str] | None = None,
+                   language: str | None = None) -> list[ClassificationExample]:
+    """PAWS-X TSV with a header ``id sentence1 sentence2 label``."""
+    expected = "a header id<TAB>sentence1<TAB>sentence2<TAB>label, then one pair per line"
+    lines = _lines(_read_text(path, expected))
+    header = [h.strip() for h in lines[0].split("\t")]
+    missing = [c for c in ("sentence1", "sentence2", "label") if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing} in header {header}; expected {expected}", line=1)
+    idx = {h: i for i, h in enumerate(header)}
+    out: list[ClassificationExample] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != len(header):
+            raise DataError(path, f"{len(parts)} tab-separated fields, expected {len(header)} ({expected})", line=lineno)
+        label = _check_label(path, parts[idx["label"]].strip(), label_list, line=lineno)
+        ex_id = parts[idx["id"]] if "id" in idx else str(len(out))
+        out.append(ClassificationExample(id=ex_id, text_a=parts[idx["sentence1"]], text_b=parts[idx["sentence2"]],
+                                         label=label))
+    if not out:
+        raise DataError(path, f"no rows after the header; expected {expected}")
+    return out
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def read_tatoeba(path: Path, *, label_list: Sequence[str] | None = None,
+                 language: str | None = None) -> list[BitextExample]:
+    """Tatoeba pair files: ``path`` = ``tatoeba.xxx-eng.xxx`` (source), its English side the same
+    name ending ``.eng``; line i of one is the translation of line i of the other."""
+    path = Path(path)
+    eng = path.with_suffix(".eng")
+    if eng == path:
+        raise DataError(path, "expected the non-English file (tatoeba.xxx-eng.xxx), not the .eng file")
+    expected = "one sentence per line, aligned with the .eng file"
+    src = _lines(_read_text(path, expected))
+    tgt = _lines(_read_text(eng, expected))
+    if len(src) != len(tgt):
+        raise DataError(path, f"{len(src)} lines but {eng.name} has {len(tgt)}; expected line-aligned files")
+    for i, (s, t) in enumerate(zip(src, tgt), start=1):
+        if not s.strip():
+            raise DataError(path, "empty sentence; expected one sentence per line", line=i)
+        if not t.strip():
+            raise DataError(eng, "empty sentence; expected one sentence per line", line=i)
+    return [BitextExample(id=str(i), source=s, target=t) for i, (s, t) in enumerate(zip(src, tgt))]
+
+
+# --------------------------------------------------------------------------- generic JSONL
+
+
+def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = None, language: str | None = None,
+               fields: dict[str, str] | None = None) -> list[Example]:
+    """Generic JSON lines for ``format``; keys default to :data:`JSONL_FIELDS` (dotted keys allowed).
+
+    - classification: ``text_a``, optional ``text_b``, ``label`` (string or int, checked against label_list)
+    - multiple_choice: ``context`` (optional), ``question``, ``choices`` (list of strings), ``label`` (index)
+    - extractive_qa: ``context``, ``question``, ``answers`` ([{text, answer_start}]), optional ``is_impossible``
+    - tagging: ``tokens`` (list), ``tags`` (list, same length, optional)
+    - retrieval: ``source``, ``target``
+    ``id`` is optional everywhere (the line index is used).
+    """
+    if format not in JSONL_FIELDS:
+        raise DataError(path, f"unknown format {format!r}; expected one of {sorted(JSONL_FIELDS)}")
+    keys = {**JSONL_FIELDS[format], **(fields or {})}
+    expected = f"JSON lines with fields {sorted(set(keys.values()))}"
+    out: list[Example] = []
+    for lineno, obj in _iter_jsonl(path, expected):
+        try:
+            ex_id = str(_get(obj, keys["id"]))
+        except KeyError:
+            ex_id = str(len(out))
+
+        def opt(name: str) -> Any:
+            try:
+                return _get(obj, keys[name])
+            except KeyError:
+                return None
+
+        if format == "classification":
+            text_a = _require(path, obj, keys["text_a"], line=lineno, types=str)
+            text_b = opt("text_b")
+            label = opt("label")
+            if label is not None:
+                label = _check_label(path, str(label), label_list, line=lineno)
+            out.append(ClassificationExample(id=ex_id, text_a=text_a, text_b=text_b, label=label))
+        elif format == "multiple_choice":
+            question = _require(path, obj, keys["question"], line=lineno, types=str)
+            choices = _require(path, obj, keys["choices"], line=lineno, types=list)
+            if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise DataError(path, "'choices' should be a list of >= 2 strings", line=lineno)
+            label = opt("label")
+            if label is not None:
+                if isinstance(label, str) and label.strip().isdigit():
+                    label = int(label)
+                if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
+                    raise DataError(path, f"unknown label {label!r}; expected an index 0..{len(choices) - 1}", line=lineno)
+            out.append(MultipleChoiceExample(id=ex_id, context=opt("context") or "", question=question,
+                                             choices=choices, label=label))
+        elif format == "extractive_qa":
+            context = _require(path, obj, keys["context"], line=lineno, types=str)
+            qa = {"id": ex_id, "question": _require(path, obj, keys["question"], line=lineno, types=str),
+                  "answers": opt("answers") or [], "is_impossible": bool(opt("is_impossible"))}
+            if isinstance(qa["answers"], dict):  # Hugging Face layout {text: [...], answer_start: [...]}
+                a = qa["answers"]
+                qa["answers"] = [{"text": t, "answer_start": s} for t, s in zip(a.get("text", []), a.get("answer_start", []))]
+                qa["is_impossible"] = qa["is_impossible"] or not qa["answers"]
+            try:
+                out.append(_qa_from_record(path, qa, context, opt("title"), f"line {lineno}"))
+            except DataError as exc:
+                raise DataError(path, exc.detail, line=lineno, record=exc.record) from None
+        elif format == "tagging":
+            tokens = _require(path, obj, keys["tokens"], line=lineno, types=list)
+            tags = opt("tags")
+            if tags is not None:
+                if not isinstance(tags, list) or len(tags) != len(tokens):
+                    raise DataError(path, f"'tags' should be a list as long as 'tokens' ({len(tokens)})", line=lineno)
+                tags = [_check_label(path, str(t), label_list, line=lineno) for t in tags]
+            out.append(TaggingExample(id=ex_id, tokens=[str(t) for t in tokens], tags=tags))
+        else:
+            out.append(BitextExample(id=ex_id, source=_require(path, obj, keys["source"], line=lineno, types=str),
+                                     target=_require(path, obj, keys["target"], line=lineno, types=str)))
+    if not out:
+        raise DataError(path, f"no examples found; expected {expected}")
+    return out
+
+
+def _jsonl(format: str) -> Reader:
+    def reader(path: Path, **kwargs: Any) -> list[Example]:
+        return read_jsonl(path, format=format, **kwargs)
+
+    reader.__name__ = f"read_jsonl_{format}"
+    reader.__doc__ = f"Generic JSONL reader for the {format} format (see :func:`read_jsonl`)."
+    return reader
+
+
+READERS: dict[str, Reader] = {
+    "squad_json": read_squad_json,
+    "token_tsv": read_token_tsv,
+    "conllu": read_conllu,
+    "xcopa_jsonl": read_xcopa_jsonl,
+    "commonsenseqa_jsonl": read_commonsenseqa_jsonl,
+    "cosmosqa_csv": read_cosmosqa_csv,
+    "anli_csv": read_anli_csv,
+    "nli_tsv": read_nli_tsv,
+    "pawsx_tsv": read_pawsx_tsv,
+    "tatoeba": read_tatoeba,
+    **{f"jsonl_{fmt}": _jsonl(fmt) for fmt in JSONL_FIELDS},
+}
+"""Reader name (``local.reader`` in the catalog) -> function(path, *, label_list, language, **options)."""
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name``; :class:`UnknownNameError` lists the others."""
+    from xstilts.errors import UnknownNameError
+
+    if name not in READERS:
+        raise UnknownNameError("reader", name, list(READERS))
+    return READERS[name]
+
+
+def read_file(reader: str, path: str | Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+              **options: Any) -> list[Example]:
+    """Read one file with the named reader."""
+    return get_reader(reader)(Path(path), label_list=label_list, language=language, **options)
