@@ -1,5 +1,60 @@
-"""`xstilts train` command group (to be filled by its layer's owner)."""
+"""`xstilts train`: train one stage from a YAML config (or quick options) and print its dev metrics."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+
+@app.command("train")
+@handle_errors
+def train(
+    config: Path | None = typer.Argument(None, help="Stage config (YAML, TrainConfig keys)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory of the stage (resumed if it exists)."),
+    model: str | None = typer.Option(None, "--model", help="Encoder name/path or an xstilts model dir (overrides the config)."),
+    task: list[str] | None = typer.Option(None, "--task", help="Task to train (repeatable; overrides the config's tasks)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Number of epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per micro-batch (all processes)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Maximum sequence length in tokens."),
+    max_examples: int | None = typer.Option(None, "--max-examples", help="Train on at most this many examples per task."),
+    seed: int | None = typer.Option(None, "--seed"),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data directory."),
+) -> None:
+    """Train one stage: single task, multi-task, +MLM, or a step of a sequential chain."""
+    from rich.table import Table
+
+    from xstilts.errors import ConfigError
+    from xstilts.train import load_train_config, make_train_config, train_stage
+
+    overrides = {"model": model, "max_steps": max_steps, "num_epochs": epochs, "batch_size": batch_size,
+                 "learning_rate": lr, "max_length": max_length, "seed": seed, "precision": precision,
+                 "data_dir": str(data_dir) if data_dir else None}
+    if task:
+        overrides["tasks"] = [{"task": t, **({"max_examples": max_examples} if max_examples else {})} for t in task]
+    if config is not None:
+        cfg = load_train_config(config, overrides)
+        if max_examples and not task:
+            cfg = make_train_config({**cfg.model_dump(), "tasks": [{**t.model_dump(), "max_examples": max_examples}
+                                                                   for t in cfg.tasks]}, file=config)
+    else:
+        if not model or not task:
+            raise ConfigError("give a CONFIG file, or at least --model and --task", key="config")
+        cfg = make_train_config({k: v for k, v in overrides.items() if v is not None})
+    result = train_stage(cfg, out)
+    if result.skipped:
+        console.print(f"[yellow]already finished[/]: {out} ({result.steps} steps); nothing to do")
+    table = Table(title=f"English dev metrics after {result.steps} steps")
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, scores in result.dev_metrics.items():
+        for metric, value in scores.items():
+            table.add_row(name, metric, f"{value:.2f}")
+    console.print(table)
+    console.print(f"model: {result.model_dir}  ({result.seconds:.0f}s)")

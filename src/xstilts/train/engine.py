@@ -59,6 +59,7 @@ class TrainResult:
     best_step: int | None = None
     output_dir: Path | None = None
     seconds: float = 0.0
+    task_batches: dict[str, int] = field(default_factory=dict)  # micro-batches drawn per task ("__mlm__" for MLM)
 
 
 class _StageModule(nn.Module):
@@ -215,7 +216,8 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
         logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.get("steps"))
         return TrainResult(model_dir=output_dir / "model", steps=int(done.get("steps", 0)),
                            dev_metrics=done.get("dev_metrics", {}), skipped=True, best_score=done.get("best_score"),
-                           best_step=done.get("best_step"), output_dir=output_dir)
+                           best_step=done.get("best_step"), output_dir=output_dir,
+                           task_batches=done.get("task_batches", {}))
 
     from transformers import get_linear_schedule_with_warmup
 
@@ -296,9 +298,9 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     sizes = {td.name: len(train_feats[td.name]) for td in tds}
     sampler = TaskSampler(task_probabilities(sizes, config.sampler), config.seed,
                           config.mlm.probability if config.mlm else 0.0)
-    task_batches = sum(streams[td.name].batches_per_epoch() for td in tds)
+    n_task_batches = sum(streams[td.name].batches_per_epoch() for td in tds)
     if tds:
-        micro_per_epoch = math.ceil(task_batches / (1.0 - (config.mlm.probability if config.mlm else 0.0)))
+        micro_per_epoch = math.ceil(n_task_batches / (1.0 - (config.mlm.probability if config.mlm else 0.0)))
     else:
         micro_per_epoch = streams[MLM_TASK].batches_per_epoch()
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
@@ -575,6 +577,7 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
             best_score, best_step = score, step
             save_best(dev_metrics)
     model_dir = output_dir / "model"
+    task_batches = {k: s.state.batches_drawn for k, s in streams.items()}
     if is_main:
         if config.final_model == "best" and (ckpt_dir / "best" / "model").is_dir():
             tmp = output_dir / ".tmp-model"
@@ -586,6 +589,7 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
         ckpt.write_json_atomic(output_dir / "DONE", {
             "steps": step, "dev_metrics": dev_metrics, "config_hash": config_hash, "best_score": best_score,
             "best_step": best_step, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": world,
+            "task_batches": task_batches, "seconds": time.time() - t_start,
             "config": config.model_dump(mode="json")})
     accelerator.wait_for_everyone()
     if config.trackers:
@@ -595,4 +599,5 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     seconds = time.time() - t_start
     logger.info("stage finished: %d steps in %.1fs; dev %s", step, seconds, dev_metrics)
     return TrainResult(model_dir=model_dir, steps=step, dev_metrics=dev_metrics, skipped=False, best_score=best_score,
-                       best_step=best_step, output_dir=output_dir, seconds=seconds)
+                       best_step=best_step, output_dir=output_dir, seconds=seconds,
+                       task_batches=task_batches)

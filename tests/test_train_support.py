@@ -1,4 +1,4 @@
-"""Synthetic copy-the-label tasks for the train tests (and the subprocess scripts they run).
+"""Support for the train tests (no tests here): synthetic copy-the-label tasks and a subprocess worker.
 
 Each task is learnable only by reading the text: the label word (or answer, or entity
 word) appears in the input, everything else is random filler.
@@ -37,15 +37,17 @@ def classification_task(n_train: int = 240, n_dev: int = 60, seed: int = 0, name
 
 
 def multiple_choice_task(n_train: int = 240, n_dev: int = 60, seed: int = 1, name: str = "copymc") -> TaskData:
-    """Three choices; the right one is the only choice word that occurs in the context."""
+    """Three choices; the right one is the person named in the context, the others are filler words."""
     rng = random.Random(seed)
 
     def make(i: int) -> MultipleChoiceExample:
-        choices = rng.sample(LABELS, 3)
+        answer = rng.choice(NAMES)
+        choices = rng.sample(FILLER, 2)
         label = rng.randrange(3)
+        choices.insert(label, answer)
         words = _filler(rng, 5)
-        words.insert(rng.randint(0, 5), choices[label])
-        return MultipleChoiceExample(id=f"{name}-{i}", context=" ".join(words), question="which word?",
+        words.insert(rng.randint(0, 5), answer)
+        return MultipleChoiceExample(id=f"{name}-{i}", context=" ".join(words), question="who is it?",
                                      choices=choices, label=label)
 
     return TaskData(name=name, format="multiple_choice", train=[make(i) for i in range(n_train)],
