@@ -35,34 +35,45 @@ CLS_INDEX = 0
 NO_OFFSET = [-1, -1]
 
 
-def truncate_questions(questions: Sequence[str], tokenizer: Any, max_query_length: int) -> list[str]:
-    """Left-strip each question and cut it after its ``max_query_length``-th token (by char offset)."""
+def truncate_questions(
+    questions: Sequence[str], tokenizer: Any, max_query_length: int
+) -> tuple[list[str], list[int]]:
+    """Left-strip each question and cut it after its ``max_query_length``-th token (by char offset).
+
+    Returns the truncated questions and their lengths in tokens.
+    """
     questions = [q.lstrip() for q in questions]
     enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
-    out = []
+    out, lengths = [], []
     for q, offsets in zip(questions, enc["offset_mapping"]):
         if len(offsets) > max_query_length:
             q = q[: offsets[max_query_length - 1][1]]
         out.append(q)
-    return out
+        lengths.append(min(len(offsets), max_query_length))
+    return out, lengths
 
 
-def effective_stride(tokenizer: Any, options: FeaturizeOptions) -> int:
-    """``doc_stride``, reduced when a window has fewer context tokens than the stride needs."""
+def effective_stride(tokenizer: Any, options: FeaturizeOptions, longest_question: int, example_id: str = "") -> int:
+    """``doc_stride``, reduced when a window has too few context tokens for it.
+
+    A window holds ``max_length - longest_question - special tokens`` context tokens (at least);
+    the stride must be smaller than that.
+    """
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    room = options.max_length - options.max_query_length - n_special
+    room = options.max_length - longest_question - n_special
     if room < 2:
         raise ConfigError(
-            f"max_length={options.max_length} leaves no room for the context after a question of "
-            f"max_query_length={options.max_query_length} tokens and {n_special} special tokens",
+            f"max_length={options.max_length} leaves no room for the context after the question of "
+            f"example '{example_id}' ({longest_question} tokens, max_query_length={options.max_query_length}) "
+            f"and {n_special} special tokens; raise max_length or lower max_query_length",
             key="max_length",
         )
     if options.doc_stride >= room:
         stride = room // 2
         logger.warning(
-            "doc_stride=%d is not smaller than the %d context tokens of a window (max_length=%d, "
-            "max_query_length=%d); using a stride of %d",
-            options.doc_stride, room, options.max_length, options.max_query_length, stride,
+            "doc_stride=%d is not smaller than the %d context tokens a window can hold (max_length=%d, "
+            "longest question %d tokens); using a stride of %d",
+            options.doc_stride, room, options.max_length, longest_question, stride,
         )
         return stride
     return options.doc_stride
@@ -110,8 +121,9 @@ class ExtractiveQAFormat(Format):
             return []
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("extractive QA needs a fast tokenizer (offset mappings)", key="tokenizer")
-        stride = effective_stride(tokenizer, options)
-        questions = truncate_questions([ex.question for ex in examples], tokenizer, options.max_query_length)
+        questions, q_lengths = truncate_questions([ex.question for ex in examples], tokenizer, options.max_query_length)
+        longest = max(range(len(examples)), key=q_lengths.__getitem__)
+        stride = effective_stride(tokenizer, options, q_lengths[longest], examples[longest].id)
         enc = tokenizer(
             questions,
             [ex.context for ex in examples],

@@ -1,0 +1,251 @@
+"""Tokenised-feature cache: Arrow datasets on disk, memory-mapped, shared by every stage and run.
+
+``featurize_cached`` keys the features by a content hash of everything they depend on:
+the tokenizer's identity (class, ``name_or_path``, vocabulary size, a hash of its
+backend/vocabulary), the format (and its featurisation version), the task's label list,
+the :class:`FeaturizeOptions`, and the content of the examples. A cached entry is a
+``datasets.Dataset.save_to_disk`` directory named by the key under
+:func:`xstilts.paths.features_cache_dir`. Entries are written to a temporary directory
+and renamed into place, so several processes can featurise the same data at once: the
+first rename wins and the others load the winner's entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from xstilts import paths
+from xstilts.tasks.formats import FeaturizeOptions, get_format
+
+logger = logging.getLogger(__name__)
+
+#: bump when the layout of cached entries changes (invalidates every entry)
+CACHE_VERSION = 1
+META_FILE = "xstilts_features.json"
+_TMP_PREFIX = ".tmp-"
+_STALE_TMP_SECONDS = 24 * 3600
+
+
+class TaskLike(Protocol):
+    """What the cache needs from a task (the catalog's ``TaskSpec`` satisfies it)."""
+
+    name: str
+    format: str
+    label_list: list[str] | None
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """Counters of this process's cache look-ups (read by benchmarks)."""
+
+    hits: int = 0
+    misses: int = 0
+    tokenize_seconds: float = 0.0
+    load_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+_STATS = CacheStats()
+_STATS_LOCK = threading.Lock()
+_TOKENIZER_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def cache_stats() -> dict[str, float]:
+    """A copy of this process's hit/miss counters and the time spent tokenising / loading."""
+    with _STATS_LOCK:
+        return _STATS.as_dict()
+
+
+def reset_cache_stats() -> None:
+    """Zero the counters (benchmarks call this before a measured run)."""
+    with _STATS_LOCK:
+        _STATS.hits = _STATS.misses = 0
+        _STATS.tokenize_seconds = _STATS.load_seconds = 0.0
+
+
+def _vocab_hash(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256()
+    if backend is not None:
+        # the backend JSON also records the truncation/padding of the last call: leave those out
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    else:  # a slow tokenizer: its vocabulary and special tokens
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
+        h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A stable hash of what makes a tokenizer produce the ids it does.
+
+    Hashing XLM-R's backend takes ~0.3 s, so the result is memoised per tokenizer object
+    and recomputed when its size or truncation side changes (``add_tokens`` and the like).
+    """
+    memo_check = (len(tokenizer), getattr(tokenizer, "truncation_side", None))
+    try:
+        memo = _TOKENIZER_FINGERPRINTS.get(tokenizer)
+    except TypeError:  # not weak-referenceable / hashable
+        memo = None
+    if memo is not None and memo[0] == memo_check:
+        return memo[1]
+    identity = {
+        "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        "vocab_size": len(tokenizer),
+        "truncation_side": getattr(tokenizer, "truncation_side", None),
+        "vocab_hash": _vocab_hash(tokenizer),
+    }
+    fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    try:
+        _TOKENIZER_FINGERPRINTS[tokenizer] = (memo_check, fp)
+    except TypeError:
+        pass
+    return fp
+
+
+def examples_fingerprint(examples: Sequence[Any]) -> str:
+    """A hash of the examples' content (type and every field, in order)."""
+    h = hashlib.sha256()
+    h.update(str(len(examples)).encode())
+    for ex in examples:
+        record = dataclasses.asdict(ex) if dataclasses.is_dataclass(ex) else dict(vars(ex))
+        h.update(type(ex).__name__.encode())
+        h.update(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def features_key(task: TaskLike, examples: Sequence[Any], tokenizer: Any, options: FeaturizeOptions) -> str:
+    """The cache key of ``examples`` featurised for ``task`` with ``tokenizer`` and ``options``."""
+    fmt = get_format(task.format)
+    parts = {
+        "cache_version": CACHE_VERSION,
+        "format": fmt.name,
+        "format_version": getattr(fmt, "version", 1),
+        "label_list": list(task.label_list) if task.label_list is not None else None,
+        "options": dataclasses.asdict(options),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "examples": examples_fingerprint(examples),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _clean_stale_tmp(root: Path) -> None:
+    now = time.time()
+    for p in root.glob(f"{_TMP_PREFIX}*"):
+        try:
+            if now - p.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _load(entry: Path):
+    import datasets
+
+    t0 = time.perf_counter()
+    ds = datasets.load_from_disk(str(entry))
+    with _STATS_LOCK:
+        _STATS.load_seconds += time.perf_counter() - t0
+    return ds
+
+
+def featurize_cached(
+    task: TaskLike,
+    examples: Sequence[Any],
+    tokenizer: Any,
+    options: FeaturizeOptions | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+):
+    """Featurise ``examples`` for ``task`` with its format, or load the cached features.
+
+    Returns a memory-mapped ``datasets.Dataset`` whose rows are the format's feature dicts.
+    ``cache_dir`` defaults to :func:`xstilts.paths.features_cache_dir`.
+    """
+    import datasets
+
+    options = options if options is not None else FeaturizeOptions()
+    root = Path(cache_dir) if cache_dir is not None else paths.features_cache_dir()
+    fmt = get_format(task.format)
+    key = features_key(task, examples, tokenizer, options)
+    entry = root / f"{fmt.name}-{key}"
+
+    if entry.is_dir():
+        try:
+            ds = _load(entry)
+        except Exception as err:  # a damaged entry (e.g. files removed by hand): rebuild it
+            logger.warning("features cache entry %s is unreadable (%s); rebuilding it", entry, err)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with _STATS_LOCK:
+                _STATS.hits += 1
+            logger.info("features cache hit: task=%s, %d examples -> %s", task.name, len(examples), entry)
+            return ds
+
+    with _STATS_LOCK:
+        _STATS.misses += 1
+    logger.info("features cache miss: tokenising %d examples of task=%s (%s)", len(examples), task.name, fmt.name)
+    t0 = time.perf_counter()
+    features = fmt.featurize(examples, tokenizer, options, task.label_list)
+    dataset = datasets.Dataset.from_list(features)
+    with _STATS_LOCK:
+        _STATS.tokenize_seconds += time.perf_counter() - t0
+
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key[:12]}-", dir=root))
+    try:
+        dataset.save_to_disk(str(tmp))
+        meta = {
+            "task": task.name,
+            "format": fmt.name,
+            "n_examples": len(examples),
+            "n_features": len(features),
+            "options": dataclasses.asdict(options),
+            "tokenizer": {
+                "class": type(tokenizer).__name__,
+                "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+                "fingerprint": tokenizer_fingerprint(tokenizer),
+            },
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            logger.info("features cache: another process wrote %s first; using its entry", entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _load(entry)
+
+
+__all__ = [
+    "CacheStats",
+    "cache_stats",
+    "examples_fingerprint",
+    "features_key",
+    "featurize_cached",
+    "reset_cache_stats",
+    "tokenizer_fingerprint",
+]
