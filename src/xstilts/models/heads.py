@@ -335,12 +335,8 @@ class MultiTaskModel(nn.Module):
             raise CheckpointError(f"{directory} is not a model directory: it has neither {XSTILTS_MODEL_FILE} nor config.json")
         try:
             meta = read_xstilts_model_json(directory) if is_xstilts else {"heads": []}
-            encoder, tokenizer = load_encoder(str(directory), local_files_only=True)
         except ModelLoadError as exc:
             raise CheckpointError(str(exc)) from exc
-        base = meta.get("base_model") or str(directory)
-        model = cls(encoder, base_model=base)
-
         try:
             saved = [HeadSpec.from_dict(d) for d in meta.get("heads", [])]
         except (ConfigError, UnknownNameError, TypeError) as exc:
@@ -355,12 +351,17 @@ class MultiTaskModel(nn.Module):
             if missing:
                 raise CheckpointError(f"{directory} has no head(s) {missing}; saved heads: {sorted(by_name) or 'none'}")
             wanted = list(heads)
+        heads_path = directory / HEADS_FILE
+        if wanted and not heads_path.is_file():
+            raise CheckpointError(f"{heads_path} is missing but {XSTILTS_MODEL_FILE} lists heads {sorted(by_name)}")
+        try:
+            encoder, tokenizer = load_encoder(str(directory), local_files_only=True)
+        except ModelLoadError as exc:
+            raise CheckpointError(str(exc)) from exc
+        model = cls(encoder, base_model=meta.get("base_model") or str(directory))
         if wanted:
             from safetensors.torch import load_file
 
-            heads_path = directory / HEADS_FILE
-            if not heads_path.is_file():
-                raise CheckpointError(f"{heads_path} is missing but {XSTILTS_MODEL_FILE} lists heads {sorted(by_name)}")
             state = load_file(str(heads_path))
             for task in wanted:
                 model.add_head(by_name[task])
