@@ -146,6 +146,10 @@ class TaskSpec(BaseModel):
             if bad:
                 raise ValueError(f"{src_name} names splits not in splits: {bad}")
         if self.local is not None:
+            from xstilts.tasks.readers import READERS
+
+            if self.local.reader not in READERS:
+                raise ValueError(f"local.reader '{self.local.reader}' is not a reader; valid: {sorted(READERS)}")
             unknown = sorted(set(self.local.lang_codes) - set(self.languages))
             if unknown:
                 raise ValueError(f"local.lang_codes has languages not in languages: {unknown}")
