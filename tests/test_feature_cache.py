@@ -7,6 +7,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xstilts.tasks import cache
@@ -96,6 +97,14 @@ def test_options_change_gives_new_entry(tokenizer, tmp_path):
     b = featurize_cached(task, ex, tokenizer, FeaturizeOptions(max_length=48, doc_stride=16), cache_dir=tmp_path)
     assert cache_stats()["misses"] == 2 and len(entries(tmp_path)) == 2
     assert a[0]["offset_mapping"][0] == [-1, -1] and a[0]["start_positions"] == b[0]["start_positions"] > 0
+    # the cached Dataset works directly with collate and decode
+    fmt = get_format("extractive_qa")
+    batch = fmt.collate([a[i] for i in range(len(a))], tokenizer.pad_token_id)
+    assert batch["start_positions"].tolist() == a["start_positions"][:]
+    start = np.full((len(a), 64), -5.0)
+    end = np.full((len(a), 64), -5.0)
+    start[0, a[0]["start_positions"]] = end[0, a[0]["end_positions"]] = 5.0
+    assert fmt.decode(ex, a, {"start_logits": start, "end_logits": end}) == {"q1": "Paris"}
 
 
 def test_lost_race_uses_winner_entry(tokenizer, tmp_path, monkeypatch):

@@ -236,3 +236,45 @@ def test_collate_positions_and_dtypes(tokenizer):
     assert batch["input_ids"][0, n0:].eq(tokenizer.pad_token_id).all() and batch["attention_mask"][0, n0:].eq(0).all()
     assert batch["labels"].tolist() == [1, 0]
     assert all(t.dtype == torch.long for t in batch.values())
+
+
+def _read_token_tsv(path, limit: int) -> list[TaggingExample]:
+    sentences, words, tags = [], [], []
+    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+        if not line.strip():
+            if words:
+                sentences.append(TaggingExample(f"{path.stem}-{len(sentences)}", words, tags))
+                words, tags = [], []
+            if len(sentences) >= limit:
+                break
+            continue
+        word, tag = line.split("\t")[:2]
+        words.append(word)
+        tags.append(tag)
+    return sentences
+
+
+@pytest.mark.parametrize("lang", ["en", "zh", "ar"])
+def test_tagging_round_trip_real_panx(shared_data, tokenizer, lang):
+    """Gold tags put on the first sub-tokens of real PAN-X sentences decode back to the gold tags."""
+    path = shared_data / "panx" / f"dev-{lang}.tsv"
+    examples = _read_token_tsv(path, 300)
+    labels = sorted({t for ex in examples for t in ex.tags})
+    feats = get_format("tagging").featurize(examples, tokenizer, FeaturizeOptions(max_length=128), labels)
+    width = max(len(f["input_ids"]) for f in feats)
+    logits = np.zeros((len(feats), width, len(labels)), dtype=np.float32)
+    for i, f in enumerate(feats):
+        for p, lab in enumerate(f["labels"]):
+            if lab != -100:
+                logits[i, p, lab] = 1.0
+        assert sum(lab != -100 for lab in f["labels"]) == len({w for w in f["word_ids"] if w != -1})
+    preds = get_format("tagging").decode(examples, feats, {"logits": logits}, labels)
+    assert all(len(preds[ex.id]) == len(ex.tokens) for ex in examples)
+    # sentences longer than max_length are truncated: their lost words decode to "O"
+    seen = [len({w for w in f["word_ids"] if w != -1}) for f in feats]
+    whole = [ex for ex, n in zip(examples, seen) if n == len(ex.tokens)]
+    cut = [(ex, n) for ex, n in zip(examples, seen) if n < len(ex.tokens)]
+    assert len(whole) > 250
+    assert get_format("tagging").score(whole, preds, "ner_f1")["f1"] == pytest.approx(100.0)
+    for ex, n in cut:
+        assert preds[ex.id][:n] == ex.tags[:n] and set(preds[ex.id][n:]) == {"O"}

@@ -167,6 +167,19 @@ def _load(entry: Path):
     return ds
 
 
+def _save_quietly(dataset: Any, directory: Path) -> None:
+    """``save_to_disk`` without its progress bar (one per cache entry is noise in a grid's logs)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(directory))
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def featurize_cached(
     task: TaskLike,
     examples: Sequence[Any],
@@ -213,7 +226,7 @@ def featurize_cached(
     _clean_stale_tmp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key[:12]}-", dir=root))
     try:
-        dataset.save_to_disk(str(tmp))
+        _save_quietly(dataset, tmp)
         meta = {
             "task": task.name,
             "format": fmt.name,

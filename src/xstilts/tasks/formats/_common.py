@@ -83,11 +83,20 @@ def check_coverage(examples: Sequence[Any], predictions: Mapping[str, Any], what
         )
 
 
+def column(features: Any, key: str) -> list[Any]:
+    """One key of every feature, from a list of dicts or (fast, columnar) a ``datasets.Dataset``."""
+    if hasattr(features, "column_names"):
+        if key not in features.column_names:
+            raise XStiltsError(f"features have no '{key}' column (columns: {features.column_names})")
+        return list(features[key])
+    return [f[key] for f in features]
+
+
 def group_features(features: Sequence[Mapping[str, Any]], n_examples: int) -> list[list[int]]:
     """Feature indices per example index (an example may have several windows / none)."""
     groups: list[list[int]] = [[] for _ in range(n_examples)]
-    for i, feat in enumerate(features):
-        idx = int(feat["example_index"])
+    for i, idx in enumerate(column(features, "example_index")):
+        idx = int(idx)
         if not 0 <= idx < n_examples:
             raise XStiltsError(
                 f"feature {i} points to example_index {idx}, but only {n_examples} examples were given: "

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xstilts.errors import ConfigError, XStiltsError
-from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, group_features
+from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column, group_features
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import QAExample
 
@@ -184,6 +184,7 @@ class ExtractiveQAFormat(Format):
             )
         if allow_no_answer is None:
             allow_no_answer = any(ex.is_impossible for ex in examples)
+        all_offsets = column(features, "offset_mapping")
         predictions: dict[str, str] = {}
         for ex_idx, feat_ids in enumerate(group_features(features, len(examples))):
             if not feat_ids:
@@ -193,7 +194,7 @@ class ExtractiveQAFormat(Format):
             best_span: tuple[int, int] | None = None
             min_null = np.inf
             for f in feat_ids:
-                offsets = np.asarray(features[f]["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+                offsets = np.asarray(all_offsets[f], dtype=np.int64).reshape(-1, 2)
                 n = len(offsets)
                 s = np.asarray(start_logits[f][:n], dtype=np.float64)
                 e = np.asarray(end_logits[f][:n], dtype=np.float64)

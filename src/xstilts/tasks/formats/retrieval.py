@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xstilts.errors import UnknownNameError, XStiltsError
-from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat
+from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import BitextExample
 
@@ -88,8 +88,8 @@ class RetrievalFormat(Format):
         if emb.ndim != 2 or emb.shape[0] != len(features):
             raise XStiltsError(f"retrieval: embeddings of shape {emb.shape} do not match {len(features)} features")
         rows: dict[str, dict[int, int]] = {side: {} for side in SIDES}
-        for f, feat in enumerate(features):
-            rows[feat["side"]][int(feat["example_index"])] = f
+        for f, (side, ex_idx) in enumerate(zip(column(features, "side"), column(features, "example_index"))):
+            rows[side][int(ex_idx)] = f
         query_side, key_side = ("source", "target") if direction == "source_to_target" else ("target", "source")
         q_idx = sorted(rows[query_side])
         k_idx = sorted(rows[key_side])

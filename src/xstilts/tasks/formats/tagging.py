@@ -25,6 +25,7 @@ from xstilts.tasks.formats._common import (
     check_coverage,
     check_metric,
     collate_flat,
+    column,
     group_features,
     label_index,
     require_label_list,
@@ -135,6 +136,7 @@ class TaggingFormat(Format):
         if len(logits) != len(features):
             raise XStiltsError(f"tagging: {len(logits)} logit rows for {len(features)} features")
         fallback = fallback_tag(labels)
+        all_word_ids = column(features, "word_ids")
         predictions: dict[str, list[str]] = {}
         for ex_idx, feat_ids in enumerate(group_features(features, len(examples))):
             if not feat_ids:
@@ -142,7 +144,7 @@ class TaggingFormat(Format):
             example = examples[ex_idx]
             tags = [fallback] * len(example.tokens)
             for f in feat_ids:
-                first = first_subtoken_positions(features[f]["word_ids"])
+                first = first_subtoken_positions(all_word_ids[f])
                 if not first:
                     continue
                 row = np.asarray(logits[f])
