@@ -89,3 +89,47 @@ TASKS = {"copycls": classification_task, "copymc": multiple_choice_task, "copyqa
 
 def synthetic(*names: str, **kw) -> dict[str, TaskData]:
     return {n: TASKS[n](**kw) for n in names}
+
+
+def stage_config(model_dir, **overrides):
+    """A small stage config for the synthetic tasks."""
+    from xstilts.train import make_train_config
+
+    base = {"model": str(model_dir), "tasks": [{"task": "copycls"}], "learning_rate": 2e-3, "batch_size": 16,
+            "num_epochs": 3, "max_length": 32, "warmup_ratio": 0.1, "progress": False, "seed": 0, "log_every": 1}
+    base.update(overrides)
+    return make_train_config(base)
+
+
+def _worker() -> None:
+    """``python -m tests.test_train_support MODEL_DIR OUT_DIR CONFIG_JSON [SLEEP]``: run one stage.
+
+    SLEEP seconds are added after every optimizer step (so a test can kill the run mid-way).
+    """
+    import json
+    import sys
+    import time
+
+    import torch
+
+    model_dir, out, cfg_json = sys.argv[1:4]
+    sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    if sleep:
+        original = torch.optim.AdamW.step
+
+        def slow_step(self, *a, **k):
+            result = original(self, *a, **k)
+            time.sleep(sleep)
+            return result
+
+        torch.optim.AdamW.step = slow_step
+    overrides = json.loads(cfg_json)
+    tasks = [t["task"] for t in overrides.get("tasks", [{"task": "copycls"}])]
+    from xstilts.train import train_stage
+
+    result = train_stage(stage_config(model_dir, **overrides), out, task_data=synthetic(*tasks))
+    print(json.dumps({"steps": result.steps, "dev": result.dev_metrics}))
+
+
+if __name__ == "__main__":
+    _worker()
