@@ -1,5 +1,45 @@
-"""`xstilts report` command group (to be filled by its layer's owner)."""
+"""`xstilts report OUTPUT_DIR`: the HTML + Markdown report of a run's results."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+
+@app.command("report")
+@handle_errors
+def report(
+    output_dir: Path = typer.Argument(..., help="OUTPUT_DIR of `xstilts run` (holds results.sqlite)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default OUTPUT_DIR/report/report.html); report.md and figures/ go beside it."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Model for embedding/sub-word similarity (default: the runs' model)."),
+    similarity: bool = typer.Option(True, "--similarity/--no-similarity", help="Compute task/language/domain similarity (loads data and a model)."),
+    task_emb: bool = typer.Option(False, "--task-emb", help="Also compute Fisher TaskEmb from the stage models (slow)."),
+    max_examples: int = typer.Option(200, "--max-examples", help="English examples per task for similarity measures."),
+    low_resource: str | None = typer.Option(None, "--low-resource", help="Comma-separated language codes forming the low-resource subset (default: Joshi classes 0-2)."),
+    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for confidence intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of bootstrap/permutation resampling and text samples."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data folder (default: the configured one)."),
+) -> None:
+    """Write the analysis report (gains, groupings, similarity, statistics) of OUTPUT_DIR."""
+    from rich.table import Table
+
+    from xstilts.analysis.report import ReportOptions, build_report
+
+    opts = ReportOptions(
+        n_boot=n_boot, seed=seed, similarity=similarity, encoder=encoder, task_emb=task_emb,
+        max_examples=max_examples, data_dir=str(data_dir) if data_dir else None,
+        low_resource_languages=[c.strip() for c in low_resource.split(",") if c.strip()] if low_resource else None,
+    )
+    result = build_report(output_dir, out, opts)
+    table = Table(title="xstilts report", show_header=False)
+    table.add_row("HTML", str(result.html))
+    table.add_row("Markdown", str(result.markdown))
+    table.add_row("figures", f"{len(result.figures)} PNG in {result.html.parent / 'figures'}")
+    console.print(table)
+    if result.notes:
+        console.print(f"[yellow]{len(result.notes)} note(s)[/] about missing inputs (also in the report):")
+        for n in result.notes:
+            console.print(f"  • {n}", highlight=False)
