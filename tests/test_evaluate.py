@@ -132,3 +132,38 @@ def test_find_head_by_kind_and_ambiguity():
     two = {n: HeadSpec(task=n, kind="extractive_qa") for n in ("a", "b")}
     with pytest.raises(XStiltsError, match="several extractive_qa heads"):
         find_head(two, task, "extractive_qa")
+
+
+def test_tagging_qa_and_multiple_choice_heads_end_to_end(tiny_model_dir, shared_data, tmp_path):
+    from xstilts.models import HeadSpec, MultiTaskModel
+    from xstilts.tasks.catalog import get_task
+
+    model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    model.add_head(HeadSpec(task="panx", kind="tagging", num_labels=len(get_task("panx").label_list)))
+    model.add_head(HeadSpec(task="squad_v1", kind="extractive_qa"))  # xquad's train_task
+    model.add_head(HeadSpec(task="copa", kind="multiple_choice", num_labels=1))  # found by kind
+    d = tmp_path / "model"
+    model.save(d, tokenizer=tok)
+    for task, lang, keys in [("panx", "de", {"f1", "precision", "recall"}), ("xquad", "zh", {"exact_match", "f1"}),
+                             ("xcopa", "et", {"accuracy"})]:
+        out = tmp_path / task
+        rep = zero_shot_eval(d, task, lang, data_dir=shared_data, max_examples=6, out_dir=out, batch_size=4)
+        assert set(rep.per_language[lang]) == keys and rep.n_examples[lang] == 6
+        _same(rescore(out).per_language, rep.per_language)
+
+
+def test_cli_eval_prints_table_and_writes_outputs(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from xstilts.cli import app
+
+    data = _tatoeba_dir(tmp_path / "data")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--task", "tatoeba", "--languages", "de,fr",
+                                   "--layer", "2", "--pooling", "cls", "--out", str(out), "--data-dir", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "average" in res.output and "metrics.json" in res.output
+    assert json.loads((out / "metrics.json").read_text())["settings"]["retrieval"]["pooling"] == "cls"
+    bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--task", "tatoeba", "--pooling", "max",
+                                   "--data-dir", str(data), "--out", str(out)])
+    assert bad.exit_code == 2 and "pooling" in bad.output

@@ -329,7 +329,9 @@ def zero_shot_eval(
                                  "direction": "source->english" + (" and english->source" if rs.both_directions else "")}
     else:
         head = find_head(mt.head_specs, spec, fmt.head_kind)
-        options = FeaturizeOptions(max_length=max_length) if max_length else FeaturizeOptions()
+        # QA: the usual SQuAD-style windows (384 tokens, stride 128) unless told otherwise
+        default_len = 384 if spec.format == "extractive_qa" else FeaturizeOptions().max_length
+        options = FeaturizeOptions(max_length=max_length or default_len)
         settings["head"] = head
     settings["featurize"] = asdict(options)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
