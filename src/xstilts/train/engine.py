@@ -142,8 +142,15 @@ def _make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) 
         AcceleratorState._reset_state()
         GradientState._reset_state()
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
-    return Accelerator(mixed_precision=mp, log_with=config.trackers or None, project_dir=str(output_dir),
-                       kwargs_handlers=kwargs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # accelerate only sets up multi-process CPU (gloo) when asked for the CPU explicitly
+    cpu = world > 1 and not torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=mp, log_with=config.trackers or None, project_dir=str(output_dir),
+                      kwargs_handlers=kwargs, cpu=cpu)
+    if acc.num_processes != world:
+        raise XStiltsError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es); "
+                           "use `accelerate launch` or `torchrun` with a matching configuration")
+    return acc
 
 
 def _read_done(output_dir: Path) -> dict[str, Any] | None:
