@@ -250,7 +250,7 @@ def test_languages_by_filters():
     assert "kk" not in {lang.code for lang in cyr_ie}
     winners = {lang.code for lang in languages_by(resource_class=5)}
     assert winners == {"ar", "de", "en", "es", "fr", "ja", "zh"}
-    with pytest.raises(UnknownNameError, match="Valid family names: .*Indo-European"):
+    with pytest.raises(UnknownNameError, match="Valid values: .*Indo-European"):
         languages_by(family="Indo-Europaen")
     with pytest.raises(UnknownNameError):
         languages_by(resource_class=6)
