@@ -175,7 +175,7 @@ def similarity_scatter(
     n = len(measures)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.3 * rows), squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     for ax, m in zip(axes.ravel(), measures):
@@ -199,8 +199,8 @@ def similarity_scatter(
                    f"n = {int(r['n'])}")
         else:
             txt = f"n = {int(ok.sum())}: too few points\nor constant measure"
-        ax.text(0.02, 0.98, txt, transform=ax.transAxes, va="top", ha="left", fontsize=7.5,
-                bbox=dict(boxstyle="round", facecolor="white", alpha=0.85, edgecolor="#999999"))
+        # above the panel, so it never hides a point
+        ax.set_title(txt, fontsize=8, loc="left", fontweight="normal")
         ax.set_xlabel((measure_labels or {}).get(m, m))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
