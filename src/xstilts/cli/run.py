@@ -1,5 +1,213 @@
-"""`xstilts run` command group (to be filled by its layer's owner)."""
+"""`xstilts run`, `xstilts status`, `xstilts results` (and the hidden `xstilts worker`)."""
 
 from __future__ import annotations
 
-from xstilts.cli._app import app, console, handle_errors  # noqa: F401
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xstilts.cli._app import app, console, handle_errors
+
+_STATE_STYLE = {"done": "green", "running": "cyan", "waiting": "dim", "failed": "red"}
+
+
+def _plan_table(rows: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, highlight=False)
+    for col in ("id", "kind", "setup", "target", "seeds", "inputs", "depends on", "state"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        state = r["state"]
+        if r["progress"] and state == "running":
+            p = r["progress"]
+            state += f" (step {p.get('step', '?')}" + (f"/{p['max_steps']}" if p.get("max_steps") else "") + ")"
+        if r["error"]:
+            state += f": {r['error'][:60]}"
+        deps = ",".join(d[:8] for d in r["depends_on"].split(",") if d)
+        table.add_row(r["id"][:12], r["kind"], r["setup"], r["target"], r["seeds"], r["inputs"] or r["model"], deps,
+                      f"[{_STATE_STYLE.get(r['state'], '')}]{state}[/]")
+    return table
+
+
+def _totals_line(t: dict[str, Any]) -> str:
+    est = f"{t['examples_to_process']:,}" + (f" (+{t['unknown_size']} stage(s) of unknown size)" if t["unknown_size"] else "")
+    return (f"{t['stages']} stages: [green]{t['done']} done[/], [cyan]{t['running']} running[/], "
+            f"{t['waiting']} waiting, [red]{t['failed']} failed[/]; to run: {t['to_run']}; "
+            f"estimated examples to process: {est}")
+
+
+def _load(spec: Path, output_dir: Path | None) -> Any:
+    from xstilts.experiments import load_spec, plan_stages
+
+    overrides = {"output_dir": str(output_dir.resolve())} if output_dir else None
+    return plan_stages(load_spec(spec, overrides=overrides))
+
+
+def _summary(store: Any, plan: Any) -> None:
+    from rich.table import Table
+
+    from xstilts.experiments.results import summary_frame
+
+    frame = summary_frame(store, plan)
+    if frame.empty:
+        console.print("no zero-shot results yet.")
+        return
+    table = Table(title="average zero-shot score (primary metric, mean over languages and seeds)")
+    names = list(frame.index.names)
+    for n in names:
+        table.add_column(n)
+    for setup in frame.columns:
+        table.add_column(str(setup), justify="right")
+    for idx, row in frame.iterrows():
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        table.add_row(*[str(k) for k in keys], *[("—" if v != v else f"{v:.1f}") for v in row.tolist()])
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def run(
+    spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (one GPU each when GPUs exist)."),
+    launcher: str = typer.Option("local", "--launcher", help="local | slurm"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and totals; run nothing."),
+    devices_per_stage: int = typer.Option(1, "--devices-per-stage", help="GPUs per stage (>1: accelerate launch)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition (launcher slurm)."),
+    slurm_timeout_min: int = typer.Option(24 * 60, "--slurm-timeout-min", help="Slurm job time limit (minutes)."),
+    max_jobs_per_level: int = typer.Option(8, "--max-jobs", help="Slurm worker jobs per plan level."),
+) -> None:
+    """Run an experiment spec: plan its stages, train and evaluate what is not done yet."""
+    import sys
+
+    from rich.live import Live
+
+    from xstilts.errors import ConfigError
+    from xstilts.experiments import open_store
+    from xstilts.experiments.results import plan_rows, plan_totals
+
+    if launcher not in ("local", "slurm"):
+        raise ConfigError(f"unknown launcher '{launcher}'. Valid: local, slurm", key="--launcher")
+    plan = _load(spec, output_dir)
+    if dry_run:
+        from xstilts.experiments.store import store_path
+
+        store = open_store(plan.output_dir) if store_path(plan.output_dir).is_file() else None
+        rows = plan_rows(plan, store)
+        console.print(_plan_table(rows, f"plan of {spec} → {plan.output_dir}"))
+        console.print(_totals_line(plan_totals(rows)))
+        return
+    command = " ".join(["xstilts", *sys.argv[1:]])
+    if launcher == "slurm":
+        from xstilts.experiments.slurm import submit_slurm
+
+        params: dict[str, Any] = {"timeout_min": slurm_timeout_min}
+        if slurm_partition:
+            params["slurm_partition"] = slurm_partition
+        sub = submit_slurm(plan, max_jobs_per_level=max_jobs_per_level, gpus_per_stage=devices_per_stage,
+                           slurm_parameters=params, command=command)
+        for lv in sub.levels:
+            console.print(f"level {lv.level} ({'/'.join(lv.kinds)}): {len(lv.stage_ids)} stage(s) in jobs "
+                          f"{', '.join(lv.job_ids)}" + (f" after {lv.dependency}" if lv.dependency else ""))
+        console.print(f"submitted; follow with [bold]xstilts status {spec}[/] (logs: {sub.folder})")
+        return
+
+    from xstilts.experiments.runner import run_local
+
+    def render(store: Any) -> Any:
+        rows = plan_rows(plan, store)
+        active = [r for r in rows if r["state"] in ("running", "failed")]
+        from rich.console import Group
+        from rich.text import Text
+
+        parts: list[Any] = [Text.from_markup(_totals_line(plan_totals(rows)))]
+        if active:
+            parts.append(_plan_table(active, "running / failed"))
+        return Group(*parts)
+
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        def tick(store: Any) -> None:
+            live.update(render(store))
+
+        states = run_local(plan, workers=workers, devices_per_stage=devices_per_stage, on_tick=tick, command=command)
+    store = open_store(plan.output_dir)
+    _summary(store, plan)
+    failed = [sid for sid, st in states.items() if st == "failed"]
+    console.print(f"results: {plan.output_dir / 'results.sqlite'} — export with [bold]xstilts results {spec}[/]; "
+                  f"report with [bold]xstilts report {plan.output_dir}[/]")
+    if failed:
+        console.print(f"[red]{len(failed)} stage(s) failed[/]: {', '.join(failed)} — see [bold]xstilts status {spec}[/]; "
+                      "run again to retry them.")
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def status(
+    spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+) -> None:
+    """Show every stage of a spec's plan with its state (done / running / waiting / failed)."""
+    from xstilts.experiments import open_store
+    from xstilts.experiments.results import plan_rows, plan_totals
+    from xstilts.experiments.store import store_path
+
+    plan = _load(spec, output_dir)
+    store = open_store(plan.output_dir) if store_path(plan.output_dir).is_file() else None
+    rows = plan_rows(plan, store)
+    console.print(_plan_table(rows, f"{spec} → {plan.output_dir}"))
+    console.print(_totals_line(plan_totals(rows)))
+    if store is not None:
+        _summary(store, plan)
+
+
+@app.command()
+@handle_errors
+def results(
+    spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | parquet | json"),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout for csv/json)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+) -> None:
+    """Export the metrics of a spec's stages (one row per model/setup/target/language/seed/metric)."""
+    from xstilts.errors import DataNotFoundError
+    from xstilts.experiments import open_store
+    from xstilts.experiments.results import export_results
+    from xstilts.experiments.store import store_path
+
+    plan = _load(spec, output_dir)
+    if not store_path(plan.output_dir).is_file():
+        raise DataNotFoundError(f"{plan.output_dir}: no results yet; run `xstilts run {spec}` first")
+    store = open_store(plan.output_dir)
+    if fmt == "parquet" and out is None:
+        from xstilts.errors import ConfigError
+
+        raise ConfigError("parquet needs --out FILE", key="--out")
+    df = export_results(store, plan, fmt, out)
+    if out is not None:
+        console.print(f"wrote {len(df)} rows to {out}")
+    elif fmt == "table":
+        _summary(store, plan)
+        console.print(f"{len(df)} metric rows; use --format csv|json|parquet --out FILE for all of them.")
+    elif fmt == "csv":
+        console.print(df.to_csv(index=False), end="", highlight=False, soft_wrap=True)
+    else:
+        console.print(df.to_json(orient="records", indent=1), highlight=False, soft_wrap=True)
+
+
+@app.command(hidden=True)
+@handle_errors
+def worker(
+    spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o"),
+) -> None:
+    """One store-claiming worker for a spec's plan (what `run --workers` and Slurm jobs run)."""
+    from xstilts.experiments import open_store, run_worker
+
+    plan = _load(spec, output_dir)
+    with open_store(plan.output_dir) as store:
+        store.register_plan(plan, retry_failed=False)
+    summary = run_worker(plan)
+    console.print(f"{summary.worker}: ran {len(summary.ran)}, failed {len(summary.failed)}")

@@ -1,0 +1,147 @@
+"""What runs one stage. The runner only knows the small :class:`StageExecutor` interface, so
+tests inject a fake (no models) and real runs use :class:`TrainEvalExecutor`, which calls the
+train layer (``train_stage``) and the evaluate layer (``zero_shot_eval``).
+
+A training stage given more than one device runs through ``accelerate launch`` (one process
+per device) on this module's ``__main__`` (``python -m xstilts.experiments.executor STAGE.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from xstilts.errors import XStiltsError
+from xstilts.experiments.plan import stage_model_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTask:
+    """Everything an executor needs to run a stage."""
+
+    stage_id: str
+    kind: str
+    settings: dict[str, Any]
+    stage_dir: Path
+    output_dir: Path
+    data_dir: Path | None
+    devices: int = 0  # GPUs given to this stage (0: CPU)
+
+
+@dataclass
+class StageOutcome:
+    """What a finished stage reports: metric rows ``(language, split, metric, value)`` and a JSON summary."""
+
+    metrics: list[tuple[str, str, str, float]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class StageExecutor(Protocol):
+    """Runs one stage to completion (resuming from its own checkpoints if it was interrupted)."""
+
+    def __call__(self, task: StageTask) -> StageOutcome: ...
+
+
+def build_train_config(task: StageTask) -> Any:
+    """The stage's TrainConfig with its model reference resolved and the run's data dir."""
+    from xstilts.train.config import make_train_config
+
+    data = dict(task.settings)
+    data["model"] = stage_model_dir(task.output_dir, data["model"])
+    if data.get("init_heads") is None:
+        data["init_heads"] = False
+    data["data_dir"] = str(task.data_dir) if task.data_dir else None
+    return make_train_config(data)
+
+
+def eval_rows(report: Any) -> list[tuple[str, str, str, float]]:
+    """Metric rows of an EvalReport: every score of every language (no averages: analysis makes them)."""
+    rows = []
+    for language, scores in sorted(report.per_language.items()):
+        for metric, value in sorted(scores.items()):
+            if isinstance(value, (int, float)):
+                rows.append((language, report.split, metric, float(value)))
+    return rows
+
+
+class TrainEvalExecutor:
+    """The real executor: ``train_stage`` for intermediate/target stages, ``zero_shot_eval`` for eval."""
+
+    def __call__(self, task: StageTask) -> StageOutcome:
+        task.stage_dir.mkdir(parents=True, exist_ok=True)
+        if task.kind in ("intermediate", "target"):
+            return self._train(task)
+        if task.kind == "eval":
+            return self._eval(task)
+        raise XStiltsError(f"stage {task.stage_id}: unknown kind '{task.kind}'")
+
+    def _train(self, task: StageTask) -> StageOutcome:
+        config = build_train_config(task)
+        if task.devices > 1:
+            return self._train_distributed(task, config)
+        from xstilts.train import train_stage
+
+        res = train_stage(config, task.stage_dir)
+        return StageOutcome(result=_train_summary(res))
+
+    def _train_distributed(self, task: StageTask, config: Any) -> StageOutcome:
+        spec_file = task.stage_dir / "stage_config.json"
+        spec_file.write_text(config.model_dump_json(indent=1))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(task.devices),
+               "--multi_gpu", "--module", "xstilts.experiments.executor", str(spec_file), str(task.stage_dir)]
+        logger.info("stage %s: %s", task.stage_id, " ".join(cmd))
+        proc = subprocess.run(cmd, env=os.environ.copy())
+        if proc.returncode != 0:
+            raise XStiltsError(f"stage {task.stage_id}: accelerate launch exited with status {proc.returncode}")
+        done = task.stage_dir / "DONE"
+        summary = json.loads(done.read_text()) if done.is_file() else {}
+        return StageOutcome(result={"devices": task.devices, **summary})
+
+    def _eval(self, task: StageTask) -> StageOutcome:
+        from xstilts.evaluate import zero_shot_eval
+
+        s = task.settings
+        retrieval = None
+        if s.get("retrieval"):
+            from xstilts.evaluate.zero_shot import RetrievalSettings
+
+            retrieval = RetrievalSettings(**s["retrieval"])
+        report = zero_shot_eval(
+            stage_model_dir(task.output_dir, s["model"]), s["task"], languages=s["languages"], split=s["split"],
+            data_dir=task.data_dir, max_examples=s.get("max_examples"), seed=s.get("seed", 0),
+            batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval)
+        return StageOutcome(metrics=eval_rows(report),
+                            result={"average": report.average, "skipped": report.skipped,
+                                    "n_examples": report.n_examples, "settings": _jsonable(report.settings)})
+
+
+def _train_summary(res: Any) -> dict[str, Any]:
+    return {"model_dir": str(res.model_dir), "steps": res.steps, "dev_metrics": res.dev_metrics,
+            "skipped": res.skipped, "seconds": getattr(res, "seconds", None)}
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _main(argv: list[str]) -> int:
+    """Entry of one ``accelerate launch`` process: train the stage config in ``argv[0]`` into ``argv[1]``."""
+    from xstilts.train import train_stage
+    from xstilts.train.config import TrainConfig
+
+    config = TrainConfig.model_validate_json(Path(argv[0]).read_text())
+    train_stage(config, Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - runs under accelerate launch
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,330 @@
+"""The results store: one SQLite database per output dir (``OUTPUT_DIR/results.sqlite``).
+
+WAL mode with a busy timeout, so several worker processes (local or on a cluster's shared
+file system) read and write it at once. Claims use ``BEGIN IMMEDIATE`` so two workers never
+take the same stage; a stage is marked done in the same transaction that inserts its
+metrics, so a worker killed mid-write leaves no half row and no "done" without metrics. A
+"running" claim whose pid is dead on this host, or whose heartbeat is older than
+``stale_after`` seconds, is taken back.
+
+Tables: ``runs``, ``stages`` (one row per stage id, shared by every spec using that output
+dir), ``stage_labels`` (which model/setup/target/seed cell each stage serves), ``metrics``.
+The analysis layer reads it only through :meth:`ResultsStore.metrics_frame` and
+:meth:`ResultsStore.stages_frame`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from xstilts.experiments.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+STORE_FILE = "results.sqlite"
+STATES = ("waiting", "running", "done", "failed")
+DEFAULT_STALE_AFTER_S = 600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec_file TEXT, spec_name TEXT, command TEXT, host TEXT, pid INTEGER,
+    started_at REAL, finished_at REAL, n_stages INTEGER, status TEXT
+);
+CREATE TABLE IF NOT EXISTS stages (
+    stage_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    settings TEXT NOT NULL,
+    depends_on TEXT NOT NULL DEFAULT '[]',
+    description TEXT,
+    created_at REAL, started_at REAL, finished_at REAL, heartbeat REAL,
+    host TEXT, pid INTEGER, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT, result TEXT, progress TEXT
+);
+CREATE TABLE IF NOT EXISTS stage_labels (
+    stage_id TEXT NOT NULL, model TEXT NOT NULL, setup TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
+    seed INTEGER NOT NULL,
+    PRIMARY KEY (stage_id, model, setup, target, seed)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    stage_id TEXT NOT NULL, model TEXT NOT NULL, setup TEXT NOT NULL, target TEXT NOT NULL,
+    language TEXT NOT NULL, seed INTEGER NOT NULL, split TEXT NOT NULL, metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (stage_id, model, setup, target, language, seed, split, metric)
+);
+CREATE INDEX IF NOT EXISTS metrics_by_cell ON metrics (target, setup, model);
+CREATE INDEX IF NOT EXISTS stages_by_state ON stages (state);
+"""
+
+METRIC_COLUMNS = ["model", "setup", "target", "language", "seed", "split", "metric", "value", "stage_id"]
+STAGE_COLUMNS = ["stage_id", "kind", "state", "setup", "target", "model", "seed", "started_at", "finished_at",
+                 "host", "error", "settings"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A stage this worker now owns (state "running")."""
+
+    stage_id: str
+    kind: str
+    settings: dict[str, Any]
+    attempts: int
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class ResultsStore:
+    """Access to one output dir's ``results.sqlite``. Cheap to open; one per process."""
+
+    def __init__(self, path: str | Path, *, stale_after: float = DEFAULT_STALE_AFTER_S):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stale_after = stale_after
+        self.host = socket.gethostname()
+        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._tx():
+            for statement in _SCHEMA.strip().split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately (no lock upgrade races between workers)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, plan: Plan, command: str = "") -> int:
+        """Record a run (one ``xstilts run`` invocation); returns its id."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO runs (spec_file, spec_name, command, host, pid, started_at, n_stages, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+                (str(plan.spec_file) if plan.spec_file else None, plan.spec_name, command, self.host, os.getpid(),
+                 time.time(), len(plan)))
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
+
+    # ------------------------------------------------------------------ plan
+
+    def register_plan(self, plan: Plan, *, retry_failed: bool = True) -> None:
+        """Insert the plan's stages (existing ones keep their state) and labels.
+
+        Labels new to an already-finished eval stage get its metrics copied, so a stage
+        shared by another spec under another setup name shows up under both. With
+        ``retry_failed``, failed stages of this plan go back to waiting.
+        """
+        now = time.time()
+        with self._tx() as c:
+            for stage in plan:
+                c.execute(
+                    "INSERT OR IGNORE INTO stages (stage_id, kind, state, settings, depends_on, description, created_at) "
+                    "VALUES (?, ?, 'waiting', ?, ?, ?, ?)",
+                    (stage.id, stage.kind, json.dumps(stage.settings, sort_keys=True), json.dumps(list(stage.depends_on)),
+                     stage.description, now))
+                if retry_failed:
+                    c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'failed'", (stage.id,))
+                for lab in stage.labels:
+                    cur = c.execute("INSERT OR IGNORE INTO stage_labels VALUES (?, ?, ?, ?, ?)",
+                                    (stage.id, lab.model, lab.setup, lab.target or "", lab.seed))
+                    if cur.rowcount and stage.kind == "eval":
+                        c.execute(
+                            "INSERT OR IGNORE INTO metrics SELECT DISTINCT stage_id, ?, ?, ?, language, ?, split, metric, value "
+                            "FROM metrics WHERE stage_id = ?",
+                            (lab.model, lab.setup, lab.target or "", lab.seed, stage.id))
+
+    # ------------------------------------------------------------------ claims
+
+    def reclaim_stale(self, conn: sqlite3.Connection | None = None) -> list[str]:
+        """Put back to waiting every running stage whose worker is gone; returns their ids."""
+        own = conn is None
+        ctx = self._tx() if own else _nullctx(conn)
+        back: list[str] = []
+        with ctx as c:
+            now = time.time()
+            for row in c.execute("SELECT stage_id, host, pid, heartbeat FROM stages WHERE state = 'running'").fetchall():
+                dead = row["host"] == self.host and not pid_alive(row["pid"])
+                stale = row["heartbeat"] is None or now - row["heartbeat"] > self.stale_after
+                if dead or stale:
+                    c.execute("UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL, "
+                              "error = ? WHERE stage_id = ?",
+                              (f"reclaimed: worker {row['host']}:{row['pid']} {'died' if dead else 'went silent'}",
+                               row["stage_id"]))
+                    back.append(row["stage_id"])
+        if back:
+            logger.info("reclaimed %d stale stage(s): %s", len(back), ", ".join(back))
+        return back
+
+    def claim_next(self, stage_ids: Sequence[str], *, worker: str = "", kinds: Sequence[str] | None = None) -> Claim | None:
+        """Atomically take the first waiting stage of ``stage_ids`` whose upstream stages are done."""
+        order = {sid: i for i, sid in enumerate(stage_ids)}
+        with self._tx() as c:
+            self.reclaim_stale(c)
+            rows = c.execute("SELECT stage_id, kind, settings, depends_on, attempts FROM stages WHERE state = 'waiting'"
+                             ).fetchall()
+            candidates = sorted((r for r in rows if r["stage_id"] in order and (kinds is None or r["kind"] in kinds)),
+                                key=lambda r: order[r["stage_id"]])
+            if not candidates:
+                return None
+            done = {r[0] for r in c.execute("SELECT stage_id FROM stages WHERE state = 'done'")}
+            for r in candidates:
+                if all(d in done for d in json.loads(r["depends_on"])):
+                    now = time.time()
+                    c.execute("UPDATE stages SET state = 'running', host = ?, pid = ?, worker = ?, started_at = ?, "
+                              "heartbeat = ?, attempts = attempts + 1, error = NULL, progress = NULL WHERE stage_id = ?",
+                              (self.host, os.getpid(), worker, now, now, r["stage_id"]))
+                    return Claim(r["stage_id"], r["kind"], json.loads(r["settings"]), r["attempts"] + 1)
+        return None
+
+    def heartbeat(self, stage_id: str, progress: dict[str, Any] | None = None) -> bool:
+        """Refresh this worker's claim (and its progress note); False if it lost the claim."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE stages SET heartbeat = ?, progress = COALESCE(?, progress) "
+                            "WHERE stage_id = ? AND state = 'running' AND host = ? AND pid = ?",
+                            (time.time(), json.dumps(progress) if progress is not None else None, stage_id, self.host,
+                             os.getpid()))
+            return cur.rowcount == 1
+
+    def complete(self, stage_id: str, metrics: Iterable[tuple[str, str, str, float]] = (),
+                 result: dict[str, Any] | None = None) -> None:
+        """Mark ``stage_id`` done and insert its metrics ``(language, split, metric, value)`` — one
+        row per label of the stage — in one transaction."""
+        rows = list(metrics)
+        with self._tx() as c:
+            labels = c.execute("SELECT model, setup, target, seed FROM stage_labels WHERE stage_id = ?",
+                               (stage_id,)).fetchall()
+            for lab in labels:
+                c.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              [(stage_id, lab["model"], lab["setup"], lab["target"], lang, lab["seed"], split, metric,
+                                float(value)) for lang, split, metric, value in rows])
+            c.execute("UPDATE stages SET state = 'done', finished_at = ?, heartbeat = ?, error = NULL, result = ? "
+                      "WHERE stage_id = ?",
+                      (time.time(), time.time(), json.dumps(result or {}, default=str), stage_id))
+
+    def fail(self, stage_id: str, error: str) -> None:
+        """Mark ``stage_id`` failed with ``error`` (its text is kept for ``xstilts status``)."""
+        with self._tx() as c:
+            c.execute("UPDATE stages SET state = 'failed', finished_at = ?, error = ? WHERE stage_id = ?",
+                      (time.time(), error[-20000:], stage_id))
+
+    def release(self, stage_id: str) -> None:
+        """Give a claim back (e.g. on Ctrl-C): the stage waits again and keeps its checkpoints."""
+        with self._tx() as c:
+            c.execute("UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL "
+                      "WHERE stage_id = ? AND state = 'running' AND host = ? AND pid = ?",
+                      (stage_id, self.host, os.getpid()))
+
+    # ------------------------------------------------------------------ reading
+
+    def states(self, stage_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """``{stage_id: state}`` (all stages, or those of ``stage_ids`` that are registered)."""
+        rows = self._conn.execute("SELECT stage_id, state FROM stages").fetchall()
+        want = set(stage_ids) if stage_ids is not None else None
+        return {r[0]: r[1] for r in rows if want is None or r[0] in want}
+
+    def stage_rows(self, stage_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Raw stage rows as dicts."""
+        rows = [dict(r) for r in self._conn.execute("SELECT * FROM stages").fetchall()]
+        if stage_ids is not None:
+            want = set(stage_ids)
+            rows = [r for r in rows if r["stage_id"] in want]
+        return rows
+
+    def metrics_frame(self, stage_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Every stored metric: columns model, setup, target, language, seed, split, metric,
+        value (a percentage), stage_id. ``stage_ids`` limits it to those stages."""
+        import pandas as pd
+
+        df = pd.read_sql_query(f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics ORDER BY target, setup, model, seed, "
+                               "language, metric", self._conn)
+        if stage_ids is not None:
+            df = df[df["stage_id"].isin(set(stage_ids))].reset_index(drop=True)
+        df["seed"] = df["seed"].astype(int)
+        df["value"] = df["value"].astype(float)
+        return df[METRIC_COLUMNS]
+
+    def stages_frame(self, stage_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per (stage, label): stage_id, kind, state, setup, target, model, seed,
+        started_at, finished_at, host, error, settings (json). Shared stages appear once per use."""
+        import pandas as pd
+
+        df = pd.read_sql_query(
+            "SELECT s.stage_id, s.kind, s.state, l.setup, NULLIF(l.target, '') AS target, l.model, l.seed, "
+            "s.started_at, s.finished_at, s.host, s.error, s.settings, s.attempts, s.description "
+            "FROM stages s LEFT JOIN stage_labels l ON s.stage_id = l.stage_id ORDER BY s.created_at, s.stage_id",
+            self._conn)
+        if stage_ids is not None:
+            df = df[df["stage_id"].isin(set(stage_ids))].reset_index(drop=True)
+        return df[[*STAGE_COLUMNS, "attempts", "description"]]
+
+    def runs_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self._conn)
+
+
+@contextmanager
+def _nullctx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    yield conn
+
+
+def store_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / STORE_FILE
+
+
+def open_store(output_dir: str | Path, *, stale_after: float = DEFAULT_STALE_AFTER_S) -> ResultsStore:
+    """Open (creating if needed) the results store of ``output_dir``."""
+    return ResultsStore(store_path(output_dir), stale_after=stale_after)
