@@ -136,3 +136,17 @@ def test_checkpoint_listing_and_pruning(tmp_path):
     (tmp_path / "step-9").mkdir()
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         ckpt.list_checkpoints(tmp_path)
+
+
+def test_cli_reports_bad_key_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from xstilts.cli import app
+
+    f = tmp_path / "stage.yaml"
+    f.write_text("model: m\ntasks: [{task: xnli, languagez: [en]}]\n")
+    res = CliRunner().invoke(app, ["train", str(f), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert "tasks.0.languagez" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--model and --task" in res.output

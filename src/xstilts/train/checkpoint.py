@@ -84,6 +84,17 @@ def commit_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy a directory tree as hard links (a real copy where the file system cannot link)."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
 def rng_state() -> dict[str, Any]:
     """The RNG states of python, numpy and torch (and CUDA when present)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

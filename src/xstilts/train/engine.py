@@ -463,6 +463,11 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
         return float(np.mean(vals)) if vals else None
 
     def save_model(directory: Path) -> None:
+        current = ckpt_dir / f"step-{step}" / "model"
+        if current.is_dir() and directory.parent != current.parent:
+            # the checkpoint of this very step holds these weights: hard-link it instead of writing again
+            ckpt.link_tree(current, directory)
+            return
         ctx = compact.full_view() if compact is not None else contextlib.nullcontext()
         with ctx:
             unwrapped().model.save(directory, with_heads=True, tokenizer=tokenizer)
@@ -592,7 +597,10 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
             shutil.copytree(ckpt_dir / "best" / "model", tmp)
             ckpt.commit_dir(tmp, model_dir)
         else:
-            save_model(model_dir)
+            tmp = output_dir / ".tmp-model"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(tmp)
+            ckpt.commit_dir(tmp, model_dir)
         ckpt.write_json_atomic(output_dir / "DONE", {
             "steps": step, "dev_metrics": dev_metrics, "config_hash": config_hash, "best_score": best_score,
             "best_step": best_step, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": world,
