@@ -182,3 +182,13 @@ def test_two_process_cpu_run_matches_one_process(tiny_model_dir, tmp_path):
     assert sum(l2[-5:]) < sum(l2[:5]) and sum(l1[-5:]) < sum(l1[:5])
     acc1, acc2 = one.dev_metrics["copycls"]["accuracy"], done["dev_metrics"]["copycls"]["accuracy"]
     assert abs(acc1 - acc2) <= 15 and acc2 > 50
+
+
+def test_catalog_task_with_languages_and_extra_files(tiny_model_dir, tmp_path, shared_data):
+    """Real PAN-X through the catalog: English + German train splits, French file mixed in at 0.5."""
+    cfg = stage_config(tiny_model_dir, data_dir=str(shared_data), max_steps=2, eval_max_examples=20, batch_size=8,
+                       tasks=[{"task": "panx", "languages": ["en", "de"], "max_examples": 20,
+                               "extra_files": [str(shared_data / "panx" / "train-fr.tsv")], "extra_ratio": 0.5}])
+    result = train_stage(cfg, tmp_path / "out")
+    assert set(result.dev_metrics["panx"]) >= {"f1", "precision", "recall"}
+    assert result.task_batches["panx"] == 2
