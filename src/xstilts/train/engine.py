@@ -59,6 +59,7 @@ class TrainResult:
     best_step: int | None = None
     output_dir: Path | None = None
     seconds: float = 0.0
+    loop_seconds: float = 0.0  # the training loop alone (no set-up, final evaluation or saving)
     task_batches: dict[str, int] = field(default_factory=dict)  # micro-batches drawn per task ("__mlm__" for MLM)
 
 
@@ -517,7 +518,8 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
                 steps_per_epoch, world, ", ".join(sizes) or "-", " + MLM" if mlm_head is not None else "")
     prepared_module.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss_sum, loss_n, examples_seen, t0 = 0.0, 0, 0, time.time()
+    # the running loss stays on the device; it is read (a host sync) only when it is logged
+    loss_sum, loss_n, examples_seen, t0 = torch.zeros((), device=device), 0, 0, time.time()
     last_eval: dict[str, dict[str, float]] | None = None
     last_eval_step = -1
     saved_step = int(resume_state["step"]) if resume_state else -1
@@ -547,15 +549,15 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_sum += float(accelerator.reduce(step_loss, reduction="mean"))
+            loss_sum += accelerator.reduce(step_loss, reduction="mean")
             loss_n += 1
             elapsed = max(time.time() - t0, 1e-9)
             if step % config.log_every == 0 or step == total_steps:
-                rec = {"step": step, "loss": loss_sum / loss_n, "lr": lr_now, "epoch": step / steps_per_epoch,
+                rec = {"step": step, "loss": float(loss_sum) / loss_n, "lr": lr_now, "epoch": step / steps_per_epoch,
                        "examples_per_s": examples_seen / elapsed}
                 log.log(rec, step)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.1f}")
-                loss_sum, loss_n = 0.0, 0
+                loss_sum, loss_n = torch.zeros((), device=device), 0
             bar.update(1)
             if dev_feats and config.eval_every and step % config.eval_every == 0:
                 last_eval, last_eval_step = evaluate(), step
@@ -577,6 +579,7 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     finally:
         bar.close()
 
+    loop_seconds = time.time() - t0
     # ---------------------------------------------------------------- end
     if step != saved_step:
         save_checkpoint()
@@ -615,4 +618,4 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     logger.info("stage finished: %d steps in %.1fs; dev %s", step, seconds, dev_metrics)
     return TrainResult(model_dir=model_dir, steps=step, dev_metrics=dev_metrics, skipped=False, best_score=best_score,
                        best_step=best_step, output_dir=output_dir, seconds=seconds,
-                       task_batches=task_batches)
+                       loop_seconds=loop_seconds, task_batches=task_batches)

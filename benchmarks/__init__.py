@@ -1,0 +1,1 @@
+"""xstilts benchmarks: speed and memory against Hugging Face baselines, measured side by side."""

@@ -1,0 +1,141 @@
+"""Evaluation throughput: xstilts ``zero_shot_eval`` vs a per-language ``transformers`` loop.
+
+The job (both sides): one model (e5-small's encoder + a QA head and a NER head, the
+same weights on both sides) is evaluated zero-shot on every local language of a QA
+target (XQuAD, 12 languages) and a tagging target (PAN-X, every local language), on
+the first ``max_examples`` examples of each language (same deterministic subsample).
+
+- xstilts: one ``zero_shot_eval`` call per task; the model is loaded once, features
+  are sorted by length into dynamically padded batches, run under ``inference_mode``.
+  The feature cache is cold (a fresh cache dir), so tokenising is timed too.
+- baseline: what a ``transformers`` user writes: for each language, the
+  ``question-answering`` pipeline (its own tokenisation, windows and post-processing)
+  for XQuAD, and ``Trainer.predict`` on the same tagging features for PAN-X (pipelines
+  cannot take pre-split words), each with the same batch size.
+
+Timed: model loading + every language, end to end. Examples/s = questions + sentences
+over seconds. The heads are untrained (this measures speed, not quality).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _languages(task: str, data_dir: str | None) -> list[str]:
+    from xstilts.tasks.catalog import get_task
+    from xstilts.tasks.loading import local_availability
+
+    spec = get_task(task)
+    avail = local_availability(spec, data_dir)
+    return sorted({lang for (lang, split) in avail if split == spec.eval_split})
+
+
+def _model_dir(workdir: Path, model: str) -> Path:
+    """An xstilts model dir (encoder + QA head + NER head) and HF copies with the same weights."""
+    import torch
+
+    from xstilts.models import HeadSpec, MultiTaskModel, load_encoder, prepare_e5_small
+    from xstilts.tasks.catalog import get_task
+
+    path = str(prepare_e5_small()) if model == "e5-small" else model
+    torch.manual_seed(0)
+    encoder, tok = load_encoder(path)
+    mtm = MultiTaskModel(encoder, [HeadSpec("xquad", "extractive_qa"), HeadSpec("panx", "tagging", num_labels=len(get_task("panx").label_list))], base_model=path)
+    out = workdir / "model"
+    mtm.save(out, tokenizer=tok)
+    return out
+
+
+def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    from xstilts import paths
+    from xstilts.evaluate import zero_shot_eval
+
+    model_dir = _model_dir(workdir, config["model"])
+    cold = workdir / "features"
+    paths.features_cache_dir = lambda: cold  # type: ignore[assignment]  # cold cache: tokenising is timed
+    n = 0
+    t0 = time.perf_counter()
+    for task in ("xquad", "panx"):
+        langs = _languages(task, config.get("data_dir"))
+        rep = zero_shot_eval(model_dir, task, languages=langs, data_dir=config.get("data_dir"),
+                             max_examples=config["max_examples"], batch_size=config["batch_size"])
+        n += sum(rep.n_examples.values())
+    elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed}
+
+
+def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from safetensors.torch import load_file
+    from transformers import (AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer,
+                              DataCollatorForTokenClassification, Trainer, TrainingArguments, pipeline)
+
+    from xstilts.tasks.catalog import get_task
+    from xstilts.tasks.formats import FeaturizeOptions, get_format
+    from xstilts.tasks.loading import load_examples
+
+    model_dir = _model_dir(workdir, config["model"])
+    data_dir = config.get("data_dir")
+    n = 0
+    t0 = time.perf_counter()
+    enc_dir = model_dir / "encoder"
+    tok = AutoTokenizer.from_pretrained(enc_dir)
+    heads = load_file(str(model_dir / "heads.safetensors"))
+    qa = AutoModelForQuestionAnswering.from_pretrained(enc_dir)
+    _copy_linear(qa.qa_outputs, heads, "xquad")
+    qa_pipe = pipeline("question-answering", model=qa, tokenizer=tok, device=-1)
+    for lang in _languages("xquad", data_dir):
+        exs = load_examples("xquad", lang, get_task("xquad").eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
+        qa_pipe(question=[e.question for e in exs], context=[e.context for e in exs], batch_size=config["batch_size"],
+                max_seq_len=384, doc_stride=128, max_answer_len=30)
+        n += len(exs)
+    panx = get_task("panx")
+    fmt = get_format("tagging")
+    tag = AutoModelForTokenClassification.from_pretrained(enc_dir, num_labels=len(panx.label_list))
+    _copy_linear(tag.classifier, heads, "panx")
+    args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_eval_batch_size=config["batch_size"],
+                             report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=tag, args=args, data_collator=DataCollatorForTokenClassification(tok))
+    for lang in _languages("panx", data_dir):
+        exs = load_examples(panx, lang, panx.eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
+        feats = fmt.featurize(exs, tok, FeaturizeOptions(max_length=128), panx.label_list)
+        keep = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in feats[0]]
+        out = trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
+        logits = out.predictions
+        fmt.decode(exs, feats, {"logits": logits}, label_list=panx.label_list)
+        n += len(exs)
+    elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed}
+
+
+def _copy_linear(linear, heads: dict, task: str) -> None:
+    """Copy the final projection of an xstilts head into an HF head (speed only: shapes match)."""
+    import torch
+
+    ws = [k for k in heads if k.startswith(f"{task}.") and k.endswith("weight") and heads[k].shape == linear.weight.shape]
+    if ws:
+        with torch.no_grad():
+            linear.weight.copy_(heads[ws[-1]])
+            bias = ws[-1][: -len("weight")] + "bias"
+            if bias in heads:
+                linear.bias.copy_(heads[bias])
+
+
+def measure(side: str, config: dict[str, Any]) -> dict[str, Any]:
+    """One side of the evaluation comparison, in this (fresh) process."""
+    os.environ.setdefault("XSTILTS_LOG", "WARNING")
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix=f"xstilts-bench-eval-{side}-") as tmp:
+        if side == "ours":
+            return measure_ours(config, Path(tmp))
+        if side == "baseline":
+            return measure_baseline(config, Path(tmp))
+    raise ValueError(side)

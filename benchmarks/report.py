@@ -1,0 +1,84 @@
+"""Render ``results.json`` as the Markdown table in ``benchmarks/RESULTS.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _med(side: dict[str, Any], key: str, nd: int = 1) -> str:
+    s = side.get(key)
+    if not s:
+        return "—"
+    return f"{s['median']:.{nd}f} ({s['min']:.{nd}f}–{s['max']:.{nd}f})"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        "# Benchmark results",
+        "",
+        f"Made by `{results['command'].strip()}` (mode `{results['mode']}`) on {results['started']} UTC, "
+        f"{results.get('total_seconds', 0) / 60:.1f} min in all.",
+        "",
+        f"Machine: {m.get('cpu') or 'CPU'} ({m.get('cpu_count')} cores, bf16 instructions: {m.get('cpu_bf16')}), "
+        f"GPU: {m.get('cuda') or 'none'}; python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
+        f"datasets {m.get('datasets')}, accelerate {m.get('accelerate')}.",
+        "",
+        "Ratios are xstilts ÷ baseline, computed per repetition pair (the two sides alternate, each in a fresh "
+        "process); the median is shown with the range over repetitions. Absolute numbers are medians (min–max).",
+        "",
+    ]
+    b = results["benchmarks"]
+    if "train" in b:
+        out += ["## Training throughput (one target stage, PAN-X English NER)", "",
+                "| setting | ratio (median, range) | xstilts examples/s | Trainer examples/s | xstilts tokens/s | Trainer tokens/s | dev F1 xstilts | dev F1 Trainer | peak RSS MB xstilts | peak RSS MB Trainer |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in b["train"]:
+            o, t = r["ours"], r["baseline"]
+            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+                       f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'tokens_per_s', 0)} | {_med(t, 'tokens_per_s', 0)} | "
+                       f"{_med(o, 'dev_f1')} | {_med(t, 'dev_f1')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
+        s = b["train"][0]["settings"]
+        out += ["", f"Settings: model {s['model']}, {s['n_train']} training sentences (1 epoch), batch {s['batch_size']}, "
+                f"max length {s['max_length']}, lr {s['lr']}, AdamW wd 0.01, warm-up 10 %, dev = first {s['n_dev']} PAN-X en dev sentences.",
+                "", "GPU (XLM-R Large shape, bf16; MFU at length 128 and 256): no GPU was available to this run — rows left empty, not estimated.", ""]
+    if "eval" in b:
+        out += ["## Zero-shot evaluation throughput (XQuAD + PAN-X, every local language)", "",
+                "| setting | ratio (median, range) | xstilts examples/s | baseline examples/s | peak RSS MB xstilts | peak RSS MB baseline |",
+                "|---|---|---|---|---|---|"]
+        for r in b["eval"]:
+            o, t = r["ours"], r["baseline"]
+            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+                       f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
+        s = b["eval"][0]["settings"]
+        out += ["", f"Baseline: per language, the `question-answering` pipeline (XQuAD) and `Trainer.predict` (PAN-X), batch {s['batch_size']}; "
+                f"{s['max_examples']} examples per language.", ""]
+    if "retrieval" in b:
+        out += ["## Retrieval (Tatoeba, e5-small)", "", "| languages | pairs | sentences/s | seconds | average accuracy | peak RSS MB |", "|---|---|---|---|---|---|"]
+        for r in b["retrieval"]:
+            x = r["result"]
+            out.append(f"| {x['languages']} | {x['pairs']} | {_fmt(x['sentences_per_s'], 0)} | {_fmt(x['seconds'], 0)} | {_fmt(x['average_accuracy'], 1)} | {_fmt(x.get('peak_rss_mb'), 0)} |")
+        out.append("")
+    if "grid" in b:
+        out += ["## Grid cost (plan sharing and the tokenisation cache)", "",
+                "| spec | stages (xstilts plan) | stages (every pair from scratch) | training examples (plan) | training examples (from scratch) | saved |",
+                "|---|---|---|---|---|---|"]
+        for r in b["grid"]:
+            if r.get("kind") != "plan":
+                continue
+            out.append(f"| {r['spec']} | {r['stages']} | {r['stages_from_scratch']} | {r['train_examples']:,} | {r['train_examples_from_scratch']:,} | {r['saved_share']:.0%} |")
+        for r in b["grid"]:
+            if r.get("kind") == "cache":
+                out += ["", f"Tokenisation cache, second run of the quickstart's data ({r['entries']} feature sets): "
+                        f"{r['first_seconds']:.1f}s tokenising on the first run, {r['second_seconds']:.1f}s loading on the second "
+                        f"({r['saved_share']:.0%} of the tokenisation time saved; {r['hits']} hits, {r['misses']} misses)."]
+        out.append("")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,125 @@
+"""Run the benchmark suite and write ``benchmarks/results.json`` + ``benchmarks/RESULTS.md``.
+
+    python -m benchmarks.run                 # default mode: e5-small on CPU, < 15 min on 2 cores
+    python -m benchmarks.run --mode quick    # a tiny model, a minute or two: checks the machinery
+    python -m benchmarks.run --mode full     # more data and repetitions, every Tatoeba pair
+    python -m benchmarks.run --only train,eval
+
+Every comparison is a ratio measured side by side in this run (alternating sides, several
+repetitions, median and range); see ``benchmarks/common.py``. GPU rows are filled only when
+a GPU is present; they are never estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, interleaved, machine_info, run_side
+
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "train": {"model": "tiny", "n_train": 256, "n_dev": 100, "batch_size": 16, "max_length": 128, "lr": 1e-3, "seed": 0,
+                  "precisions": ["fp32"], "reps": 2},
+        "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 1},
+        "retrieval": {"model": "e5-small", "max_examples": 20, "batch_size": 128},
+    },
+    "default": {
+        "train": {"model": "e5-small", "n_train": 512, "n_dev": 300, "batch_size": 16, "max_length": 128, "lr": 5e-5, "seed": 0,
+                  "precisions": ["bf16", "fp32"], "reps": 3},
+        "eval": {"model": "e5-small", "max_examples": 100, "batch_size": 32, "reps": 3},
+        "retrieval": {"model": "e5-small", "max_examples": 200, "batch_size": 128},
+    },
+    "full": {
+        "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 5e-5, "seed": 0,
+                  "precisions": ["bf16", "fp32"], "reps": 5},
+        "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5},
+        "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
+    },
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def bench_train(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    rows = []
+    for precision in cfg["precisions"]:
+        conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps")} | {"precision": precision, "data_dir": data_dir}
+        log(f"train: {conf['model']} {precision}, {conf['n_train']} PAN-X en sentences, batch {conf['batch_size']}")
+        comp = interleaved("train", conf, cfg["reps"], "examples_per_s", name=f"train {conf['model']} {precision} (CPU)", log=log)
+        rows.append(comp.summary() | {"settings": conf})
+    return rows
+
+
+def bench_eval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    conf = {k: v for k, v in cfg.items() if k != "reps"} | {"data_dir": data_dir}
+    log(f"eval: {conf['model']}, XQuAD + PAN-X, every local language, {conf['max_examples']} examples each")
+    comp = interleaved("eval", conf, cfg["reps"], "examples_per_s", name=f"zero-shot eval {conf['model']} (CPU)", log=log)
+    return [comp.summary() | {"settings": conf}]
+
+
+def bench_retrieval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    conf = dict(cfg) | {"data_dir": data_dir}
+    log(f"retrieval: Tatoeba, every language, {conf['max_examples'] or 'all'} pairs each")
+    res = run_side("retrieval", "ours", conf)
+    log(f"  {res['languages']} languages, {res['sentences_per_s']:.0f} sentences/s, accuracy {res['average_accuracy']:.1f}")
+    return [{"name": "tatoeba retrieval e5-small (CPU)", "settings": conf, "result": res}]
+
+
+def bench_grid(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    from benchmarks.grid_bench import grid_costs
+
+    log("grid: plan sharing and tokenisation cache")
+    return grid_costs(data_dir)
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    from benchmarks.report import render_markdown
+
+    path.write_text(render_markdown(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(MODES), default="default")
+    ap.add_argument("--only", default="train,eval,retrieval,grid", help="comma-separated subset of train,eval,retrieval,grid")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", default=str(REPO / "benchmarks"), help="folder for results.json and RESULTS.md")
+    args = ap.parse_args(argv)
+    from xstilts.paths import resolve_data_dir
+
+    data_dir = str(resolve_data_dir(args.data_dir)) if resolve_data_dir(args.data_dir) else None
+    mode = MODES[args.mode]
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    started = time.time()
+    results: dict[str, Any] = {
+        "command": "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "mode": args.mode,
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+        "benchmarks": {},
+    }
+    fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid}
+    for name in only:
+        if name not in fns:
+            ap.error(f"unknown benchmark {name!r}; choose from {', '.join(fns)}")
+        t0 = time.time()
+        results["benchmarks"][name] = fns[name](mode.get(name, {}), data_dir)
+        log(f"{name}: {time.time() - t0:.0f}s")
+    results["total_seconds"] = time.time() - started
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_markdown(results, out / "RESULTS.md")
+    log(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} in {results['total_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
