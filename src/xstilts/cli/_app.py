@@ -15,6 +15,12 @@ from rich.console import Console
 from xstilts import __version__
 from xstilts.errors import XStiltsError
 
+# OpenMP threads that spin while waiting burn the CPU another process needs: with two
+# training processes on two cores (``--workers 2``, or a shared machine) spinning made steps
+# ~10x slower here. Sleeping waiters cost little on a dedicated machine. Export
+# OMP_WAIT_POLICY=ACTIVE to override. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 app = typer.Typer(
     name="xstilts",
     help="Intermediate-task training for zero-shot cross-lingual transfer (X-STILTs).",
