@@ -93,7 +93,7 @@ def _vocab_hash(tokenizer: Any) -> str:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A stable hash of what makes a tokenizer produce the ids it does.
+    """A stable hash of what makes a tokenizer produce the ids it does (not where it was loaded from).
 
     Hashing XLM-R's backend takes ~0.3 s, so the result is memoised per tokenizer object
     and recomputed when its size or truncation side changes (``add_tokens`` and the like).
@@ -107,7 +107,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         return memo[1]
     identity = {
         "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
-        "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+        # not ``name_or_path``: the same tokenizer saved into every stage's model dir must share
+        # one cache entry; class + vocabulary hash + size decide the ids
         "vocab_size": len(tokenizer),
         "truncation_side": getattr(tokenizer, "truncation_side", None),
         "vocab_hash": _vocab_hash(tokenizer),
@@ -235,7 +236,8 @@ def featurize_cached(
             "options": dataclasses.asdict(options),
             "tokenizer": {
                 "class": type(tokenizer).__name__,
-                "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+                # not ``name_or_path``: the same tokenizer saved into every stage's model dir must share
+        # one cache entry; class + vocabulary hash + size decide the ids
                 "fingerprint": tokenizer_fingerprint(tokenizer),
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
