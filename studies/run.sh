@@ -7,15 +7,17 @@
 #                                        # extra arguments after --full go to `xstilts run`
 #                                        # (e.g. --workers 8, or --launcher slurm)
 #
-# Outputs go to runs/studies/STUDY (git-ignored); the results table (results.csv), the
-# Markdown report (report.md) and its PNG figures are copied into studies/STUDY/ (local run)
-# or studies/STUDY/full/ (full run). Every stage is content-hashed and every subsample is
-# seeded, so a rerun from scratch reproduces the table (up to CPU floating-point noise).
+# Local runs share one output dir, runs/studies/local (git-ignored): one results store and
+# one stage folder, so a stage that two studies define identically (same settings, same
+# upstream stages: e.g. the baseline's PAN-X fine-tuning and its evaluation) has the same
+# content-hashed id and runs once. studies/report_spec.py then restricts the report to the
+# stages of this study's plan (`xstilts report OUTPUT_DIR` would analyse every study in the
+# store). Full runs get their own output dir, runs/studies/STUDY_full, and `xstilts report`.
 #
-# Local runs share one stage folder (runs/studies/_stages): a stage with exactly the same
-# settings and upstream stages in two studies (e.g. the baseline's PAN-X fine-tuning) has
-# the same id and is trained once; the other study finds it finished (train_stage skips a
-# stage whose DONE file exists). Set XSTILTS_STUDIES_SHARE=0 to give each study its own.
+# Copied into studies/STUDY/ (local) or studies/STUDY/full/ (full): results.csv (every
+# metric row of the plan, `xstilts results`), report.md and figures/*.png. Every stage is
+# content-hashed and every subsample seeded, so a rerun from scratch reproduces the table
+# (up to CPU floating-point noise).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,33 +34,35 @@ mode=local
 if [[ "${1:-}" == "--full" ]]; then mode=full; shift; fi
 [[ -d "$here/$study" ]] || { echo "unknown study '$study'" >&2; exit 2; }
 
-if [[ -x "$root/.venv/bin/xstilts" ]]; then xs="$root/.venv/bin/xstilts"; else xs=xstilts; fi
+if [[ -x "$root/.venv/bin/xstilts" ]]; then xs="$root/.venv/bin/xstilts"; py="$root/.venv/bin/python"
+else xs=xstilts; py=python; fi
 
 if [[ $mode == local ]]; then
-  spec="$here/$study/spec.yaml"; out="$root/runs/studies/$study"; dest="$here/$study"
-  mkdir -p "$out"
-  if [[ "${XSTILTS_STUDIES_SHARE:-1}" == 1 && ! -e "$out/stages" ]]; then
-    mkdir -p "$root/runs/studies/_stages"
-    ln -s ../_stages "$out/stages"
-  fi
+  spec="$here/$study/spec.yaml"; out="$root/runs/studies/local"; rep="$root/runs/studies/$study"
+  dest="$here/$study"
 else
-  spec="$here/$study/full.yaml"; out="$root/runs/studies/${study}_full"; dest="$here/$study/full"
+  spec="$here/$study/full.yaml"; out="$root/runs/studies/${study}_full"; rep="$out"; dest="$here/$study/full"
 fi
+mkdir -p "$out" "$rep"
 
 "$xs" run "$spec" -o "$out" "$@"
 # a finished stage keeps model/ (what downstream stages and the report read); its resumable
 # checkpoints/ (hundreds of MB each) are dropped unless XSTILTS_STUDIES_KEEP_CHECKPOINTS=1
-if [[ "${XSTILTS_STUDIES_KEEP_CHECKPOINTS:-0}" != 1 ]]; then
+if [[ "${XSTILTS_STUDIES_KEEP_CHECKPOINTS:-0}" != 1 && -d "$out/stages" ]]; then
   for d in "$out"/stages/*/; do
     [[ -f "$d/DONE" && -d "$d/checkpoints" ]] && rm -rf "$d/checkpoints"
   done
 fi
-"$xs" report "$out" --out "$out/report/report.html"
-"$xs" results "$spec" -o "$out" --format csv --out "$out/results.csv"
+if [[ $mode == local ]]; then
+  "$py" "$here/report_spec.py" "$spec" -o "$out" --out "$rep/report/report.html"
+else
+  "$xs" report "$out" --out "$rep/report/report.html"
+fi
+"$xs" results "$spec" -o "$out" --format csv --out "$rep/results.csv"
 
 mkdir -p "$dest/figures"
 rm -f "$dest"/figures/*.png
-cp "$out/results.csv" "$dest/results.csv"
-cp "$out/report/report.md" "$dest/report.md"
-if compgen -G "$out/report/figures/*.png" > /dev/null; then cp "$out"/report/figures/*.png "$dest/figures/"; fi
+cp "$rep/results.csv" "$dest/results.csv"
+cp "$rep/report/report.md" "$dest/report.md"
+if compgen -G "$rep/report/figures/*.png" > /dev/null; then cp "$rep"/report/figures/*.png "$dest/figures/"; fi
 du -sh "$dest"
