@@ -8,10 +8,10 @@ the first ``max_examples`` examples of each language (same deterministic subsamp
 - xstilts: one ``zero_shot_eval`` call per task; the model is loaded once, features
   are sorted by length into dynamically padded batches, run under ``inference_mode``.
   The feature cache is cold (a fresh cache dir), so tokenising is timed too.
-- baseline: what a ``transformers`` user writes: for each language, the
-  ``question-answering`` pipeline (its own tokenisation, windows and post-processing)
-  for XQuAD, and ``Trainer.predict`` on the same tagging features for PAN-X (pipelines
-  cannot take pre-split words), each with the same batch size.
+- baseline: what a ``transformers`` user writes: for each language, ``Trainer.predict``
+  on that language's features (the same featuriser, 384-token QA windows, stride 128),
+  then the same decoder (n-best span post-processing / first-sub-token tags), with the
+  same batch size. (transformers 5 removed the ``question-answering`` pipeline.)
 
 Timed: model loading + every language, end to end. Examples/s = questions + sentences
 over seconds. The heads are untrained (this measures speed, not quality).
@@ -74,7 +74,7 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from datasets import Dataset
     from safetensors.torch import load_file
     from transformers import (AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoTokenizer,
-                              DataCollatorForTokenClassification, Trainer, TrainingArguments, pipeline)
+                              DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments)
 
     from xstilts.tasks.catalog import get_task
     from xstilts.tasks.formats import FeaturizeOptions, get_format
@@ -87,20 +87,25 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     enc_dir = model_dir / "encoder"
     tok = AutoTokenizer.from_pretrained(enc_dir)
     heads = load_file(str(model_dir / "heads.safetensors"))
+    args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_eval_batch_size=config["batch_size"],
+                             report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0)
     qa = AutoModelForQuestionAnswering.from_pretrained(enc_dir)
     _copy_linear(qa.qa_outputs, heads, "xquad")
-    qa_pipe = pipeline("question-answering", model=qa, tokenizer=tok, device=-1)
+    xquad = get_task("xquad")
+    qa_fmt = get_format("extractive_qa")
+    qa_trainer = Trainer(model=qa, args=args, data_collator=DataCollatorWithPadding(tok))
     for lang in _languages("xquad", data_dir):
-        exs = load_examples("xquad", lang, get_task("xquad").eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
-        qa_pipe(question=[e.question for e in exs], context=[e.context for e in exs], batch_size=config["batch_size"],
-                max_seq_len=384, doc_stride=128, max_answer_len=30)
+        exs = load_examples(xquad, lang, xquad.eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
+        feats = qa_fmt.featurize(exs, tok, FeaturizeOptions(max_length=384, doc_stride=128))
+        keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats[0]]
+        out = qa_trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
+        start, end = out.predictions[:2] if isinstance(out.predictions, tuple) else out.predictions
+        qa_fmt.decode(exs, feats, {"start_logits": start, "end_logits": end})
         n += len(exs)
     panx = get_task("panx")
     fmt = get_format("tagging")
     tag = AutoModelForTokenClassification.from_pretrained(enc_dir, num_labels=len(panx.label_list))
     _copy_linear(tag.classifier, heads, "panx")
-    args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_eval_batch_size=config["batch_size"],
-                             report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=tag, args=args, data_collator=DataCollatorForTokenClassification(tok))
     for lang in _languages("panx", data_dir):
         exs = load_examples(panx, lang, panx.eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)

@@ -29,13 +29,13 @@ MODES: dict[str, dict[str, Any]] = {
         "retrieval": {"model": "e5-small", "max_examples": 20, "batch_size": 128},
     },
     "default": {
-        "train": {"model": "e5-small", "n_train": 512, "n_dev": 300, "batch_size": 16, "max_length": 128, "lr": 5e-5, "seed": 0,
-                  "precisions": ["bf16", "fp32"], "reps": 3},
-        "eval": {"model": "e5-small", "max_examples": 100, "batch_size": 32, "reps": 3},
-        "retrieval": {"model": "e5-small", "max_examples": 200, "batch_size": 128},
+        "train": {"model": "e5-small", "n_train": 384, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
+                  "precisions": ["bf16", "fp32"], "reps": 2},
+        "eval": {"model": "e5-small", "max_examples": 30, "batch_size": 32, "reps": 2},
+        "retrieval": {"model": "e5-small", "max_examples": 50, "batch_size": 128},
     },
     "full": {
-        "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 5e-5, "seed": 0,
+        "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 5},
         "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5},
         "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="train,eval,retrieval,grid", help="comma-separated subset of train,eval,retrieval,grid")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks"), help="folder for results.json and RESULTS.md")
+    ap.add_argument("--merge", action="store_true", help="keep the other benchmarks' entries of an existing results.json")
     args = ap.parse_args(argv)
     from xstilts.paths import resolve_data_dir
 
@@ -105,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
         "benchmarks": {},
     }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (out / "results.json").is_file():
+        previous = json.loads((out / "results.json").read_text())
+        results["benchmarks"] = {k: v for k, v in previous.get("benchmarks", {}).items() if k not in only}
+        results["command"] = previous.get("command", "") + " ; " + results["command"]
+
+    def save() -> None:
+        results["total_seconds"] = time.time() - started
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        write_markdown(results, out / "RESULTS.md")
+
     fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid}
     for name in only:
         if name not in fns:
@@ -112,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         results["benchmarks"][name] = fns[name](mode.get(name, {}), data_dir)
         log(f"{name}: {time.time() - t0:.0f}s")
-    results["total_seconds"] = time.time() - started
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    write_markdown(results, out / "RESULTS.md")
+        save()  # after every benchmark: a later failure loses nothing measured
     log(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} in {results['total_seconds']:.0f}s")
     return 0
 

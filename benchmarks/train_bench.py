@@ -166,7 +166,7 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         tasks=[{"task": "panx", "languages": ["en"], "max_examples": config["n_train"]}],
         learning_rate=config["lr"],
         weight_decay=0.01,
-        warmup_steps=0.1,  # a float < 1 is a ratio of total steps (transformers v5)
+        warmup_ratio=0.1,
         num_epochs=1,
         batch_size=config["batch_size"],
         max_length=config["max_length"],
