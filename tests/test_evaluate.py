@@ -167,3 +167,40 @@ def test_cli_eval_prints_table_and_writes_outputs(tiny_model_dir, tmp_path):
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--task", "tatoeba", "--pooling", "max",
                                    "--data-dir", str(data), "--out", str(out)])
     assert bad.exit_code == 2 and "pooling" in bad.output
+
+
+def test_bf16_eval_is_recorded_and_close_to_fp32(pawsx_model_dir, shared_data, tmp_path):
+    import numpy as np
+    import torch
+
+    from xstilts.evaluate.zero_shot import _run_head
+    from xstilts.models import MultiTaskModel
+    from xstilts.tasks.catalog import get_task
+    from xstilts.tasks.formats import FeaturizeOptions, get_format
+    from xstilts.tasks.loading import load_examples
+
+    rep = zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=16,
+                         precision="bf16", device="cpu", out_dir=tmp_path / "bf16")
+    assert rep.settings["precision"] == "bf16" and rep.settings["device"] == "cpu"
+    assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["settings"]["precision"] == "bf16"
+    # the logits under bf16 autocast differ from fp32 by rounding only
+    model, tok = MultiTaskModel.from_pretrained(str(pawsx_model_dir), heads=True)
+    model.eval()
+    spec, fmt = get_task("pawsx"), get_format("classification")
+    feats = fmt.featurize(load_examples(spec, "de", "dev", data_dir=shared_data, max_examples=16, seed=0), tok,
+                          FeaturizeOptions(max_length=64), spec.label_list)
+    cpu = torch.device("cpu")
+    ref = _run_head(model, "pawsx", fmt, feats, tok.pad_token_id, 8, "fp32", cpu, "fp32")["logits"]
+    low = _run_head(model, "pawsx", fmt, feats, tok.pad_token_id, 8, "bf16", cpu, "bf16")["logits"]
+    assert not np.array_equal(ref, low)  # autocast really ran in bf16
+    assert np.abs(ref - low).max() <= 0.05 * max(1.0, float(np.abs(ref).max()))
+
+
+def test_bad_precision_or_device_is_a_clear_error(pawsx_model_dir, shared_data):
+    with pytest.raises(XStiltsError, match="fp16 needs a CUDA device; on CPU use bf16"):
+        zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=4,
+                       precision="fp16", device="cpu")
+    with pytest.raises(XStiltsError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+        zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=4, precision="int8")
+    with pytest.raises(XStiltsError, match="unknown device 'gpu0'"):
+        zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=4, device="gpu0")

@@ -116,3 +116,14 @@ def test_multitask_mlm_and_mixing_setups(tmp_path: Path) -> None:
     assert inter["multi"]["sampler"]["kind"] == "temperature"
     assert inter["mixed"]["tasks"][0]["extra_ratio"] == 0.5
     assert inter["mlm"]["mlm"]["probability"] == 0.2
+
+
+def test_eval_precision_changes_only_eval_ids_and_fp32_keeps_them(tmp_path: Path) -> None:
+    base = plan_of(GRID, tmp_path)
+    same = plan_of({**GRID, "hyperparameters": {"eval": {"precision": "fp32"}}}, tmp_path)
+    assert list(same.stages) == list(base.stages)  # fp32 is the default and not part of any id
+    bf16 = plan_of({**GRID, "hyperparameters": {"eval": {"precision": "bf16"}}}, tmp_path)
+    assert {s.id for s in bf16.of_kind("target")} == {s.id for s in base.of_kind("target")}
+    evals = bf16.of_kind("eval")
+    assert evals and all(s.settings["precision"] == "bf16" for s in evals)
+    assert not {s.id for s in evals} & {s.id for s in base.of_kind("eval")}

@@ -48,6 +48,8 @@ def eval_cmd(
     max_examples: int | None = typer.Option(None, "--max-examples", help="Seeded subsample per language (recorded)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subsample."),
     batch_size: int = typer.Option(64, "--batch-size", help="Features per forward pass."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU). bf16 is ~2x faster on CPUs with bf16 instructions."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU if torch sees one) | cpu | cuda | cuda:N."),
     layer: int | None = typer.Option(None, "--layer", help="Retrieval: hidden-state layer (default: round(7/12 * depth), XTREME's)."),
     pooling: str = typer.Option("mean", "--pooling", help="Retrieval: mean | cls."),
     margin: str | None = typer.Option(None, "--margin", help="Retrieval: ratio | distance | absolute (default: plain cosine)."),
@@ -62,7 +64,7 @@ def eval_cmd(
     out_dir = out if out is not None else Path(f"eval-{task}")
     rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
     report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
-                            batch_size=batch_size, out_dir=out_dir, retrieval=rs)
+                            batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device)
     _print_report(report, out_dir)
 
 

@@ -201,16 +201,54 @@ def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
 
 
 # ---------------------------------------------------------------------- running the model
-def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,
-              desc: str) -> dict[str, np.ndarray]:
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _autocast(device: Any, precision: str) -> Any:
+    """Mixed-precision context for inference (``fp32``: none)."""
     import torch
 
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _resolve_device(device: str | None, precision: str) -> Any:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise XStiltsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise XStiltsError(f"unknown device {device!r} (expected cpu, cuda, cuda:N or auto)") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise XStiltsError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if precision == "fp16" and dev.type != "cuda":
+        raise XStiltsError("precision fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
+    return dev
+
+
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,
+              desc: str, device: Any = None, precision: str = "fp32") -> dict[str, np.ndarray]:
+    import torch
+
+    device = device if device is not None else torch.device("cpu")
     chunks: dict[str, list[tuple[list[int], np.ndarray]]] = {}
     batches = _length_sorted_batches(features, batch_size)
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, precision):
         for idx in _progress(batches, desc):
             batch = fmt.collate([features[i] for i in idx], pad_id)
-            batch = {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")}
+            batch = _to({k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")},
+                        device)
             out = model(head, **batch)
             for key, val in out.items():
                 if key == "loss":
@@ -221,13 +259,14 @@ def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], p
 
 
 def _embed(model: Any, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,
-           settings: RetrievalSettings, layer: int, desc: str) -> np.ndarray:
+           settings: RetrievalSettings, layer: int, desc: str, device: Any = None, precision: str = "fp32") -> np.ndarray:
     import torch
 
+    device = device if device is not None else torch.device("cpu")
     out = np.zeros((len(features), model.hidden_size), dtype=np.float32)
-    with torch.inference_mode(), _truncated_encoder(model.encoder, layer) as truncated:
+    with torch.inference_mode(), _autocast(device, precision), _truncated_encoder(model.encoder, layer) as truncated:
         for idx in _progress(_length_sorted_batches(features, batch_size), desc):
-            batch = fmt.collate([features[i] for i in idx], pad_id)
+            batch = _to(fmt.collate([features[i] for i in idx], pad_id), device)
             emb = model.embed(batch["input_ids"], batch.get("attention_mask"),
                               layer=None if truncated else layer, pooling=settings.pooling)
             out[np.asarray(idx)] = emb.float().cpu().numpy()
@@ -279,6 +318,8 @@ def zero_shot_eval(
     out_dir: Path | str | None = None,
     retrieval: RetrievalSettings | None = None,
     max_length: int | None = None,
+    precision: str = "fp32",
+    device: str | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` zero-shot on every requested language of ``task`` (see module docstring).
 
@@ -286,6 +327,10 @@ def zero_shot_eval(
     ``train_task``, then the single head of the right kind), or for retrieval tasks anything
     :func:`~xstilts.models.load_encoder` accepts (``e5-small``, a hub id, a directory).
     Languages whose data is missing are reported in ``EvalReport.skipped``; the others run.
+    ``device``: ``None``/``"auto"`` = the GPU when torch sees one, else the CPU. ``precision``:
+    ``fp32`` (default, exact), or ``bf16`` / ``fp16`` autocast (fp16 on CUDA only): on a CPU with
+    bf16 instructions bf16 runs e5-small's forward ~2.3x faster (benchmarks/RESULTS.md), and
+    scores move by rounding only (docs/ARCHITECTURE.md records a measured check).
     """
     import torch
 
@@ -306,13 +351,14 @@ def zero_shot_eval(
     if max_examples is not None and max_examples < 1:
         raise XStiltsError(f"max_examples must be >= 1, got {max_examples}")
     data_root = resolve_data_dir(data_dir)
+    dev = _resolve_device(device, precision)
 
     is_retrieval = fmt.head_kind is None
     mt, tokenizer = MultiTaskModel.from_pretrained(str(model), heads=not is_retrieval)
-    mt.eval()
+    mt.eval().to(dev)
     settings: dict[str, Any] = {"model": str(model), "task": spec.name, "split": split, "max_examples": max_examples,
                                 "seed": seed, "batch_size": batch_size, "data_dir": str(data_root) if data_root else None,
-                                "torch_threads": torch.get_num_threads()}
+                                "torch_threads": torch.get_num_threads(), "device": str(dev), "precision": precision}
     head = None
     layer = 0
     if is_retrieval:
@@ -355,12 +401,12 @@ def zero_shot_eval(
             examples = [replace(ex, source=rs.prefix + ex.source, target=rs.prefix + ex.target) for ex in examples]
         features = [dict(r) for r in featurize_cached(spec, examples, tokenizer, options)]
         if is_retrieval:
-            emb = _embed(mt, fmt, features, pad_id, batch_size, rs, layer, f"{spec.name}/{lang}")
+            emb = _embed(mt, fmt, features, pad_id, batch_size, rs, layer, f"{spec.name}/{lang}", dev, precision)
             scores, rows, extra = _retrieval_eval(spec, examples, emb, features, rs)
             if extra:
                 extras[lang] = extra
         else:
-            outputs = _run_head(mt, head, fmt, features, pad_id, batch_size, f"{spec.name}/{lang}")
+            outputs = _run_head(mt, head, fmt, features, pad_id, batch_size, f"{spec.name}/{lang}", dev, precision)
             preds = fmt.decode(examples, features, outputs, spec.label_list)
             scores = fmt.score(examples, preds, spec.metric, language=lang)
             rows = [{"id": ex.id, "prediction": _jsonable(preds[ex.id])} for ex in examples]

@@ -118,7 +118,8 @@ class TrainEvalExecutor:
         report = zero_shot_eval(
             stage_model_dir(task.output_dir, s["model"]), s["task"], languages=s["languages"], split=s["split"],
             data_dir=task.data_dir, max_examples=s.get("max_examples"), seed=s.get("seed", 0),
-            batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval)
+            batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval,
+            precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None)
         return StageOutcome(metrics=eval_rows(report),
                             result={"average": report.average, "skipped": report.skipped,
                                     "n_examples": report.n_examples, "settings": _jsonable(report.settings)})

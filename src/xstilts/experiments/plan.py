@@ -271,6 +271,7 @@ def plan_stages(spec: Spec) -> Plan:
                 eh = hp.tasks[task.name].eval if task.name in hp.tasks else {}
                 retrieval = eh.get("retrieval", hp.eval.retrieval)
                 batch_size = eh.get("batch_size", hp.eval.batch_size)
+                precision = eh.get("precision", hp.eval.precision)
                 for setup_name, inter in final_of_setup.items():
                     label = Label(model.name, setup_name, task.name, seed)
                     base_ref = f"{STAGE_REF}{inter}" if inter else model.name_or_path
@@ -305,6 +306,8 @@ def plan_stages(spec: Spec) -> Plan:
                         "retrieval": retrieval if task.format == "retrieval" else None,
                         "batch_size": batch_size,
                     }
+                    if precision != "fp32":  # fp32 stays out of the hash: ids of existing fp32 stages are kept
+                        eval_settings["precision"] = precision
                     b.add("eval", eval_settings, eval_deps, label, f"{task.name} × {len(languages)} languages")
     ordered = _topological(b.stages)
     logger.debug("planned %d stages", len(ordered))

@@ -176,6 +176,8 @@ class EvalHyper(_Strict):
 
     batch_size: int = Field(default=64, gt=0)
     retrieval: dict[str, Any] | None = None
+    # bf16/fp16 autocast for inference (fp16: CUDA only); part of an eval stage's id unless fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
 class Hyperparameters(_Strict):
