@@ -103,13 +103,17 @@ class Comparison:
         }
 
 
-def interleaved(bench: str, config: dict[str, Any], reps: int, metric: str, name: str | None = None, log=print) -> Comparison:
-    """Run ``reps`` paired repetitions, alternating which side goes first."""
+def interleaved(bench: str, config: dict[str, Any], reps: int, metric: str, name: str | None = None, log=print,
+                vary_seed: bool = False) -> Comparison:
+    """Run ``reps`` paired repetitions, alternating which side goes first. ``vary_seed``: repetition
+    ``i`` runs both sides with seed ``config["seed"] + i``, so the spread of a quality metric over
+    repetitions shows seed noise (both sides of a pair share the seed)."""
     comp = Comparison(name or bench, metric)
     for i in range(reps):
         order = ("ours", "baseline") if i % 2 == 0 else ("baseline", "ours")
+        conf = config | {"seed": config.get("seed", 0) + i} if vary_seed else config
         for side in order:
-            res = run_side(bench, side, config)
+            res = run_side(bench, side, conf)
             getattr(comp, side).append(res)
             log(f"  {bench} rep {i + 1}/{reps} {side:8s} {metric}={res[metric]:.2f} peak_rss={res.get('peak_rss_mb', 0):.0f}MB")
     return comp

@@ -13,6 +13,9 @@ the first ``max_examples`` examples of each language (same deterministic subsamp
   then the same decoder (n-best span post-processing / first-sub-token tags), with the
   same batch size. (transformers 5 removed the ``question-answering`` pipeline.)
 
+Precision: ``fp32`` on both sides, or ``bf16`` on both sides (xstilts: ``precision="bf16"``
+autocast; Trainer: ``bf16_full_eval=True``, the whole model cast to bf16).
+
 Timed: model loading + every language, end to end. Examples/s = questions + sentences
 over seconds. The heads are untrained (this measures speed, not quality).
 """
@@ -63,7 +66,8 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for task in ("xquad", "panx"):
         langs = _languages(task, config.get("data_dir"))
         rep = zero_shot_eval(model_dir, task, languages=langs, data_dir=config.get("data_dir"),
-                             max_examples=config["max_examples"], batch_size=config["batch_size"])
+                             max_examples=config["max_examples"], batch_size=config["batch_size"],
+                             precision=config.get("precision", "fp32"))
         n += sum(rep.n_examples.values())
     elapsed = time.perf_counter() - t0
     return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed}
@@ -88,7 +92,8 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     tok = AutoTokenizer.from_pretrained(enc_dir)
     heads = load_file(str(model_dir / "heads.safetensors"))
     args = TrainingArguments(output_dir=str(workdir / "trainer"), per_device_eval_batch_size=config["batch_size"],
-                             report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0)
+                             report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0,
+                             bf16_full_eval=config.get("precision", "fp32") == "bf16")
     qa = AutoModelForQuestionAnswering.from_pretrained(enc_dir)
     _copy_linear(qa.qa_outputs, heads, "xquad")
     xquad = get_task("xquad")

@@ -59,7 +59,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
                        f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
         s = b["eval"][0]["settings"]
-        out += ["", f"Baseline: per language, the `question-answering` pipeline (XQuAD) and `Trainer.predict` (PAN-X), batch {s['batch_size']}; "
+        out += ["", f"Baseline: per language, `Trainer.predict` on the same features (XQuAD: 384-token windows, stride 128; PAN-X) and the same decoder, batch {s['batch_size']}; "
                 f"{s['max_examples']} examples per language.", ""]
     if "retrieval" in b:
         out += ["## Retrieval (Tatoeba, e5-small)", "", "| languages | pairs | sentences/s | seconds | average accuracy | peak RSS MB |", "|---|---|---|---|---|---|"]

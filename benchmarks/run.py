@@ -29,15 +29,15 @@ MODES: dict[str, dict[str, Any]] = {
         "retrieval": {"model": "e5-small", "max_examples": 20, "batch_size": 128},
     },
     "default": {
-        "train": {"model": "e5-small", "n_train": 384, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
+        "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 2},
-        "eval": {"model": "e5-small", "max_examples": 30, "batch_size": 32, "reps": 2},
+        "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"]},
         "retrieval": {"model": "e5-small", "max_examples": 50, "batch_size": 128},
     },
     "full": {
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 5},
-        "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5},
+        "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"]},
         "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
     },
 }
@@ -52,16 +52,20 @@ def bench_train(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any
     for precision in cfg["precisions"]:
         conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps")} | {"precision": precision, "data_dir": data_dir}
         log(f"train: {conf['model']} {precision}, {conf['n_train']} PAN-X en sentences, batch {conf['batch_size']}")
-        comp = interleaved("train", conf, cfg["reps"], "examples_per_s", name=f"train {conf['model']} {precision} (CPU)", log=log)
+        comp = interleaved("train", conf, cfg["reps"], "examples_per_s", name=f"train {conf['model']} {precision} (CPU)", log=log,
+                           vary_seed=True)
         rows.append(comp.summary() | {"settings": conf})
     return rows
 
 
 def bench_eval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
-    conf = {k: v for k, v in cfg.items() if k != "reps"} | {"data_dir": data_dir}
-    log(f"eval: {conf['model']}, XQuAD + PAN-X, every local language, {conf['max_examples']} examples each")
-    comp = interleaved("eval", conf, cfg["reps"], "examples_per_s", name=f"zero-shot eval {conf['model']} (CPU)", log=log)
-    return [comp.summary() | {"settings": conf}]
+    rows = []
+    for precision in cfg.get("precisions", ["fp32"]):
+        conf = {k: v for k, v in cfg.items() if k not in ("reps", "precisions")} | {"data_dir": data_dir, "precision": precision}
+        log(f"eval: {conf['model']} {precision}, XQuAD + PAN-X, every local language, {conf['max_examples']} examples each")
+        comp = interleaved("eval", conf, cfg["reps"], "examples_per_s", name=f"zero-shot eval {conf['model']} {precision} (CPU)", log=log)
+        rows.append(comp.summary() | {"settings": conf})
+    return rows
 
 
 def bench_retrieval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:

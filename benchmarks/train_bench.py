@@ -1,6 +1,7 @@
 """Training throughput of one target stage: xstilts ``train_stage`` vs a plain HF ``Trainer``.
 
-The job (both sides): PAN-X English NER, the first ``n_train`` training sentences,
+The job (both sides): PAN-X English NER, ``n_train`` training sentences (a subsample seeded
+like xstilts's own: the run's seed, so both sides see the same sentences),
 one epoch, the same model weights, the same features (xstilts's tagging featuriser,
 labels on first sub-tokens), batch size, max length, AdamW (lr, weight decay 0.01 off
 bias/LayerNorm, eps 1e-8, betas 0.9/0.999), linear warm-up 10 % + linear decay,
@@ -49,8 +50,8 @@ def _data(config: dict[str, Any], tokenizer: Any):
     task = get_task("panx")
     fmt = get_format(task.format)
     opts = FeaturizeOptions(max_length=config["max_length"])
-    train = load_examples(task, "en", "train", data_dir=config.get("data_dir"), max_examples=config["n_train"], seed=0)
-    dev = load_examples(task, "en", "dev", data_dir=config.get("data_dir"), max_examples=config["n_dev"], seed=0)
+    train = load_examples(task, "en", "train", data_dir=config.get("data_dir"), max_examples=config["n_train"], seed=config["seed"])
+    dev = load_examples(task, "en", "dev", data_dir=config.get("data_dir"), max_examples=config["n_dev"], seed=config["seed"])
     return task, fmt, opts, train, dev
 
 
