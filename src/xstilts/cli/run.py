@@ -135,8 +135,9 @@ def run(
     store = open_store(plan.output_dir)
     _summary(store, plan)
     failed = [sid for sid, st in states.items() if st == "failed"]
-    console.print(f"results: {plan.output_dir / 'results.sqlite'} — export with [bold]xstilts results {spec}[/]; "
-                  f"report with [bold]xstilts report {plan.output_dir}[/]")
+    out = _shown(plan.output_dir)
+    console.print(f"results: {out / 'results.sqlite'} — export with [bold]xstilts results {spec}[/]; "
+                  f"report with [bold]xstilts report {out}[/]")
     if failed:
         console.print(f"[red]{len(failed)} stage(s) failed[/]: {', '.join(failed)} — see [bold]xstilts status {spec}[/]; "
                       "run again to retry them.")
@@ -211,3 +212,12 @@ def worker(
         store.register_plan(plan, retry_failed=False)
     summary = run_worker(plan)
     console.print(f"{summary.worker}: ran {len(summary.ran)}, failed {len(summary.failed)}")
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as a user would type it from here: relative to the working directory when under it."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return p
