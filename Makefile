@@ -19,7 +19,7 @@ venv: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/xstilts models prepare e5-small
 	$(BIN)/xstilts run configs/quickstart.yaml
-	$(BIN)/xstilts report runs/quickstart
+	$(BIN)/xstilts report runs/quickstart --spec configs/quickstart.yaml
 
 ## run the test suite
 test: $(STAMP)

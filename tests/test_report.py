@@ -132,3 +132,35 @@ def test_cli_report_through_the_store(tmp_path, monkeypatch):
     assert out.is_file() and (out.parent / "report.md").is_file() and (out.parent / "figures").is_dir()
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "results.sqlite" in missing.output
+
+
+def test_restrict_to_spec_keeps_only_the_current_plan(tmp_path):
+    import pandas as pd
+    import yaml
+
+    from xstilts.analysis.report import restrict_to_spec
+    from xstilts.experiments import load_spec, plan_stages
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "models": ["e5-small"], "intermediate": {"baseline": None, "anli": {"task": "anli", "split": "dev"}},
+        "targets": [{"task": "panx", "languages": ["en", "de"]}], "seeds": [0],
+        "max_examples": {"intermediate": 8, "target": 8, "eval": 4},
+        "output_dir": str(tmp_path / "out"), "data_dir": str(tmp_path)}))
+    plan = plan_stages(load_spec(spec_file))
+    ev = plan.of_kind("eval")[0]
+    rows = [  # one row of the plan, one of an old (edited-away) stage, one of a setup not in the spec
+        {"model": "e5-small", "setup": ev.setup, "target": "panx", "language": "de", "seed": 0, "split": "dev",
+         "metric": "f1", "value": 1.0, "stage_id": ev.id},
+        {"model": "e5-small", "setup": ev.setup, "target": "panx", "language": "de", "seed": 0, "split": "dev",
+         "metric": "f1", "value": 9.0, "stage_id": "0" * 16},
+        {"model": "e5-small", "setup": "other", "target": "panx", "language": "de", "seed": 0, "split": "dev",
+         "metric": "f1", "value": 5.0, "stage_id": ev.id},
+    ]
+    metrics = pd.DataFrame(rows)
+    stages = pd.DataFrame([{"stage_id": ev.id, "kind": "eval", "setup": ev.setup, "target": "panx"},
+                           {"stage_id": "0" * 16, "kind": "eval", "setup": ev.setup, "target": "panx"},
+                           {"stage_id": ev.id, "kind": "eval", "setup": ev.setup, "target": "xquad"}])
+    m, s = restrict_to_spec(metrics, stages, spec_file)
+    assert m["value"].tolist() == [1.0]
+    assert s[["stage_id", "target"]].values.tolist() == [[ev.id, "panx"]]

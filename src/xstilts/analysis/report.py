@@ -117,16 +117,46 @@ class ReportResult:
 # --------------------------------------------------------------------------- entry points
 
 
-def build_report(output_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None) -> ReportResult:
+def restrict_to_spec(metrics: pd.DataFrame, stages: pd.DataFrame, spec_path: str | Path,
+                     output_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep the rows of the stages that ``spec_path``'s current plan holds, labelled with its
+    setups and targets: a store that also holds an edited spec's old stages, or other specs'
+    stages, then reports on this spec alone."""
+    from xstilts.experiments import load_spec, plan_stages
+
+    overrides = {"output_dir": str(output_dir)} if output_dir is not None else None
+    spec = load_spec(Path(spec_path), overrides=overrides)
+    ids = set(plan_stages(spec).stages)
+    setups = set(spec.intermediate)
+    targets = {t.task for t in spec.targets}
+
+    def keep(df: pd.DataFrame) -> pd.DataFrame:
+        if df.empty or "stage_id" not in df:
+            return df
+        m = df["stage_id"].isin(ids)
+        if "setup" in df:
+            m &= df["setup"].isna() | df["setup"].isin(setups)
+        if "target" in df:
+            m &= df["target"].isna() | df["target"].isin(targets)
+        return df[m].reset_index(drop=True)
+
+    return keep(metrics), keep(stages)
+
+
+def build_report(output_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None,
+                 spec: str | Path | None = None) -> ReportResult:
     """Analyse the results store of ``output_dir`` and write the report.
 
     ``out`` is the HTML path (default ``OUTPUT_DIR/report/report.html``); ``report.md`` and
     ``figures/`` go beside it. Similarity values are cached in ``OUTPUT_DIR/analysis/``.
+    ``spec``: report only on the stages of that spec's current plan (see :func:`restrict_to_spec`).
     """
     from xstilts.analysis.store import load_frames
 
     output_dir = Path(output_dir)
     metrics, stages = load_frames(output_dir)
+    if spec is not None:
+        metrics, stages = restrict_to_spec(metrics, stages, spec, output_dir)
     out = Path(out) if out is not None else output_dir / "report" / "report.html"
     return report_from_frames(metrics, stages, out, options=options, output_dir=output_dir)
 

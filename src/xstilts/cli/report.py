@@ -22,6 +22,7 @@ def report(
     n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for confidence intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of bootstrap/permutation resampling and text samples."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data folder (default: the configured one)."),
+    spec: Path | None = typer.Option(None, "--spec", help="Report only on this spec's current plan (a store may also hold stages of an edited or another spec)."),
 ) -> None:
     """Write the analysis report (gains, groupings, similarity, statistics) of OUTPUT_DIR."""
     from rich.table import Table
@@ -33,7 +34,7 @@ def report(
         max_examples=max_examples, data_dir=str(data_dir) if data_dir else None,
         low_resource_languages=[c.strip() for c in low_resource.split(",") if c.strip()] if low_resource else None,
     )
-    result = build_report(output_dir, out, opts)
+    result = build_report(output_dir, out, opts, spec=spec)
     table = Table(title="xstilts report", show_header=False)
     table.add_row("HTML", str(result.html))
     table.add_row("Markdown", str(result.markdown))
