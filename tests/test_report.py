@@ -164,3 +164,16 @@ def test_restrict_to_spec_keeps_only_the_current_plan(tmp_path):
     m, s = restrict_to_spec(metrics, stages, spec_file)
     assert m["value"].tolist() == [1.0]
     assert s[["stage_id", "target"]].values.tolist() == [[ev.id, "panx"]]
+
+
+def test_a_note_shared_by_every_row_is_shown_once():
+    import pandas as pd
+
+    from xstilts.analysis.report import _hoist_common_note
+
+    same = pd.DataFrame({"setup": ["a", "b"], "note": ["single seed (0)", "single seed (0)"]})
+    df, common = _hoist_common_note(same)
+    assert common == "single seed (0)" and "note" not in df
+    mixed = pd.DataFrame({"setup": ["a", "b"], "note": ["single seed (0)", ""]})
+    df, common = _hoist_common_note(mixed)
+    assert common is None and "note" in df

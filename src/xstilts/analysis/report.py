@@ -789,6 +789,16 @@ def _html_table(df: pd.DataFrame) -> str:
     return shown.to_html(index=False, border=0, escape=True, na_rep="n/a")
 
 
+def _hoist_common_note(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """A ``note`` column with one and the same text on every row becomes one line under the table."""
+    if "note" not in df.columns or len(df) < 2:
+        return df, None
+    notes = df["note"].astype(str).unique()
+    if len(notes) != 1 or not notes[0].strip() or notes[0] in ("nan", "None"):
+        return df, None
+    return df.drop(columns=["note"]), notes[0]
+
+
 def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(empty)_\n"
@@ -851,9 +861,11 @@ def _write(sections: list[Section], out: Path, metrics: pd.DataFrame, stages: pd
                      f"<figcaption>{_md_inline(f.caption)}</figcaption></figure>")
             md += [f"![{f.caption}](figures/{p.name})", "", f"*{f.caption}*", ""]
         for caption, df in s.tables:
+            df, common = _hoist_common_note(df)
+            after = f"<p class='note'>Every row: {html.escape(common)}</p>" if common else ""
             h.append(f"<details{' open' if len(df) <= 12 else ''}><summary>{html.escape(caption)} ({len(df)} rows)</summary>"
-                     f"<div class='tablewrap'>{_html_table(df)}</div></details>")
-            md += [f"**{caption}**", "", _md_table(df), ""]
+                     f"<div class='tablewrap'>{_html_table(df)}</div>{after}</details>")
+            md += [f"**{caption}**", "", _md_table(df), ""] + ([f"_Every row: {common}_", ""] if common else [])
         h.append("</section>")
     h.append("</body></html>")
     out.write_text("\n".join(h), encoding="utf-8")
