@@ -329,8 +329,8 @@ def zero_shot_eval(
     Languages whose data is missing are reported in ``EvalReport.skipped``; the others run.
     ``device``: ``None``/``"auto"`` = the GPU when torch sees one, else the CPU. ``precision``:
     ``fp32`` (default, exact), or ``bf16`` / ``fp16`` autocast (fp16 on CUDA only): on a CPU with
-    bf16 instructions bf16 runs e5-small's forward ~2.3x faster (benchmarks/RESULTS.md), and
-    scores move by rounding only (docs/ARCHITECTURE.md records a measured check).
+    bf16 instructions bf16 ran Tatoeba (112 languages) 2x faster than fp32, average accuracy
+    56.80 vs 56.77, no language moving by more than 0.9 points (benchmarks/RETRIEVAL.md).
     """
     import torch
 
