@@ -178,6 +178,7 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         eval_max_examples=config["n_dev"],
         save_every=0,
         compact_vocab=config.get("compact_vocab", True),
+        group_by_length=config.get("group_by_length", True),
         progress=False,
         data_dir=config.get("data_dir"),
     )
