@@ -20,6 +20,11 @@ def _med(side: dict[str, Any], key: str, nd: int = 1) -> str:
     return f"{s['median']:.{nd}f} ({s['min']:.{nd}f}–{s['max']:.{nd}f})"
 
 
+def _pct(side: dict[str, Any]) -> str:
+    v = side.get("mfu", {}).get("median") if isinstance(side.get("mfu"), dict) else None
+    return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "n/a"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     out = [
@@ -49,7 +54,24 @@ def render_markdown(results: dict[str, Any]) -> str:
         s = b["train"][0]["settings"]
         out += ["", f"Settings: model {s['model']}, {s['n_train']} training sentences (1 epoch), batch {s['batch_size']}, "
                 f"max length {s['max_length']}, lr {s['lr']}, AdamW wd 0.01, warm-up 10 %, dev = first {s['n_dev']} PAN-X en dev sentences.",
-                "", "GPU (XLM-R Large shape, bf16; MFU at length 128 and 256): no GPU was available to this run — rows left empty, not estimated.", ""]
+                ""]
+    gpu = b.get("gpu")
+    out += ["## GPU training (XLM-R Large shape, random weights, bf16; vs Trainer; MFU)", ""]
+    if not gpu or gpu[0].get("skipped"):
+        out += [f"{(gpu or [{}])[0].get('skipped', 'not run')}: rows left empty, not estimated.", ""]
+    else:
+        out += [f"Device: {gpu[0].get('device')}.", "",
+                "| setting | ratio tokens/s (median, range) | xstilts tokens/s | Trainer tokens/s | xstilts MFU | Trainer MFU | xstilts model TFLOP/s | peak GPU MB xstilts | peak GPU MB Trainer |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in gpu:
+            o, t = r["ours"], r["baseline"]
+            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+                       f"{_med(o, 'tokens_per_s', 0)} | {_med(t, 'tokens_per_s', 0)} | {_pct(o)} | {_pct(t)} | "
+                       f"{_med(o, 'model_tflops')} | {_med(o, 'peak_gpu_mb', 0)} | {_med(t, 'peak_gpu_mb', 0)} |")
+        s = gpu[0]["settings"]
+        out += ["", f"Settings: batch {s['batch_size']}, {s['steps']} steps, every sequence exactly its length; MFU = "
+                "(6 × non-embedding parameters + 12 × layers × hidden × length) × tokens/s ÷ the device's peak dense bf16 FLOP/s "
+                "(`benchmarks/gpu_bench.py`; n/a for a device not in its table).", ""]
     if "eval" in b:
         out += ["## Zero-shot evaluation throughput (XQuAD + PAN-X, every local language)", "",
                 "| setting | ratio (median, range) | xstilts examples/s | baseline examples/s | peak RSS MB xstilts | peak RSS MB baseline |",

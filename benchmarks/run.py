@@ -27,18 +27,21 @@ MODES: dict[str, dict[str, Any]] = {
                   "precisions": ["fp32"], "reps": 2},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 1},
         "retrieval": {"model": "e5-small", "max_examples": 20, "batch_size": 128},
+        "gpu": {"shape": "tiny", "seq_lens": [64], "batch_size": 8, "steps": 6, "reps": 1, "allow_cpu": True},
     },
     "default": {
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 2},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"]},
         "retrieval": {"model": "e5-small", "max_examples": 50, "batch_size": 128},
+        "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 60, "reps": 2},
     },
     "full": {
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 5},
         "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"]},
         "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
+        "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 200, "reps": 3},
     },
 }
 
@@ -76,6 +79,30 @@ def bench_retrieval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str,
     return [{"name": "tatoeba retrieval e5-small (CPU)", "settings": conf, "result": res}]
 
 
+def bench_gpu(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    import tempfile
+
+    import torch
+
+    from benchmarks.gpu_bench import build_model_dir
+
+    if not torch.cuda.is_available() and not cfg.get("allow_cpu"):
+        log("gpu: no GPU visible to torch: rows left empty, not estimated")
+        return [{"name": "gpu", "skipped": "no GPU was available to this run"}]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="xstilts-gpubench-") as d:
+        model_dir = build_model_dir(Path(d) / cfg["shape"], cfg["shape"])
+        for seq_len in cfg["seq_lens"]:
+            conf = {k: v for k, v in cfg.items() if k not in ("seq_lens", "reps", "allow_cpu")} | {
+                "seq_len": seq_len, "n_train": cfg["batch_size"] * cfg["steps"], "model_dir": str(model_dir),
+                "data_dir": data_dir, "precision": "bf16"}
+            where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (machinery check only)"
+            log(f"gpu: {cfg['shape']} bf16, length {seq_len}, batch {cfg['batch_size']}, {cfg['steps']} steps on {where}")
+            comp = interleaved("gpu", conf, cfg["reps"], "tokens_per_s", name=f"train {cfg['shape']} bf16 len {seq_len}", log=log)
+            rows.append(comp.summary() | {"settings": {k: v for k, v in conf.items() if k != "model_dir"}, "device": where})
+    return rows
+
+
 def bench_grid(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
     from benchmarks.grid_bench import grid_costs
 
@@ -92,7 +119,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="default")
-    ap.add_argument("--only", default="train,eval,retrieval,grid", help="comma-separated subset of train,eval,retrieval,grid")
+    ap.add_argument("--only", default="train,eval,retrieval,grid,gpu", help="comma-separated subset of train,eval,retrieval,grid,gpu")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks"), help="folder for results.json and RESULTS.md")
     ap.add_argument("--merge", action="store_true", help="keep the other benchmarks' entries of an existing results.json")
@@ -116,13 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads((out / "results.json").read_text())
         results["benchmarks"] = {k: v for k, v in previous.get("benchmarks", {}).items() if k not in only}
         results["command"] = previous.get("command", "") + " ; " + results["command"]
+        results["started"] = previous.get("started", results["started"])
+        prev_total = float(previous.get("total_seconds", 0.0))
+    else:
+        prev_total = 0.0
 
     def save() -> None:
-        results["total_seconds"] = time.time() - started
+        results["total_seconds"] = prev_total + time.time() - started
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         write_markdown(results, out / "RESULTS.md")
 
-    fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid}
+    fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid, "gpu": bench_gpu}
     for name in only:
         if name not in fns:
             ap.error(f"unknown benchmark {name!r}; choose from {', '.join(fns)}")

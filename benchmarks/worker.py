@@ -17,6 +17,8 @@ def main() -> None:
         from benchmarks import train_bench as mod
     elif bench == "eval":
         from benchmarks import eval_bench as mod
+    elif bench == "gpu":
+        from benchmarks import gpu_bench as mod
     elif bench == "retrieval":
         from benchmarks import retrieval_bench as mod
     else:

@@ -591,6 +591,8 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     finally:
         bar.close()
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # queued kernels belong to the loop's time
     loop_seconds = time.time() - t0
     # ---------------------------------------------------------------- end
     if step != saved_step:
