@@ -10,9 +10,9 @@
 # Local runs share one output dir, runs/studies/local (git-ignored): one results store and
 # one stage folder, so a stage that two studies define identically (same settings, same
 # upstream stages: e.g. the baseline's PAN-X fine-tuning and its evaluation) has the same
-# content-hashed id and runs once. studies/report_spec.py then restricts the report to the
-# stages of this study's plan (`xstilts report OUTPUT_DIR` would analyse every study in the
-# store). Full runs get their own output dir, runs/studies/STUDY_full, and `xstilts report`.
+# content-hashed id and runs once. `xstilts report --spec` then restricts the report to the
+# stages of this study's plan (without it the report would analyse every study in the
+# store). Full runs get their own output dir, runs/studies/STUDY_full.
 #
 # Copied into studies/STUDY/ (local) or studies/STUDY/full/ (full): results.csv (every
 # metric row of the plan, `xstilts results`), report.md and figures/*.png. Every stage is
@@ -34,8 +34,7 @@ mode=local
 if [[ "${1:-}" == "--full" ]]; then mode=full; shift; fi
 [[ -d "$here/$study" ]] || { echo "unknown study '$study'" >&2; exit 2; }
 
-if [[ -x "$root/.venv/bin/xstilts" ]]; then xs="$root/.venv/bin/xstilts"; py="$root/.venv/bin/python"
-else xs=xstilts; py=python; fi
+xs="$root/.venv/bin/xstilts"; [[ -x "$xs" ]] || xs=xstilts
 
 if [[ $mode == local ]]; then
   spec="$here/$study/spec.yaml"; out="$root/runs/studies/local"; rep="$root/runs/studies/$study"
@@ -53,11 +52,7 @@ if [[ "${XSTILTS_STUDIES_KEEP_CHECKPOINTS:-0}" != 1 && -d "$out/stages" ]]; then
     [[ -f "$d/DONE" && -d "$d/checkpoints" ]] && rm -rf "$d/checkpoints"
   done
 fi
-if [[ $mode == local ]]; then
-  "$py" "$here/report_spec.py" "$spec" -o "$out" --out "$rep/report/report.html"
-else
-  "$xs" report "$out" --out "$rep/report/report.html"
-fi
+"$xs" report "$out" --spec "$spec" --out "$rep/report/report.html"
 "$xs" results "$spec" -o "$out" --format csv --out "$rep/results.csv"
 
 mkdir -p "$dest/figures"
