@@ -119,6 +119,14 @@ def interleaved(bench: str, config: dict[str, Any], reps: int, metric: str, name
     return comp
 
 
+def cold_feature_cache(workdir: Path) -> None:
+    """Point this process's tokenised-feature cache at an empty folder, so tokenising is measured."""
+    from xstilts import paths
+
+    cold = workdir / "features"
+    paths.features_cache_dir = lambda: cold  # type: ignore[assignment]
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     import resource

@@ -22,8 +22,6 @@ over seconds. The heads are untrained (this measures speed, not quality).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,12 +53,12 @@ def _model_dir(workdir: Path, model: str) -> Path:
 
 
 def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    from xstilts import paths
     from xstilts.evaluate import zero_shot_eval
 
+    from benchmarks.common import cold_feature_cache
+
     model_dir = _model_dir(workdir, config["model"])
-    cold = workdir / "features"
-    paths.features_cache_dir = lambda: cold  # type: ignore[assignment]  # cold cache: tokenising is timed
+    cold_feature_cache(workdir)  # tokenising is timed
     n = 0
     t0 = time.perf_counter()
     for task in ("xquad", "panx"):
@@ -135,17 +133,3 @@ def _copy_linear(linear, heads: dict, task: str) -> None:
             bias = ws[-1][: -len("weight")] + "bias"
             if bias in heads:
                 linear.bias.copy_(heads[bias])
-
-
-def measure(side: str, config: dict[str, Any]) -> dict[str, Any]:
-    """One side of the evaluation comparison, in this (fresh) process."""
-    os.environ.setdefault("XSTILTS_LOG", "WARNING")
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix=f"xstilts-bench-eval-{side}-") as tmp:
-        if side == "ours":
-            return measure_ours(config, Path(tmp))
-        if side == "baseline":
-            return measure_baseline(config, Path(tmp))
-    raise ValueError(side)

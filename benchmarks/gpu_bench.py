@@ -24,7 +24,6 @@ which says in its output that it ran on the CPU).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -77,32 +76,34 @@ def flops_per_token(n_params_non_embedding: int, layers: int, hidden: int, seq_l
 
 
 def _examples(config: dict[str, Any], tokenizer: Any) -> list[Any]:
-    """``n`` sentence pairs, each at least ``seq_len`` tokens once joined (truncation makes it exact)."""
+    """``n_train`` sentence pairs, each side at least ``seq_len`` tokens (truncation makes the pair exact)."""
     import random
 
     from xstilts.paths import resolve_data_dir
     from xstilts.tasks.types import ClassificationExample
 
     data = resolve_data_dir(config.get("data_dir"))
-    eng = []
-    if data is not None:
-        f = Path(data) / "tatoeba" / "tatoeba.deu-eng.eng"
-        if f.is_file():
-            eng = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not eng:  # no local data: generated words (speed does not depend on the text)
+    f = Path(data) / "tatoeba" / "tatoeba.deu-eng.eng" if data is not None else None
+    if f is not None and f.is_file():
+        eng = [ln.strip() for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    else:  # no local data: generated words (speed does not depend on the text)
         rng0 = random.Random(1)
         eng = [" ".join(rng0.choice(["house", "river", "green", "talks", "slowly", "under", "bridge"]) for _ in range(12))
                for _ in range(500)]
+    # one batched call: the sub-word count of each sentence (a join adds at most a token or two)
+    lengths = [len(ids) for ids in tokenizer(eng, add_special_tokens=False)["input_ids"]]
     rng = random.Random(config.get("seed", 0))
-    out = []
-    for i in range(config["n_train"]):
-        parts = [[], []]
-        for side in parts:
-            while len(tokenizer(" ".join(side))["input_ids"]) < config["seq_len"]:
-                side.extend(rng.sample(eng, 4))
-        out.append(ClassificationExample(id=str(i), text_a=" ".join(parts[0]), text_b=" ".join(parts[1]),
-                                         label=rng.choice(["0", "1", "2"])))
-    return out
+
+    def side() -> str:
+        picked, n = [], 0
+        while n < config["seq_len"]:
+            i = rng.randrange(len(eng))
+            picked.append(eng[i])
+            n += lengths[i]
+        return " ".join(picked)
+
+    return [ClassificationExample(id=str(i), text_a=side(), text_b=side(), label=rng.choice(["0", "1", "2"]))
+            for i in range(config["n_train"])]
 
 
 def _features(config: dict[str, Any], tokenizer: Any, examples: list[Any]) -> list[dict[str, Any]]:
@@ -116,13 +117,14 @@ def _features(config: dict[str, Any], tokenizer: Any, examples: list[Any]) -> li
 
 def _result(config: dict[str, Any], seconds: float, steps: int, model_dir: str) -> dict[str, Any]:
     import torch
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModel
 
     cfg = AutoConfig.from_pretrained(model_dir)
-    emb = cfg.vocab_size * cfg.hidden_size + cfg.max_position_embeddings * cfg.hidden_size + cfg.type_vocab_size * cfg.hidden_size
-    layer = 4 * cfg.hidden_size * cfg.hidden_size + 4 * cfg.hidden_size + 2 * cfg.hidden_size * cfg.intermediate_size \
-        + cfg.intermediate_size + cfg.hidden_size + 4 * cfg.hidden_size
-    non_emb = cfg.num_hidden_layers * layer
+    with torch.device("meta"):  # shapes only: counts the parameters without allocating them
+        model = AutoModel.from_config(cfg)
+    emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith("embeddings."))
+    # the layers only (the benchmark model has no pooler; the classifier head is negligible)
+    non_emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
     tokens = steps * config["batch_size"] * config["seq_len"]
     tps = tokens / seconds
     fpt = flops_per_token(non_emb, cfg.num_hidden_layers, cfg.hidden_size, config["seq_len"])
@@ -183,15 +185,3 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok), callbacks=[timer])
     trainer.train()
     return _result(config, timer.t1 - timer.t0, trainer.state.global_step, config["model_dir"])
-
-
-def measure(side: str, config: dict[str, Any]) -> dict[str, Any]:
-    """One side of the GPU comparison, in this (fresh) process."""
-    os.environ.setdefault("XSTILTS_LOG", "WARNING")
-    import logging
-    import tempfile
-
-    logging.basicConfig(level=logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix=f"xstilts-gpubench-{side}-") as d:
-        fn = measure_ours if side == "ours" else measure_baseline
-        return fn(config, Path(d))

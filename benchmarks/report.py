@@ -20,6 +20,10 @@ def _med(side: dict[str, Any], key: str, nd: int = 1) -> str:
     return f"{s['median']:.{nd}f} ({s['min']:.{nd}f}–{s['max']:.{nd}f})"
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    return f"**{_fmt(row['ratio_median'])}×** ({_fmt(row['ratio_min'])}–{_fmt(row['ratio_max'])})"
+
+
 def _pct(side: dict[str, Any]) -> str:
     v = side.get("mfu", {}).get("median") if isinstance(side.get("mfu"), dict) else None
     return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "n/a"
@@ -48,7 +52,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in b["train"]:
             o, t = r["ours"], r["baseline"]
-            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+            out.append(f"| {r['name']} | {_ratio(r)} | "
                        f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'tokens_per_s', 0)} | {_med(t, 'tokens_per_s', 0)} | "
                        f"{_med(o, 'dev_f1')} | {_med(t, 'dev_f1')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
         s = b["train"][0]["settings"]
@@ -65,7 +69,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in gpu:
             o, t = r["ours"], r["baseline"]
-            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+            out.append(f"| {r['name']} | {_ratio(r)} | "
                        f"{_med(o, 'tokens_per_s', 0)} | {_med(t, 'tokens_per_s', 0)} | {_pct(o)} | {_pct(t)} | "
                        f"{_med(o, 'model_tflops')} | {_med(o, 'peak_gpu_mb', 0)} | {_med(t, 'peak_gpu_mb', 0)} |")
         s = gpu[0]["settings"]
@@ -78,7 +82,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|"]
         for r in b["eval"]:
             o, t = r["ours"], r["baseline"]
-            out.append(f"| {r['name']} | **{_fmt(r['ratio_median'])}×** ({_fmt(r['ratio_min'])}–{_fmt(r['ratio_max'])}) | "
+            out.append(f"| {r['name']} | {_ratio(r)} | "
                        f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
         s = b["eval"][0]["settings"]
         out += ["", f"Baseline: per language, `Trainer.predict` on the same features (XQuAD: 384-token windows, stride 128; PAN-X) and the same decoder, batch {s['batch_size']}; "

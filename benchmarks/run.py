@@ -50,25 +50,27 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_train(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+def _per_precision(bench: str, cfg: dict[str, Any], data_dir: str | None, what: str, name: str,
+                   vary_seed: bool = False) -> list[dict[str, Any]]:
+    """One interleaved comparison per precision in ``cfg["precisions"]``."""
     rows = []
-    for precision in cfg["precisions"]:
+    for precision in cfg.get("precisions", ["fp32"]):
         conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps")} | {"precision": precision, "data_dir": data_dir}
-        log(f"train: {conf['model']} {precision}, {conf['n_train']} PAN-X en sentences, batch {conf['batch_size']}")
-        comp = interleaved("train", conf, cfg["reps"], "examples_per_s", name=f"train {conf['model']} {precision} (CPU)", log=log,
-                           vary_seed=True)
+        log(f"{bench}: {conf['model']} {precision}, {what.format(**conf)}")
+        comp = interleaved(bench, conf, cfg["reps"], "examples_per_s", name=f"{name} {conf['model']} {precision} (CPU)",
+                           log=log, vary_seed=vary_seed)
         rows.append(comp.summary() | {"settings": conf})
     return rows
+
+
+def bench_train(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    return _per_precision("train", cfg, data_dir, "{n_train} PAN-X en sentences, batch {batch_size}", "train",
+                          vary_seed=True)
 
 
 def bench_eval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
-    rows = []
-    for precision in cfg.get("precisions", ["fp32"]):
-        conf = {k: v for k, v in cfg.items() if k not in ("reps", "precisions")} | {"data_dir": data_dir, "precision": precision}
-        log(f"eval: {conf['model']} {precision}, XQuAD + PAN-X, every local language, {conf['max_examples']} examples each")
-        comp = interleaved("eval", conf, cfg["reps"], "examples_per_s", name=f"zero-shot eval {conf['model']} {precision} (CPU)", log=log)
-        rows.append(comp.summary() | {"settings": conf})
-    return rows
+    return _per_precision("eval", cfg, data_dir, "XQuAD + PAN-X, every local language, {max_examples} examples each",
+                          "zero-shot eval")
 
 
 def bench_retrieval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:

@@ -20,14 +20,10 @@ decoder and scorer, so the speed is compared at equal dev F1.
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-logging.basicConfig(level=logging.WARNING)
 
 
 def _model_path(name: str, workdir: Path) -> str:
@@ -195,14 +191,3 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     f1 = _dev_f1(fmt, task, dev, dev_feats, _predict(call, fmt, dev_feats, tokenizer.pad_token_id))
     return {"seconds": elapsed, "examples_per_s": len(feats) / elapsed, "tokens_per_s": _tokens(feats) / elapsed,
             "dev_f1": f1, "steps": result.steps}
-
-
-def measure(side: str, config: dict[str, Any]) -> dict[str, Any]:
-    """One side of the training comparison, in this (fresh) process."""
-    os.environ.setdefault("XSTILTS_LOG", "WARNING")
-    with tempfile.TemporaryDirectory(prefix=f"xstilts-bench-train-{side}-") as tmp:
-        if side == "ours":
-            return measure_ours(config, Path(tmp))
-        if side == "baseline":
-            return measure_baseline(config, Path(tmp))
-    raise ValueError(side)

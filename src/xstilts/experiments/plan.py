@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xstilts.errors import ConfigError
-from xstilts.experiments.spec import BASELINE, Spec, StepSpec
+from xstilts.experiments.spec import Spec, StepSpec
 
 logger = logging.getLogger(__name__)
 
