@@ -223,6 +223,8 @@ def mean_embedding(
     """Mean over ``texts`` of their mean-pooled last-layer embeddings (padding masked out)."""
     import torch
 
+    from xstilts.models.heads import pool
+
     if not texts:
         raise ValueError("mean_embedding needs at least one text")
     total = None
@@ -232,9 +234,7 @@ def mean_embedding(
             enc = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
                             max_length=max_length, return_tensors="pt")
             enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = pool(model(**enc).last_hidden_state, enc["attention_mask"], "mean")
             s = pooled.float().sum(0).cpu().numpy()
             total = s if total is None else total + s
     return total / len(texts)

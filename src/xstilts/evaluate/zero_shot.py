@@ -163,16 +163,6 @@ def _length_sorted_batches(features: Sequence[dict[str, Any]], batch_size: int) 
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _stack_padded(chunks: list[tuple[list[int], np.ndarray]], n: int, pad: float) -> np.ndarray:
-    """Place per-batch arrays [B, ...] back into feature order, padding trailing dims to the max."""
-    shape_tail = [max(a.shape[d] for _, a in chunks) for d in range(1, chunks[0][1].ndim)]
-    out = np.full([n, *shape_tail], pad, dtype=np.float32)
-    for idx, arr in chunks:
-        sl = (np.asarray(idx),) + tuple(slice(0, s) for s in arr.shape[1:])
-        out[sl] = arr
-    return out
-
-
 @contextlib.contextmanager
 def _truncated_encoder(encoder: Any, layer: int) -> Iterator[bool]:
     """Run only the first ``layer`` transformer layers when that is exact (BERT/XLM-R-style
@@ -240,6 +230,8 @@ def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], p
               desc: str, device: Any = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     import torch
 
+    from xstilts.tasks.formats._common import stack_in_order
+
     device = device if device is not None else torch.device("cpu")
     chunks: dict[str, list[tuple[list[int], np.ndarray]]] = {}
     batches = _length_sorted_batches(features, batch_size)
@@ -254,7 +246,7 @@ def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], p
                     continue
                 chunks.setdefault(key, []).append((idx, val.float().cpu().numpy()))
     pads = {"start_logits": -1e4, "end_logits": -1e4}
-    return {k: _stack_padded(v, len(features), pads.get(k, 0.0)) for k, v in chunks.items()}
+    return {k: stack_in_order(v, len(features), pads.get(k, 0.0)) for k, v in chunks.items()}
 
 
 def _embed(model: Any, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from xstilts.errors import CheckpointError, ConfigError, DataError, XStiltsError
+from xstilts.tasks.formats._common import stack_in_order
 from xstilts.train import checkpoint as ckpt
 from xstilts.train.config import TrainConfig
 from xstilts.train.data import (
@@ -432,40 +433,21 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
             loader = accelerator.prepare_data_loader(
                 torch.utils.data.DataLoader(list(range(len(feats))), batch_size=config.eval_batch_size,
                                             shuffle=False, collate_fn=collate))
-            collected: dict[str, list[np.ndarray]] = {}
-            order: list[np.ndarray] = []
+            collected: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
             with torch.no_grad(), accelerator.autocast():
                 for b in loader:
-                    index = b.pop("_index")
+                    index = accelerator.gather_for_metrics(b.pop("_index")).cpu().numpy()
                     if compact is not None:
                         b["input_ids"] = compact.remap(b["input_ids"])
                     out = unwrapped().model(name, **b)
-                    out = {k: v for k, v in out.items() if k != "loss"}
-                    gathered = {}
                     for k, v in out.items():
+                        if k == "loss":
+                            continue
                         v = v.float()
                         if v.dim() >= 2 and td.format in ("tagging", "extractive_qa"):
                             v = accelerator.pad_across_processes(v, dim=1, pad_index=-1e4)
-                        gathered[k] = accelerator.gather_for_metrics(v).cpu().numpy()
-                    order.append(accelerator.gather_for_metrics(index).cpu().numpy())
-                    for k, v in gathered.items():
-                        collected.setdefault(k, []).append(v)
-            idx_all = np.concatenate(order)
-            outputs = {}
-            for k, parts in collected.items():
-                width = max(p.shape[1] for p in parts) if parts[0].ndim >= 2 else None
-                shape = (len(feats),) + ((width,) + parts[0].shape[2:] if width is not None else parts[0].shape[1:])
-                arr = np.full(shape, -1e4, dtype=np.float32)
-                pos = 0
-                for p in parts:
-                    n = p.shape[0]
-                    tgt = idx_all[pos:pos + n]
-                    if width is not None:
-                        arr[tgt, :p.shape[1]] = p
-                    else:
-                        arr[tgt] = p
-                    pos += n
-                outputs[k] = arr
+                        collected.setdefault(k, []).append((index, accelerator.gather_for_metrics(v).cpu().numpy()))
+            outputs = {k: stack_in_order(parts, len(feats), -1e4) for k, parts in collected.items()}
             preds = fmt.decode(td.dev, feats, outputs, label_list=td.label_list)
             results[name] = fmt.score(td.dev, preds, td.metric, language="en")
         net.train()
