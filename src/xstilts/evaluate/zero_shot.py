@@ -447,22 +447,14 @@ def write_report(report: EvalReport, out_dir: Path | str) -> Path:
 
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    from xstilts.errors import DataError
+    from xstilts.tasks.readers import iter_jsonl
+
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                from xstilts.errors import DataError
-
-                raise DataError(path, f"not valid JSON ({exc.msg})", line=n) from None
-            if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
-                from xstilts.errors import DataError
-
-                raise DataError(path, "expected an object with 'id' and 'prediction'", line=n)
-            rows.append(row)
+    for line, row in iter_jsonl(path, "one JSON object per line with 'id' and 'prediction' (predictions/*.jsonl)"):
+        if "id" not in row or "prediction" not in row:
+            raise DataError(path, "expected an object with 'id' and 'prediction'", line=line)
+        rows.append(row)
     return rows
 
 

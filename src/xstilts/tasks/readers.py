@@ -111,7 +111,7 @@ def _get(obj: Any, dotted: str) -> Any:
     return cur
 
 
-def _iter_jsonl(path: Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
     text = _read_text(path, expected)
     for lineno, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -391,7 +391,7 @@ def read_xcopa_jsonl(path: Path, *, label_list: Sequence[str] | None = None, lan
     qmap = question_map or COPA_QUESTIONS
     expected = "JSON lines with premise, choice1, choice2, question (cause|effect), label (0|1)"
     out: list[MultipleChoiceExample] = []
-    for lineno, obj in _iter_jsonl(path, expected):
+    for lineno, obj in iter_jsonl(path, expected):
         premise = _require(path, obj, "premise", line=lineno, types=str)
         c1 = _require(path, obj, "choice1", line=lineno, types=str)
         c2 = _require(path, obj, "choice2", line=lineno, types=str)
@@ -416,7 +416,7 @@ def read_commonsenseqa_jsonl(path: Path, *, label_list: Sequence[str] | None = N
     """
     expected = "JSON lines with id, question, choices {label: [...], text: [...]}, answerKey"
     out: list[MultipleChoiceExample] = []
-    for lineno, obj in _iter_jsonl(path, expected):
+    for lineno, obj in iter_jsonl(path, expected):
         q = _require(path, obj, "question", line=lineno)
         if isinstance(q, dict):  # original CommonsenseQA release
             question = _require(path, q, "stem", line=lineno, types=str)
@@ -571,7 +571,7 @@ def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = No
     keys = {**JSONL_FIELDS[format], **(fields or {})}
     expected = f"JSON lines with fields {sorted(set(keys.values()))}"
     out: list[Example] = []
-    for lineno, obj in _iter_jsonl(path, expected):
+    for lineno, obj in iter_jsonl(path, expected):
         try:
             ex_id = str(_get(obj, keys["id"]))
         except KeyError:
