@@ -92,14 +92,18 @@ def _apply_margin(a: np.ndarray, b: np.ndarray, margin: str) -> np.ndarray:
     raise UnknownNameError("margin", margin, MARGINS)
 
 
-def margin_scores(x: np.ndarray, y: np.ndarray, *, k: int = 4, margin: str = "ratio", normalize: bool = True) -> np.ndarray:
-    """Full ``[len(x), len(y)]`` matrix of margin-based scores (see module docstring)."""
+def _margin_inputs(x: np.ndarray, y: np.ndarray, margin: str, normalize: bool, x_name: str,
+                   y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (and, when asked, L2-normalised) embedding matrices for a margin-based scorer."""
     if margin not in MARGINS:
         raise UnknownNameError("margin", margin, MARGINS)
-    x = _check_2d(x, "margin_scores x")
-    y = _check_2d(y, "margin_scores y")
-    if normalize:
-        x, y = l2_normalize(x), l2_normalize(y)
+    x, y = _check_2d(x, x_name), _check_2d(y, y_name)
+    return (l2_normalize(x), l2_normalize(y)) if normalize else (x, y)
+
+
+def margin_scores(x: np.ndarray, y: np.ndarray, *, k: int = 4, margin: str = "ratio", normalize: bool = True) -> np.ndarray:
+    """Full ``[len(x), len(y)]`` matrix of margin-based scores (see module docstring)."""
+    x, y = _margin_inputs(x, y, margin, normalize, "margin_scores x", "margin_scores y")
     fwd = knn_mean_similarity(x, y, k, normalize=False)
     bwd = knn_mean_similarity(y, x, k, normalize=False)
     return _apply_margin(x @ y.T, (fwd[:, None] + bwd[None, :]) / 2, margin)
@@ -137,12 +141,7 @@ def mine_bitext(src_emb: np.ndarray, tgt_emb: np.ndarray, *, k: int = 4, margin:
     target its best source; the union is visited by decreasing score, keeping a pair only
     when neither side was used by a better pair. Sorted by decreasing score.
     """
-    if margin not in MARGINS:
-        raise UnknownNameError("margin", margin, MARGINS)
-    x = _check_2d(src_emb, "mine_bitext src_emb")
-    y = _check_2d(tgt_emb, "mine_bitext tgt_emb")
-    if normalize:
-        x, y = l2_normalize(x), l2_normalize(y)
+    x, y = _margin_inputs(src_emb, tgt_emb, margin, normalize, "mine_bitext src_emb", "mine_bitext tgt_emb")
     x2y_sim, x2y_idx = knn(x, y, k, normalize=False)
     y2x_sim, y2x_idx = knn(y, x, k, normalize=False)
     x2y_mean, y2x_mean = x2y_sim.mean(axis=1), y2x_sim.mean(axis=1)
