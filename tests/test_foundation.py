@@ -43,3 +43,33 @@ def test_tiny_model_dir_loads(tiny_model_dir: Path):
     enc = tok(["Hallo Welt", "你好世界"], padding=True, return_tensors="pt")
     out = model(**enc)
     assert out.last_hidden_state.shape[-1] == 32
+
+
+def test_full_disk_is_one_clear_error_not_a_traceback(capsys):
+    import errno
+
+    import pytest
+    import typer
+
+    from xstilts.cli._app import handle_errors
+
+    @handle_errors
+    def writes_to_a_full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/models/e5-small/model.safetensors")
+
+    @handle_errors
+    def library_error_carrying_enospc() -> None:  # e.g. safetensors' SafetensorError
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    @handle_errors
+    def other_bug() -> None:
+        raise RuntimeError("a real bug")
+
+    for fn in (writes_to_a_full_disk, library_error_carrying_enospc):
+        with pytest.raises(typer.Exit) as exc:
+            fn()
+        assert exc.value.exit_code == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "error: no space left on device" in err and "XSTILTS_HOME" in err
+    with pytest.raises(RuntimeError, match="a real bug"):
+        other_bug()

@@ -62,8 +62,26 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: progress up to the last checkpoint is kept; run the same command again to resume.")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if not _out_of_disk(exc):
+                raise
+            err_console.print(f"[bold red]error:[/] no space left on device ({exc}). Free disk space, or point "
+                              "XSTILTS_HOME (models, feature cache) and the run's output_dir at a larger disk, then run "
+                              "the same command again: finished work is kept and writes are atomic.",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_disk(exc: BaseException) -> bool:
+    """A full disk, however the library that hit it reports it (OSError ENOSPC, or e.g. safetensors'
+    own error carrying "os error 28")."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc)
 
 
 @app.callback()
