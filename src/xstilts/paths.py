@@ -1,9 +1,49 @@
-"""Where xstilts keeps its cache (built models, tokenised datasets) and finds data."""
+"""Where xstilts keeps its cache (built models, tokenised datasets) and finds data, and the
+names of the files and directories that several layers write and read.
+
+The name constants are the one truth for the on-disk layout: a layer that writes a file and
+a layer that reads it both import the name from here (this module imports nothing of xstilts).
+
+Layout of an output dir (``xstilts run``)::
+
+    OUTPUT_DIR/results.sqlite                    STORE_FILE (experiments.store)
+    OUTPUT_DIR/stages/<stage_id>/                STAGES_DIR (experiments.plan.stage_dir)
+        model/                                   MODEL_DIR: a saved MultiTaskModel (models)
+            encoder/  heads.safetensors  xstilts_model.json
+        checkpoints/step-N/, checkpoints/best/   CHECKPOINTS_DIR, BEST_CHECKPOINT (train)
+            trainer_state.json                   TRAINER_STATE_FILE
+        log.jsonl                                TRAIN_LOG_FILE (train; read for progress)
+        DONE                                     DONE_FILE: JSON summary, written last (train)
+        metrics.json  predictions/<lang>.jsonl   METRICS_FILE, PREDICTIONS_DIR (evaluate)
+        task_emb/<task>.npy                      TASK_EMB_DIR (analysis: cached Fisher TaskEmb)
+    OUTPUT_DIR/analysis/similarity_cache.json    ANALYSIS_DIR, SIMILARITY_CACHE_FILE
+    OUTPUT_DIR/report/report.html                REPORT_DIR
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# --------------------------------------------------------------------------- file names
+
+STORE_FILE = "results.sqlite"
+STAGES_DIR = "stages"
+MODEL_DIR = "model"
+ENCODER_SUBDIR = "encoder"
+HEADS_FILE = "heads.safetensors"
+XSTILTS_MODEL_FILE = "xstilts_model.json"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_CHECKPOINT = "best"
+TRAINER_STATE_FILE = "trainer_state.json"
+TRAIN_LOG_FILE = "log.jsonl"
+DONE_FILE = "DONE"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_DIR = "predictions"
+TASK_EMB_DIR = "task_emb"
+ANALYSIS_DIR = "analysis"
+SIMILARITY_CACHE_FILE = "similarity_cache.json"
+REPORT_DIR = "report"
 
 
 def xstilts_home() -> Path:

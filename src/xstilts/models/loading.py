@@ -13,25 +13,18 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import socket
-import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xstilts.errors import ModelLoadError
+from xstilts.hub import hub_endpoint, hub_offline, hub_reachable  # noqa: F401 (re-exported by models)
+from xstilts.paths import ENCODER_SUBDIR, XSTILTS_MODEL_FILE
 
 log = logging.getLogger(__name__)
 
-XSTILTS_MODEL_FILE = "xstilts_model.json"
-ENCODER_SUBDIR = "encoder"
-PROBE_TIMEOUT_S = 3.0
 #: model types whose checkpoints are encoder-decoders: only the encoder is loaded
 _ENCODER_ONLY_CLASSES = {"mt5": "MT5EncoderModel", "t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
-_TRUTHY = {"1", "on", "yes", "true"}
 
 
 @dataclass(frozen=True)
@@ -78,47 +71,6 @@ def resolve_model(name_or_path: str | Path) -> ResolvedModel:
     if _looks_like_path(name):
         raise ModelLoadError(f"model directory {path} does not exist")
     return ResolvedModel(name, None, name)
-
-
-def hub_offline() -> bool:
-    """True when the user asked for offline mode (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUTHY:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
-def hub_endpoint() -> str:
-    """The hub URL in use: ``HF_ENDPOINT`` or https://huggingface.co."""
-    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
-
-
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the hub endpoint answers within ``timeout`` seconds (any HTTP status counts).
-
-    Runs in a daemon thread so that a stalled DNS lookup cannot block longer than ``timeout``.
-    """
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            req = urllib.request.Request(hub_endpoint() + "/api/models?limit=1", method="HEAD")
-            with urllib.request.urlopen(req, timeout=timeout):
-                result.append(True)
-        except urllib.error.HTTPError:
-            result.append(True)  # the server answered
-        except (urllib.error.URLError, socket.timeout, OSError, ValueError):
-            result.append(False)
-
-    thread = threading.Thread(target=probe, name="xstilts-hub-probe", daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
 
 
 def _not_cached_message(name: str, reason: str) -> str:

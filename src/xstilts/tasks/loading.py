@@ -8,9 +8,7 @@ hub through ``datasets.load_dataset`` — failing fast, with a message saying ho
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xstilts.errors import DataError, DataNotFoundError, UnknownNameError, XStiltsError
+from xstilts.hub import hub_offline_reason
 from xstilts.paths import resolve_data_dir
 from xstilts.tasks.catalog import HubSource, TaskSpec, check_language, check_split, get_task, list_tasks
 from xstilts.tasks.readers import COPA_QUESTIONS, get_reader
@@ -33,9 +32,6 @@ from xstilts.tasks.types import (
 
 logger = logging.getLogger(__name__)
 
-HUB_HOST = ("huggingface.co", 443)
-PROBE_TIMEOUT_S = 3.0
-_OFFLINE_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 # small cache of parsed local files: (reader, path, mtime, size, options) -> examples
 _CACHE: OrderedDict[tuple[Any, ...], list[Example]] = OrderedDict()
@@ -116,18 +112,6 @@ def _with_id(ex: Example, new_id: str) -> Example:
 
 
 # --------------------------------------------------------------------------- hub
-
-
-def hub_offline_reason() -> str | None:
-    """Why the hub cannot be reached (offline variables set, or no connection), else None."""
-    for var in _OFFLINE_VARS:
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]} is set"
-    try:
-        with socket.create_connection(HUB_HOST, timeout=PROBE_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return f"cannot reach {HUB_HOST[0]} ({exc.__class__.__name__})"
 
 
 def _convert_rows(spec: TaskSpec, hub: HubSource, rows: Any, language: str) -> list[Example]:
