@@ -63,3 +63,11 @@ class ModelLoadError(XStiltsError):
 
 class CheckpointError(XStiltsError):
     """A directory that should be a checkpoint is not one, or is from another run."""
+
+
+class StoreError(XStiltsError):
+    """The results store (``OUTPUT_DIR/results.sqlite``) cannot be used: corrupt or unreadable."""
+
+
+class DiskFullError(XStiltsError):
+    """A write failed because a file system is full. Names the file system and what to do."""
