@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xstilts.paths import STORE_FILE
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -34,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-STORE_FILE = "results.sqlite"
 STATES = ("waiting", "running", "done", "failed")
+WAITING, RUNNING, DONE, FAILED = STATES  # the states, by name (analysis imports them)
 DEFAULT_STALE_AFTER_S = 600.0
 
 _SCHEMA = """
