@@ -1,0 +1,318 @@
+"""One inference loop for every forward pass without gradients.
+
+The training engine's dev evaluation and zero-shot evaluation (heads and retrieval
+embeddings) both call :func:`predict`, so they batch, place, cast and order outputs the same
+way and cannot disagree::
+
+    predict(model, target, fmt, features, *, batch_size=64, pad_token_id=0, device=None,
+            precision="fp32", accelerator=None, transform=None, progress=False, desc="predict")
+        -> dict[str, np.ndarray]   # aligned with ``features``
+
+``target`` is a head name (outputs ``logits``, or ``start_logits`` / ``end_logits``) or a
+:class:`SentenceEmbedding` (outputs ``embeddings`` [F, H]). ``fmt`` is anything with the
+format contract's ``collate(features, pad_token_id)`` (this module does not import
+``tasks``). Features are run in batches sorted by length (least padding) and the outputs put
+back in feature order; token-level outputs are right-padded with :data:`OUTPUT_PAD` to the
+widest feature.
+
+Precision: ``fp32`` is exact. For ``bf16`` / ``fp16`` a model whose weights already have that
+dtype (see :func:`cast_for_inference`, HF's ``bf16_full_eval``) runs as it is; a model in
+fp32 (e.g. weights being trained) runs under ``torch.autocast``, which leaves it untouched.
+
+Distribution: with an ``accelerate.Accelerator`` of several processes each process runs
+every ``world``-th batch of the shared length-sorted order on its unwrapped model (no
+collective per batch), and one gather at the end gives every process all outputs, in
+feature order, each feature exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
+from xstilts.models.heads import POOLINGS, pool
+from xstilts.models.loading import encoder_num_layers
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: value that pads token-level outputs beyond a feature's length (never read by decoding)
+OUTPUT_PAD = -1e4
+#: batch keys that are targets, not model inputs
+LABEL_KEYS = ("labels", "start_positions", "end_positions")
+#: encoders whose last hidden state, with only the first ``k`` layers kept, is exactly
+#: ``hidden_states[k]`` (no final norm after the layer stack)
+_TRUNCATABLE = ("bert", "xlm-roberta", "roberta", "camembert")
+
+
+class Collator(Protocol):
+    """What :func:`predict` needs of a format: ``Format.collate``."""
+
+    def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SentenceEmbedding:
+    """Predict pooled sentence embeddings (retrieval) instead of running a head.
+
+    ``layer``: index into the encoder's hidden states (0 = embedding output, 1..N =
+    transformer layers, negative counts from the end); None = the last layer. ``pooling``:
+    ``"mean"`` (attention-mask mean) or ``"cls"``. Pooling is done in fp32. Not normalised.
+    """
+
+    layer: int | None = None
+    pooling: str = "mean"
+
+
+# ---------------------------------------------------------------------- device and precision
+def resolve_device(device: str | None, precision: str = "fp32") -> torch.device:
+    """``None``/``"auto"`` = the GPU when torch sees one, else the CPU; XStiltsError for an
+    unknown device, a CUDA device without a GPU, an unknown precision or fp16 off CUDA."""
+    check_precision(precision)
+    if device in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise XStiltsError(f"unknown device {device!r} (expected cpu, cuda, cuda:N or auto)") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise XStiltsError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if precision == "fp16" and dev.type != "cuda":
+        raise XStiltsError("precision fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
+    return dev
+
+
+def check_precision(precision: str) -> None:
+    """XStiltsError unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise XStiltsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def cast_for_inference(model: nn.Module, precision: str) -> nn.Module:
+    """Cast ``model``'s floating-point weights to ``precision``'s dtype once, in place (HF's
+    ``bf16_full_eval``): several times faster than autocast, which re-casts fp32 weights on
+    every call. Only for a model loaded for inference: the fp32 weights are gone afterwards."""
+    check_precision(precision)
+    if precision != "fp32":
+        model.to(dtype=DTYPES[precision])
+    return model
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype | None:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
+def _precision_context(model: nn.Module, precision: str, device: torch.device) -> Any:
+    check_precision(precision)
+    if precision == "fp32" or _param_dtype(model) == DTYPES[precision]:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------------- batching
+def feature_length(feature: Mapping[str, Any]) -> int:
+    """Tokens of a feature (multiple choice: its longest choice)."""
+    ids = feature["input_ids"]
+    if len(ids) and isinstance(ids[0], (list, tuple)):
+        return max(len(r) for r in ids)
+    return len(ids)
+
+
+def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int) -> list[list[int]]:
+    """Feature indices in batches of ``batch_size``, sorted by length (stable: ties keep feature order)."""
+    if batch_size < 1:
+        raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(features)), key=lambda i: feature_length(features[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _shard(batches: list[list[int]], accelerator: Any) -> list[list[int]]:
+    """This process's batches: every ``world``-th of the shared order. A process left with
+    none reruns the first batch with its indices marked -1 (dropped after the gather), so
+    every process has outputs of the right shape to gather."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return batches
+    mine = batches[accelerator.process_index::accelerator.num_processes]
+    return mine or [[-1 - i for i in batches[0]]]
+
+
+def _in_feature_order(chunks: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """Rows of (feature indices, outputs [B, ...]) chunks placed at their indices (indices < 0
+    are dropped); trailing dims padded with :data:`OUTPUT_PAD` to the widest chunk."""
+    tail = [max(a.shape[d] for _, a in chunks) for d in range(1, chunks[0][1].ndim)]
+    out = np.full([n, *tail], OUTPUT_PAD, dtype=np.float32)
+    for idx, arr in chunks:
+        keep = idx >= 0
+        out[(idx[keep],) + tuple(slice(0, s) for s in arr.shape[1:])] = arr[keep]
+    return out
+
+
+# ---------------------------------------------------------------------- forward passes
+@contextlib.contextmanager
+def truncated_encoder(encoder: nn.Module, layer: int) -> Iterator[bool]:
+    """Run only the first ``layer`` transformer layers when that is exact (BERT/XLM-R-style
+    encoders without a final norm): their last hidden state then equals ``hidden_states[layer]``.
+    Yields whether truncation applied; the full layer stack is restored on exit."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    model_type = getattr(getattr(encoder, "config", None), "model_type", "")
+    if layers is None or model_type not in _TRUNCATABLE or not 0 < layer < len(layers):
+        yield False
+        return
+    full = encoder.encoder.layer
+    encoder.encoder.layer = nn.ModuleList(list(full)[:layer])
+    try:
+        yield True
+    finally:
+        encoder.encoder.layer = full
+
+
+def _embedding_layer(model: nn.Module, target: SentenceEmbedding) -> int | None:
+    """The non-negative hidden-state index of ``target.layer`` (None = last layer)."""
+    if target.pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {target.pooling!r}", key="retrieval.pooling")
+    if target.layer is None:
+        return None
+    n_layers = encoder_num_layers(model.encoder.config)
+    if not -(n_layers + 1) <= target.layer <= n_layers:
+        raise ConfigError(f"layer {target.layer} out of range for a {n_layers}-layer encoder "
+                          f"(valid: 0..{n_layers} or negative)", key="retrieval.layer")
+    return target.layer % (n_layers + 1)
+
+
+def _embed(model: nn.Module, batch: dict[str, Tensor], layer: int | None, pooling: str, truncated: bool) -> Tensor:
+    mask = batch.get("attention_mask")
+    kwargs = {"input_ids": batch["input_ids"]}
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    if layer is None or truncated:
+        hidden = model.encoder(**kwargs).last_hidden_state
+    else:
+        hidden = model.encoder(**kwargs, output_hidden_states=True).hidden_states[layer]
+    return pool(hidden.float(), mask, pooling)
+
+
+def _forward_fn(model: nn.Module, target: str | SentenceEmbedding, stack: contextlib.ExitStack
+                ) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """A function batch -> outputs for ``target`` (entering what it needs on ``stack``)."""
+    if isinstance(target, SentenceEmbedding):
+        layer = _embedding_layer(model, target)
+        truncated = layer is not None and stack.enter_context(truncated_encoder(model.encoder, layer))
+        return lambda batch: {"embeddings": _embed(model, batch, layer, target.pooling, truncated)}
+    if target not in getattr(model, "head_specs", {}):
+        raise UnknownNameError("head", target, list(getattr(model, "head_specs", {})))
+    return lambda batch: {k: v for k, v in model(target, **batch).items() if k != "loss"}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()
+            if isinstance(v, Tensor) and k not in LABEL_KEYS}
+
+
+def _gather(chunks: list[tuple[np.ndarray, np.ndarray]], accelerator: Any, device: torch.device
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All processes' (indices, outputs) of one output key, as one chunk (one collective per array)."""
+    tail = [max(a.shape[d] for _, a in chunks) for d in range(1, chunks[0][1].ndim)]
+    local = np.concatenate([np.pad(a, [(0, 0)] + [(0, t - s) for t, s in zip(tail, a.shape[1:])],
+                                   constant_values=OUTPUT_PAD) for _, a in chunks])
+    index = torch.from_numpy(np.concatenate([i for i, _ in chunks])).to(device)
+    values = torch.from_numpy(local).to(device)
+    index = accelerator.pad_across_processes(index, dim=0, pad_index=-1)
+    for dim in range(values.dim()):
+        values = accelerator.pad_across_processes(values, dim=dim, pad_index=OUTPUT_PAD)
+    return [(accelerator.gather(index).cpu().numpy(), accelerator.gather(values).cpu().numpy())]
+
+
+def predict(
+    model: nn.Module,
+    target: str | SentenceEmbedding,
+    fmt: Collator,
+    features: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    pad_token_id: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    accelerator: Any = None,
+    transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+    progress: bool = False,
+    desc: str = "predict",
+) -> dict[str, np.ndarray]:
+    """Run ``model`` without gradients over ``features``; outputs aligned with ``features``.
+
+    ``model``: a :class:`~xstilts.models.MultiTaskModel` (unwrapped from DDP). ``target``: a
+    head name, or a :class:`SentenceEmbedding`. ``fmt``: the task's format (its ``collate``).
+    ``device``: where batches go (the model is moved there); None = the accelerator's device,
+    else the model's. ``precision``: see the module docstring. ``accelerator``: shard the
+    batches over its processes and gather (every process returns all outputs).
+    ``transform``: applied to every batch on the device before the forward pass (e.g. the
+    compact vocabulary's id remapping). ``progress``: a tqdm bar (``desc``). The model is in
+    eval mode during the call and gets its previous mode back.
+
+    Returns ``{"logits"}`` / ``{"start_logits", "end_logits"}`` (as the head returns them, no
+    loss) or ``{"embeddings"}``, float32 numpy arrays with one row per feature.
+    """
+    if device is None:
+        device = accelerator.device if accelerator is not None else _model_device(model)
+    device = torch.device(device)
+    model.to(device)
+    batches = length_sorted_batches(features, batch_size)
+    if not batches:
+        return {}
+    chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with contextlib.ExitStack() as stack:
+            forward = _forward_fn(model, target, stack)
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(_precision_context(model, precision, device))
+            show = progress and (accelerator is None or accelerator.is_main_process)
+            for idx in _progress(_shard(batches, accelerator), desc, show):
+                batch = _to_device(fmt.collate([features[i if i >= 0 else -1 - i] for i in idx], pad_token_id),
+                                   device)
+                out = forward(transform(batch) if transform is not None else batch)
+                for key, val in out.items():
+                    chunks.setdefault(key, []).append((np.asarray(idx), val.float().cpu().numpy()))
+    finally:
+        model.train(was_training)
+    if accelerator is not None and accelerator.num_processes > 1:
+        chunks = {k: _gather(v, accelerator, device) for k, v in chunks.items()}
+    return {k: _in_feature_order(v, len(features)) for k, v in chunks.items()}
+
+
+def _progress(items: list[list[int]], desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, disable=None)
+
+
+__all__ = [
+    "DTYPES",
+    "OUTPUT_PAD",
+    "PRECISIONS",
+    "SentenceEmbedding",
+    "cast_for_inference",
+    "check_precision",
+    "feature_length",
+    "length_sorted_batches",
+    "predict",
+    "resolve_device",
+    "truncated_encoder",
+]

@@ -1,0 +1,234 @@
+"""models.predict: the one inference loop (length-sorted batches, feature order, precision, sharding)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
+from xstilts.models import HeadSpec, MultiTaskModel
+from xstilts.models.predict import (
+    SentenceEmbedding,
+    cast_for_inference,
+    length_sorted_batches,
+    predict,
+    resolve_device,
+    truncated_encoder,
+)
+from xstilts.tasks.formats import FeaturizeOptions, get_format
+from xstilts.tasks.types import (
+    Answer,
+    BitextExample,
+    ClassificationExample,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
+
+NLI = ["entailment", "neutral", "contradiction"]
+NER = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+WORDS = "the quick brown fox jumps over a lazy dog near one quiet old river bank".split()
+
+
+def _sentence(i: int) -> str:
+    return " ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(2 + (i * 5) % 9))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    torch.manual_seed(0)
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    m.add_head(HeadSpec(task="nli", kind="classification", num_labels=3))
+    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
+    m.add_head(HeadSpec(task="qa", kind="extractive_qa"))
+    m.add_head(HeadSpec(task="mc", kind="multiple_choice"))
+    m.train()  # predict must switch dropout off itself and give the mode back
+    return m, tok
+
+
+def _features(name: str, tok) -> tuple[object, list[dict]]:
+    fmt = get_format(name)
+    n = 11
+    if name == "classification":
+        exs = [ClassificationExample(str(i), _sentence(i), _sentence(i + 1), NLI[i % 3]) for i in range(n)]
+        return fmt, fmt.featurize(exs, tok, FeaturizeOptions(max_length=32), NLI)
+    if name == "tagging":
+        exs = [TaggingExample(str(i), _sentence(i).split(), ["O"] * len(_sentence(i).split())) for i in range(n)]
+        return fmt, fmt.featurize(exs, tok, FeaturizeOptions(max_length=32), NER)
+    if name == "extractive_qa":
+        exs = []
+        for i in range(n):
+            ctx = " ".join(_sentence(i + k) for k in range(1 + i % 4))
+            word = ctx.split()[-1]
+            exs.append(QAExample(str(i), ctx, "which " + WORDS[i % len(WORDS)] + "?", [Answer(word, ctx.rindex(word))]))
+        return fmt, fmt.featurize(exs, tok, FeaturizeOptions(max_length=24, doc_stride=8, max_query_length=8))
+    if name == "multiple_choice":
+        exs = [MultipleChoiceExample(str(i), _sentence(i), "why?", [_sentence(i + 2), _sentence(i + 4)], i % 2)
+               for i in range(n)]
+        return fmt, fmt.featurize(exs, tok, FeaturizeOptions(max_length=32))
+    exs = [BitextExample(str(i), _sentence(i), _sentence(i + 7)) for i in range(n)]
+    return fmt, fmt.featurize(exs, tok, FeaturizeOptions(max_length=32))
+
+
+def _one_by_one(m, target, fmt, feats, pad_id) -> dict[str, list[np.ndarray]]:
+    """The reference: a plain forward of each feature alone (no padding), in feature order."""
+    out: dict[str, list[np.ndarray]] = {}
+    m.eval()
+    with torch.no_grad():
+        for f in feats:
+            batch = {k: v for k, v in fmt.collate([f], pad_id).items() if k not in ("labels", "start_positions", "end_positions")}
+            if isinstance(target, SentenceEmbedding):
+                res = {"embeddings": m.embed(batch["input_ids"], batch["attention_mask"], layer=target.layer,
+                                             pooling=target.pooling)}
+            else:
+                res = {k: v for k, v in m(target, **batch).items() if k != "loss"}
+            for k, v in res.items():
+                out.setdefault(k, []).append(v[0].numpy())
+    m.train()
+    return out
+
+
+@pytest.mark.parametrize("fmt_name,target", [
+    ("classification", "nli"), ("tagging", "ner"), ("extractive_qa", "qa"), ("multiple_choice", "mc"),
+    ("retrieval", SentenceEmbedding(layer=1, pooling="mean")), ("retrieval", SentenceEmbedding(layer=-1, pooling="cls")),
+    ("retrieval", SentenceEmbedding()),
+])
+def test_predict_equals_a_plain_forward_per_feature_in_order(model, fmt_name, target):
+    m, tok = model
+    fmt, feats = _features(fmt_name, tok)
+    lengths = [len(f["input_ids"]) if fmt_name != "multiple_choice" else max(map(len, f["input_ids"])) for f in feats]
+    assert len(set(lengths)) > 2  # batches really are reordered by length
+    got = predict(m, target, fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id)
+    ref = _one_by_one(m, target, fmt, feats, tok.pad_token_id)
+    assert m.training  # the caller's mode is given back
+    assert set(got) == set(ref)
+    for key, rows in ref.items():
+        assert got[key].shape[0] == len(feats) and got[key].dtype == np.float32
+        for i, row in enumerate(rows):
+            if row.ndim == 0:
+                np.testing.assert_allclose(got[key][i], row, atol=1e-5)
+            else:  # token-level rows are padded beyond the feature's length
+                np.testing.assert_allclose(got[key][i][tuple(slice(0, s) for s in row.shape)], row, atol=1e-5)
+                assert got[key][i].shape[0] >= row.shape[0]
+
+
+def test_length_sorted_batches_are_stable_and_complete():
+    feats = [{"input_ids": [0] * n} for n in (5, 2, 5, 1, 2)]
+    assert length_sorted_batches(feats, 2) == [[3, 1], [4, 0], [2]]
+    assert length_sorted_batches([], 2) == []
+    with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
+        length_sorted_batches(feats, 0)
+
+
+def test_batch_size_does_not_change_fp32_outputs_beyond_rounding(model):
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    a = predict(m, "nli", fmt, feats, batch_size=1, pad_token_id=tok.pad_token_id)["logits"]
+    b = predict(m, "nli", fmt, feats, batch_size=64, pad_token_id=tok.pad_token_id)["logits"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert predict(m, "nli", fmt, [], pad_token_id=tok.pad_token_id) == {}
+
+
+def test_bf16_autocast_and_cast_model_are_close_to_fp32(model):
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    ref = predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id)["logits"]
+    auto = predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
+    assert next(m.parameters()).dtype == torch.float32  # autocast leaves a fp32 model untouched
+    cast = cast_for_inference(copy.deepcopy(m), "bf16")
+    assert next(cast.parameters()).dtype == torch.bfloat16
+    low = predict(cast, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
+    scale = max(1.0, float(np.abs(ref).max()))
+    for other in (auto, low):
+        assert not np.array_equal(ref, other)  # really ran in bf16
+        assert np.abs(ref - other).max() <= 0.05 * scale
+    # embeddings are pooled in fp32 from bf16 hidden states
+    rfmt, rfeats = _features("retrieval", tok)
+    e32 = predict(m, SentenceEmbedding(layer=1), rfmt, rfeats, pad_token_id=tok.pad_token_id)["embeddings"]
+    e16 = predict(cast, SentenceEmbedding(layer=1), rfmt, rfeats, pad_token_id=tok.pad_token_id, precision="bf16")["embeddings"]
+    cos = (e32 * e16).sum(1) / np.linalg.norm(e32, axis=1) / np.linalg.norm(e16, axis=1)
+    assert cos.min() > 0.999
+
+
+def test_transform_sees_every_batch_on_the_device(model):
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    seen = []
+
+    def spy(batch):
+        seen.append(batch["input_ids"].shape[0])
+        return batch
+
+    predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, transform=spy)
+    assert seen == [4, 4, 3]
+
+
+class _FakeAccelerator:
+    """Two 'processes' simulated in one: each call to predict is one rank; gather concatenates."""
+
+    def __init__(self, rank: int, world: int, store: dict):
+        self.process_index, self.num_processes, self.store = rank, world, store
+        self.device = torch.device("cpu")
+        self.is_main_process = rank == 0
+
+    def pad_across_processes(self, tensor, dim=0, pad_index=0):
+        return tensor  # the test pads nothing: gather below concatenates ragged arrays itself
+
+    def gather(self, tensor):
+        self.store.setdefault(self.process_index, []).append(tensor)
+        return tensor
+
+
+def test_sharded_predict_covers_every_feature_once(model):
+    """Each rank runs every world-th batch; the union of what ranks gather is every feature once."""
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    ref = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
+    store: dict = {}
+    parts = [predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id,
+                     accelerator=_FakeAccelerator(r, 3, store))["logits"] for r in range(3)]
+    seen = np.concatenate([store[r][0].numpy() for r in range(3)])  # the gathered indices of each rank
+    assert sorted(seen.tolist()) == list(range(len(feats)))
+    merged = np.full_like(ref, np.nan)
+    for r in range(3):
+        idx = store[r][0].numpy()
+        merged[idx] = parts[r][idx]
+    np.testing.assert_allclose(merged, ref, atol=1e-5)
+    # more processes than batches: the idle rank reruns a batch marked to be dropped
+    store = {}
+    predict(m, "nli", fmt, feats[:2], batch_size=2, pad_token_id=tok.pad_token_id, accelerator=_FakeAccelerator(1, 2, store))
+    assert (store[1][0].numpy() < 0).all()
+
+
+def test_errors_name_what_is_wrong(model):
+    m, tok = model
+    fmt, feats = _features("retrieval", tok)
+    with pytest.raises(UnknownNameError, match="head"):
+        predict(m, "nope", fmt, feats, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ConfigError, match="layer 5 out of range for a 2-layer encoder"):
+        predict(m, SentenceEmbedding(layer=5), fmt, feats, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ConfigError, match="pooling"):
+        predict(m, SentenceEmbedding(pooling="max"), fmt, feats, pad_token_id=tok.pad_token_id)
+    with pytest.raises(XStiltsError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
+        predict(m, "nli", fmt, feats, pad_token_id=tok.pad_token_id, precision="int8")
+    with pytest.raises(XStiltsError, match="fp16 needs a CUDA device"):
+        resolve_device("cpu", "fp16")
+    with pytest.raises(XStiltsError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_truncated_encoder_equals_hidden_state_of_that_layer(model):
+    m, tok = model
+    m.eval()
+    enc = tok(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = m.embed(enc["input_ids"], enc["attention_mask"], layer=1)
+        with truncated_encoder(m.encoder, 1) as applied:
+            fast = m.embed(enc["input_ids"], enc["attention_mask"], layer=None)
+    m.train()
+    assert applied
+    torch.testing.assert_close(ref, fast)
+    assert len(m.encoder.encoder.layer) == 2  # restored
