@@ -7,6 +7,15 @@ metrics, so a worker killed mid-write leaves no half row and no "done" without m
 "running" claim whose pid is dead on this host, or whose heartbeat is older than
 ``stale_after`` seconds, is taken back.
 
+Every claim is owned: :meth:`ResultsStore.heartbeat`, :meth:`~ResultsStore.complete`,
+:meth:`~ResultsStore.fail` and :meth:`~ResultsStore.release` change a stage only while the
+caller still holds it (same host, pid and attempt number), so a worker that stalled past
+``stale_after`` and lost its stage to another worker can never mark the new owner's run.
+
+A damaged database file raises :class:`~xstilts.errors.StoreError` (naming the file and
+``xstilts store rebuild``), a full disk :class:`~xstilts.errors.DiskFullError`; never a raw
+``sqlite3`` traceback.
+
 Tables: ``runs``, ``stages`` (one row per stage id, shared by every spec using that output
 dir), ``stage_labels`` (which model/setup/target/seed cell each stage serves), ``metrics``.
 The analysis layer reads it only through :meth:`ResultsStore.metrics_frame` and
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xstilts.errors import StoreError
 from xstilts.paths import STORE_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,12 +89,49 @@ STAGE_COLUMNS = ["stage_id", "kind", "state", "setup", "target", "model", "seed"
 
 @dataclass(frozen=True)
 class Claim:
-    """A stage this worker now owns (state "running")."""
+    """A stage this worker now owns (state "running"). ``attempts`` (this claim's attempt number)
+    with the worker's host and pid is the claim's token: a later claim of the same stage has another."""
 
     stage_id: str
     kind: str
     settings: dict[str, Any]
     attempts: int
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file (garbage header, bad pages, truncated), as opposed to a busy or full database."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return False
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError):
+        return "malformed" in text or "not a database" in text or "disk i/o error" in text
+    return True
+
+
+def _sqlite_cause(exc: BaseException) -> sqlite3.DatabaseError | None:
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, sqlite3.DatabaseError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def store_error(exc: BaseException, path: Path) -> BaseException:
+    """The user-facing error for a SQLite failure on the store file ``path`` (``exc`` itself if none applies)."""
+    from xstilts.experiments.faults import disk_full_error, is_disk_full
+
+    cause = _sqlite_cause(exc)
+    if cause is None:
+        return exc
+    if is_disk_full(cause):
+        return disk_full_error(cause, [path.parent], what=f"writing the results store {path}")
+    if _is_corrupt(cause):
+        return StoreError(
+            f"{path} is damaged and cannot be read ({cause}). The stage directories beside it hold every finished "
+            f"result: rebuild the store with `xstilts store rebuild {path.parent}` (the damaged file is kept "
+            "beside it), then run the same command again.")
+    return exc
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -112,18 +159,22 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stale_after = stale_after
         self.host = socket.gethostname()
-        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._errors():
+            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA busy_timeout = 60000")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._tx():
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection (safe to call twice)."""
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -132,17 +183,35 @@ class ResultsStore:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken immediately (no lock upgrade races between workers)."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's errors on a damaged file or a full disk into clear user errors."""
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            yield
+        except Exception as exc:
+            translated = store_error(exc, self.path)
+            if translated is exc:
+                raise
+            raise translated from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately (no lock upgrade races between workers).
+
+        A failed COMMIT (e.g. the disk filled up) is rolled back, so the store keeps its last
+        committed state and the connection stays usable."""
+        conn = self._conn
+        with self._errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:  # pragma: no cover - nothing more to undo
+                        pass
+                raise
 
     # ------------------------------------------------------------------ runs
 
@@ -157,6 +226,7 @@ class ResultsStore:
             return int(cur.lastrowid or 0)
 
     def finish_run(self, run_id: int, status: str) -> None:
+        """Record how run ``run_id`` ended."""
         with self._tx() as c:
             c.execute("UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?", (time.time(), status, run_id))
 
@@ -231,55 +301,95 @@ class ResultsStore:
                     return Claim(r["stage_id"], r["kind"], json.loads(r["settings"]), r["attempts"] + 1)
         return None
 
-    def heartbeat(self, stage_id: str, progress: dict[str, Any] | None = None) -> bool:
+    def _owned(self, claim: Claim | str) -> tuple[str, str, tuple[Any, ...]]:
+        """``(stage_id, WHERE clause, parameters)`` matching the stage only while this caller holds ``claim``
+        (a :class:`Claim`: that very attempt; a stage id: any claim of this process)."""
+        sid = claim.stage_id if isinstance(claim, Claim) else claim
+        where = "stage_id = ? AND state = 'running' AND host = ? AND pid = ?"
+        params: tuple[Any, ...] = (sid, self.host, os.getpid())
+        if isinstance(claim, Claim):
+            where += " AND attempts = ?"
+            params += (claim.attempts,)
+        return sid, where, params
+
+    def heartbeat(self, claim: Claim | str, progress: dict[str, Any] | None = None) -> bool:
         """Refresh this worker's claim (and its progress note); False if it lost the claim."""
+        _, where, params = self._owned(claim)
         with self._tx() as c:
-            cur = c.execute("UPDATE stages SET heartbeat = ?, progress = COALESCE(?, progress) "
-                            "WHERE stage_id = ? AND state = 'running' AND host = ? AND pid = ?",
-                            (time.time(), json.dumps(progress) if progress is not None else None, stage_id, self.host,
-                             os.getpid()))
+            cur = c.execute(f"UPDATE stages SET heartbeat = ?, progress = COALESCE(?, progress) WHERE {where}",
+                            (time.time(), json.dumps(progress) if progress is not None else None, *params))
             return cur.rowcount == 1
 
-    def complete(self, stage_id: str, metrics: Iterable[tuple[str, str, str, float]] = (),
-                 result: dict[str, Any] | None = None) -> None:
-        """Mark ``stage_id`` done and insert its metrics ``(language, split, metric, value)`` — one
-        row per label of the stage — in one transaction."""
+    def owns(self, claim: Claim | str) -> bool:
+        """Whether this caller still holds ``claim``."""
+        _, where, params = self._owned(claim)
+        with self._errors():
+            return self._conn.execute(f"SELECT 1 FROM stages WHERE {where}", params).fetchone() is not None
+
+    def complete(self, claim: Claim | str, metrics: Iterable[tuple[str, str, str, float]] = (),
+                 result: dict[str, Any] | None = None) -> bool:
+        """Mark the claimed stage done and insert its metrics ``(language, split, metric, value)`` — one
+        row per label of the stage — in one transaction. Returns False, and changes nothing, when
+        the caller no longer holds the claim (another worker took the stage over)."""
+        rows = list(metrics)
+        sid, where, params = self._owned(claim)
+        with self._tx() as c:
+            cur = c.execute(f"UPDATE stages SET state = 'done', finished_at = ?, heartbeat = ?, error = NULL, "
+                            f"result = ? WHERE {where}",
+                            (time.time(), time.time(), json.dumps(result or {}, default=str), *params))
+            if cur.rowcount != 1:
+                return False
+            self._insert_metrics(c, sid, rows)
+        return True
+
+    @staticmethod
+    def _insert_metrics(c: sqlite3.Connection, stage_id: str, rows: list[tuple[str, str, str, float]]) -> None:
+        labels = c.execute("SELECT model, setup, target, seed FROM stage_labels WHERE stage_id = ?",
+                           (stage_id,)).fetchall()
+        for lab in labels:
+            c.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(stage_id, lab["model"], lab["setup"], lab["target"], lang, lab["seed"], split, metric,
+                            float(value)) for lang, split, metric, value in rows])
+
+    def fail(self, claim: Claim | str, error: str) -> bool:
+        """Mark the claimed stage failed with ``error`` (kept for ``xstilts status``); False, and
+        nothing changed, when the caller no longer holds the claim."""
+        _, where, params = self._owned(claim)
+        with self._tx() as c:
+            cur = c.execute(f"UPDATE stages SET state = 'failed', finished_at = ?, error = ? WHERE {where}",
+                            (time.time(), error[-20000:], *params))
+            return cur.rowcount == 1
+
+    def release(self, claim: Claim | str) -> bool:
+        """Give a claim back (e.g. on Ctrl-C): the stage waits again and keeps its checkpoints."""
+        _, where, params = self._owned(claim)
+        with self._tx() as c:
+            cur = c.execute(f"UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL WHERE {where}", params)
+            return cur.rowcount == 1
+
+    def record_done(self, stage_id: str, metrics: Iterable[tuple[str, str, str, float]] = (),
+                    result: dict[str, Any] | None = None) -> None:
+        """Mark a registered stage done with its metrics, whoever holds it (``xstilts store rebuild``)."""
         rows = list(metrics)
         with self._tx() as c:
-            labels = c.execute("SELECT model, setup, target, seed FROM stage_labels WHERE stage_id = ?",
-                               (stage_id,)).fetchall()
-            for lab in labels:
-                c.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              [(stage_id, lab["model"], lab["setup"], lab["target"], lang, lab["seed"], split, metric,
-                                float(value)) for lang, split, metric, value in rows])
-            c.execute("UPDATE stages SET state = 'done', finished_at = ?, heartbeat = ?, error = NULL, result = ? "
-                      "WHERE stage_id = ?",
-                      (time.time(), time.time(), json.dumps(result or {}, default=str), stage_id))
-
-    def fail(self, stage_id: str, error: str) -> None:
-        """Mark ``stage_id`` failed with ``error`` (its text is kept for ``xstilts status``)."""
-        with self._tx() as c:
-            c.execute("UPDATE stages SET state = 'failed', finished_at = ?, error = ? WHERE stage_id = ?",
-                      (time.time(), error[-20000:], stage_id))
-
-    def release(self, stage_id: str) -> None:
-        """Give a claim back (e.g. on Ctrl-C): the stage waits again and keeps its checkpoints."""
-        with self._tx() as c:
-            c.execute("UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL "
-                      "WHERE stage_id = ? AND state = 'running' AND host = ? AND pid = ?",
-                      (stage_id, self.host, os.getpid()))
+            c.execute("UPDATE stages SET state = 'done', finished_at = COALESCE(finished_at, ?), error = NULL, "
+                      "pid = NULL, worker = NULL, result = ? WHERE stage_id = ?",
+                      (time.time(), json.dumps(result or {}, default=str), stage_id))
+            self._insert_metrics(c, stage_id, rows)
 
     # ------------------------------------------------------------------ reading
 
     def states(self, stage_ids: Iterable[str] | None = None) -> dict[str, str]:
         """``{stage_id: state}`` (all stages, or those of ``stage_ids`` that are registered)."""
-        rows = self._conn.execute("SELECT stage_id, state FROM stages").fetchall()
+        with self._errors():
+            rows = self._conn.execute("SELECT stage_id, state FROM stages").fetchall()
         want = set(stage_ids) if stage_ids is not None else None
         return {r[0]: r[1] for r in rows if want is None or r[0] in want}
 
     def stage_rows(self, stage_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Raw stage rows as dicts."""
-        rows = [dict(r) for r in self._conn.execute("SELECT * FROM stages").fetchall()]
+        with self._errors():
+            rows = [dict(r) for r in self._conn.execute("SELECT * FROM stages").fetchall()]
         if stage_ids is not None:
             want = set(stage_ids)
             rows = [r for r in rows if r["stage_id"] in want]
@@ -290,8 +400,9 @@ class ResultsStore:
         value (a percentage), stage_id. ``stage_ids`` limits it to those stages."""
         import pandas as pd
 
-        df = pd.read_sql_query(f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics ORDER BY target, setup, model, seed, "
-                               "language, metric", self._conn)
+        with self._errors():
+            df = pd.read_sql_query(f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics ORDER BY target, setup, model, "
+                                   "seed, language, metric", self._conn)
         if stage_ids is not None:
             df = df[df["stage_id"].isin(set(stage_ids))].reset_index(drop=True)
         df["seed"] = df["seed"].astype(int)
@@ -303,11 +414,12 @@ class ResultsStore:
         started_at, finished_at, host, error, settings (json). Shared stages appear once per use."""
         import pandas as pd
 
-        df = pd.read_sql_query(
-            "SELECT s.stage_id, s.kind, s.state, l.setup, NULLIF(l.target, '') AS target, l.model, l.seed, "
-            "s.started_at, s.finished_at, s.host, s.error, s.settings, s.attempts, s.description "
-            "FROM stages s LEFT JOIN stage_labels l ON s.stage_id = l.stage_id ORDER BY s.created_at, s.stage_id",
-            self._conn)
+        with self._errors():
+            df = pd.read_sql_query(
+                "SELECT s.stage_id, s.kind, s.state, l.setup, NULLIF(l.target, '') AS target, l.model, l.seed, "
+                "s.started_at, s.finished_at, s.host, s.error, s.settings, s.attempts, s.description "
+                "FROM stages s LEFT JOIN stage_labels l ON s.stage_id = l.stage_id ORDER BY s.created_at, s.stage_id",
+                self._conn)
         if stage_ids is not None:
             df = df[df["stage_id"].isin(set(stage_ids))].reset_index(drop=True)
         return df[[*STAGE_COLUMNS, "attempts", "description"]]
@@ -315,7 +427,8 @@ class ResultsStore:
     def runs_frame(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self._conn)
+        with self._errors():
+            return pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self._conn)
 
 
 @contextmanager
