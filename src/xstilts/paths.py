@@ -15,6 +15,9 @@ Layout of an output dir (``xstilts run``)::
         log.jsonl                                TRAIN_LOG_FILE (train; read for progress)
         DONE                                     DONE_FILE: JSON summary, written last (train)
         metrics.json  predictions/<lang>.jsonl   METRICS_FILE, PREDICTIONS_DIR (evaluate)
+        stage.json  OUTCOME.json                 STAGE_FILE, OUTCOME_FILE (experiments.runner: the stage's
+                                                 identity, and its metrics written before the store's
+                                                 "done"; `xstilts store rebuild` reads both)
         task_emb/<task>.npy                      TASK_EMB_DIR (analysis: cached Fisher TaskEmb)
     OUTPUT_DIR/analysis/similarity_cache.json    ANALYSIS_DIR, SIMILARITY_CACHE_FILE
     OUTPUT_DIR/report/report.html                REPORT_DIR
@@ -39,6 +42,8 @@ TRAINER_STATE_FILE = "trainer_state.json"
 TRAIN_LOG_FILE = "log.jsonl"
 DONE_FILE = "DONE"
 METRICS_FILE = "metrics.json"
+STAGE_FILE = "stage.json"
+OUTCOME_FILE = "OUTCOME.json"
 PREDICTIONS_DIR = "predictions"
 TASK_EMB_DIR = "task_emb"
 ANALYSIS_DIR = "analysis"
