@@ -9,7 +9,7 @@ import pytest
 
 from xstilts.errors import DataNotFoundError, UnknownNameError
 from xstilts.tasks.catalog import TaskSpec, get_task
-from xstilts.tasks.loading import _convert_rows, load_examples, local_availability, subsample
+from xstilts.tasks.loading import convert_hub_rows, load_examples, local_availability, subsample
 
 
 def _spec(**over) -> TaskSpec:
@@ -95,24 +95,24 @@ def test_hub_rows_are_converted_with_class_labels() -> None:
                                "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])})
     rows = datasets.Dataset.from_dict({"premise": ["a", "b"], "hypothesis": ["c", "d"], "label": [2, -1]}, features=feats)
     spec = get_task("xnli")
-    ex = _convert_rows(spec, spec.hub, rows, "de")
+    ex = convert_hub_rows(spec, spec.hub, rows, "de")
     assert len(ex) == 1 and ex[0].label == "contradiction" and ex[0].text_b == "c"  # -1 (no gold) dropped
 
     tag_feats = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
                                    "ner_tags": datasets.Sequence(datasets.ClassLabel(names=get_task("panx").label_list))})
     tags = datasets.Dataset.from_dict({"tokens": [["Ada", "Lovelace"]], "ner_tags": [[1, 2]]}, features=tag_feats)
-    assert _convert_rows(get_task("panx"), get_task("panx").hub, tags, "en")[0].tags == ["B-PER", "I-PER"]
+    assert convert_hub_rows(get_task("panx"), get_task("panx").hub, tags, "en")[0].tags == ["B-PER", "I-PER"]
 
     copa = datasets.Dataset.from_dict({"premise": ["p"], "choice1": ["a"], "choice2": ["b"], "question": ["cause"],
                                        "label": [1]})
-    mc = _convert_rows(get_task("xcopa"), get_task("xcopa").hub, copa, "et")[0]
+    mc = convert_hub_rows(get_task("xcopa"), get_task("xcopa").hub, copa, "et")[0]
     assert mc.question == "What was the cause?" and mc.choices == ["a", "b"] and mc.label == 1
 
     csqa = datasets.Dataset.from_dict({"id": ["q"], "question": ["Where?"], "answerKey": ["C"],
                                        "choices": [{"label": ["A", "B", "C"], "text": ["x", "y", "z"]}]})
-    assert _convert_rows(get_task("commonsenseqa"), get_task("commonsenseqa").hub, csqa, "en")[0].label == 2
+    assert convert_hub_rows(get_task("commonsenseqa"), get_task("commonsenseqa").hub, csqa, "en")[0].label == 2
 
     qa = datasets.Dataset.from_dict({"id": ["english-1", "arabic-2"], "context": ["abc", "def"], "question": ["?", "?"],
                                      "answers": [{"text": ["b"], "answer_start": [1]}, {"text": ["e"], "answer_start": [1]}]})
-    out = _convert_rows(get_task("tydiqa"), get_task("tydiqa").hub, qa, "ar")
+    out = convert_hub_rows(get_task("tydiqa"), get_task("tydiqa").hub, qa, "ar")
     assert [e.id for e in out] == ["arabic-2"] and out[0].answers[0].text == "e"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xstilts.errors import ConfigError, UnknownNameError
 
@@ -21,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 
-FORMATS = ("classification", "multiple_choice", "extractive_qa", "tagging", "retrieval")
-METRICS = ("accuracy", "squad", "mlqa", "squad_v2", "ner_f1", "pos", "tatoeba", "bucc")
 ROLES = ("intermediate", "target", "both")
 
 
@@ -112,14 +110,14 @@ class TaskSpec(BaseModel):
 
     name: str
     aliases: list[str] = Field(default_factory=list)
-    format: Literal["classification", "multiple_choice", "extractive_qa", "tagging", "retrieval"]
+    format: str
     role: Literal["intermediate", "target", "both"]
     languages: list[str]
     train_languages: list[str] = Field(default_factory=lambda: ["en"])
     splits: list[str]
     eval_split: str
     train_task: str | None = None
-    metric: Literal["accuracy", "squad", "mlqa", "squad_v2", "ner_f1", "pos", "tatoeba", "bucc"]
+    metric: str
     primary_metric: str
     label_list: list[str] | None = None
     domain: str | None = None
@@ -129,8 +127,22 @@ class TaskSpec(BaseModel):
     description: str = ""
     citation: str | None = None
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from xstilts.tasks.formats import format_names
+
+        if value not in format_names():
+            raise ValueError(f"unknown format '{value}'; valid: {', '.join(format_names())}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TaskSpec:
+        from xstilts.tasks.formats import get_format
+
+        metrics = get_format(self.format).metrics
+        if self.metric not in metrics:
+            raise ValueError(f"metric '{self.metric}' is not one of format {self.format}'s metrics: {', '.join(metrics)}")
         if self.eval_split not in self.splits:
             raise ValueError(f"eval_split '{self.eval_split}' is not one of splits {self.splits}")
         if len(set(self.languages)) != len(self.languages):
@@ -190,12 +202,16 @@ def load_catalog(path: str | Path | None = None) -> dict[str, TaskSpec]:
         try:
             spec = TaskSpec(name=name, **entry)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
+            loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
             key = f"tasks.{name}" + (f".{loc}" if loc else "")
-            raise ConfigError(f"{err['msg']} (got {err.get('input')!r})", key=key, file=file) from None
+            raise ConfigError(_first_error(exc), key=key, file=file) from None
         specs[name] = spec
     return specs
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{err['msg']} (got {err.get('input')!r})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -211,6 +227,34 @@ def _alias_index() -> dict[str, str]:
         for alias in spec.aliases:
             index[_canonical(alias)] = name
     return index
+
+
+def register_task(spec: TaskSpec | dict[str, Any], *, replace: bool = False) -> TaskSpec:
+    """Add a task to the catalog (a :class:`TaskSpec`, or the keys of a catalog entry with ``name``).
+
+    Afterwards ``get_task``, training and evaluation find it like a ``catalog.yaml`` entry.
+    ConfigError when the entry is invalid or its name/aliases are taken (unless ``replace``).
+    """
+    if not isinstance(spec, TaskSpec):
+        name = str(spec.get("name", "?"))
+        try:
+            spec = TaskSpec(**spec)
+        except ValidationError as exc:
+            raise ConfigError(_first_error(exc), key=f"tasks.{name}") from None
+    catalog = _catalog()
+    taken = [n for n in (spec.name, *spec.aliases) if _canonical(n) in _alias_index()
+             and _alias_index()[_canonical(n)] != spec.name]
+    if (spec.name in catalog and not replace) or taken:
+        raise ConfigError(f"task name(s) {taken or [spec.name]} already in the catalog", key=f"tasks.{spec.name}")
+    catalog[spec.name] = spec
+    _alias_index.cache_clear()
+    return spec
+
+
+def unregister_task(name: str) -> None:
+    """Remove a task added by :func:`register_task` (tests clean up with this)."""
+    del _catalog()[get_task(name).name]
+    _alias_index.cache_clear()
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:

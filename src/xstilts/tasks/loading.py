@@ -11,24 +11,17 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from xstilts.errors import DataError, DataNotFoundError, UnknownNameError, XStiltsError
+from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
 from xstilts.hub import hub_offline_reason
 from xstilts.paths import resolve_data_dir
 from xstilts.tasks.catalog import HubSource, TaskSpec, check_language, check_split, get_task, list_tasks
-from xstilts.tasks.readers import COPA_QUESTIONS, get_reader
-from xstilts.tasks.types import (
-    Answer,
-    BitextExample,
-    ClassificationExample,
-    Example,
-    MultipleChoiceExample,
-    QAExample,
-    TaggingExample,
-)
+from xstilts.tasks.formats import HubRows, get_format
+from xstilts.tasks.readers import get_reader
+from xstilts.tasks.types import Example
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +86,7 @@ def _concat(files: Sequence[Path], parts: list[list[Example]]) -> list[Example]:
     seen: set[str] = set()
     for file, part in zip(files, parts):
         if any(ex.id in seen for ex in part):
-            part = [_with_id(ex, f"{file.stem}-{ex.id}") for ex in part]
+            part = [replace(ex, id=f"{file.stem}-{ex.id}") for ex in part]
         seen.update(ex.id for ex in part)
         examples.extend(part)
     return examples
@@ -103,98 +96,13 @@ def _read_local(spec: TaskSpec, language: str, files: Sequence[Path], use_cache:
     return _concat(files, _read_parts(spec, language, files, use_cache))
 
 
-def _with_id(ex: Example, new_id: str) -> Example:
-    data = asdict(ex)
-    data["id"] = new_id
-    if isinstance(ex, QAExample):
-        data["answers"] = [Answer(**a) for a in data["answers"]]
-    return type(ex)(**data)
-
-
 # --------------------------------------------------------------------------- hub
 
 
-def _convert_rows(spec: TaskSpec, hub: HubSource, rows: Any, language: str) -> list[Example]:
-    """Turn rows of a ``datasets.Dataset`` into examples of ``spec.format``."""
-    fmt = spec.format
-    fields = hub.fields
-    features = getattr(rows, "features", None) or {}
-
-    def get(row: dict[str, Any], name: str, default: str | None = None) -> Any:
-        key = fields.get(name, default if default is not None else name)
-        if isinstance(key, list):
-            return [_dig(row, k) for k in key]
-        return _dig(row, key)
-
-    def label_names(name: str) -> list[str] | None:
-        key = fields.get(name, name)
-        feat = features.get(key) if isinstance(key, str) else None
-        inner = getattr(feat, "feature", feat)  # Sequence(ClassLabel) for tags
-        return list(getattr(inner, "names", []) or []) or None
-
-    out: list[Example] = []
-    id_prefix = hub.options.get("id_prefix")
-    if isinstance(id_prefix, dict):
-        id_prefix = id_prefix.get(language)
-    if fmt == "classification":
-        names = label_names("label")
-        for i, row in enumerate(rows):
-            label = get(row, "label")
-            if label is None or label == -1:  # SNLI/GLUE: no gold label
-                continue
-            label = names[label] if names and isinstance(label, int) else str(label)
-            if names and spec.label_list and names != spec.label_list and label not in spec.label_list:
-                raise DataError(f"hub:{hub.id}", f"label {label!r} not in {spec.label_list}", record=str(i))
-            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
-            out.append(ClassificationExample(id=ex_id, text_a=get(row, "text_a"), text_b=get(row, "text_b"), label=label))
-    elif fmt == "multiple_choice":
-        qmap = hub.options.get("question_map") or (COPA_QUESTIONS if spec.name == "xcopa" else None)
-        for i, row in enumerate(rows):
-            choices = get(row, "choices")
-            label = get(row, "label")
-            if "choice_labels" in fields:  # letter keys (CommonsenseQA answerKey)
-                keys = get(row, "choice_labels")
-                label = keys.index(label) if label in keys else None
-            elif isinstance(label, str):
-                label = int(label) if label.strip().isdigit() else None
-            if isinstance(label, int) and label < 0:
-                label = None
-            question = get(row, "question") if "question" in fields else ""
-            if qmap:
-                question = qmap.get(question, question)
-            context = get(row, "context") if "context" in fields else ""
-            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
-            out.append(MultipleChoiceExample(id=ex_id, context=context or "", question=question or "",
-                                             choices=list(choices), label=label))
-    elif fmt == "extractive_qa":
-        for row in rows:
-            if id_prefix and not str(row["id"]).startswith(id_prefix):
-                continue
-            ans = row.get("answers") or {"text": [], "answer_start": []}
-            answers = [Answer(text=t, start=int(s)) for t, s in zip(ans["text"], ans["answer_start"])]
-            out.append(QAExample(id=str(row["id"]), context=row["context"], question=row["question"], answers=answers,
-                                 is_impossible=not answers, title=row.get("title")))
-    elif fmt == "tagging":
-        names = label_names("tags")
-        for i, row in enumerate(rows):
-            tags = get(row, "tags")
-            if tags is not None and names:
-                tags = [names[t] for t in tags]
-            out.append(TaggingExample(id=str(i), tokens=list(get(row, "tokens")), tags=list(tags) if tags else None))
-    else:
-        for i, row in enumerate(rows):
-            ex_id = str(_dig(row, fields["id"])) if "id" in fields else str(i)
-            out.append(BitextExample(id=ex_id, source=get(row, "source"), target=get(row, "target")))
-    return out
-
-
-def _dig(row: dict[str, Any], key: str) -> Any:
-    cur: Any = row
-    for part in key.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
+def convert_hub_rows(spec: TaskSpec, hub: HubSource, rows: Any, language: str) -> list[Example]:
+    """Examples of ``spec``'s format from the rows of a ``datasets.Dataset`` of ``hub``."""
+    fmt = get_format(spec.format)
+    return fmt.examples_from_hub(HubRows(rows, hub.fields, hub.options, hub.id), spec.label_list, language)
 
 
 def _load_hub(spec: TaskSpec, language: str, split: str) -> list[Example]:
@@ -227,7 +135,7 @@ def _load_hub(spec: TaskSpec, language: str, split: str) -> list[Example]:
                 rows = datasets.load_dataset(hub.id, config, split=hub_split)
             except Exception as exc:  # network/auth/missing config: surface as a user error
                 raise DataNotFoundError(f"could not load {hub.id} config={config} split={hub_split}: {exc}") from exc
-            examples.extend(_convert_rows(spec, hub, rows, language))
+            examples.extend(convert_hub_rows(spec, hub, rows, language))
     if not examples:
         raise DataNotFoundError(f"the hub source of '{spec.name}' has no split '{split}'")
     return examples
@@ -321,7 +229,7 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
             try:
                 parts = _read_parts(spec, language, files, use_cache=False)
                 examples = _concat(files, parts)
-                labelled = _is_labelled(examples[0]) if examples else None
+                labelled = get_format(spec.format).is_labelled(examples[0]) if examples else None
                 counts = {r: len(p) for r, p in zip(rel, parts)}
                 results.append(CheckResult(spec.name, language, split, rel, len(examples), labelled, None, counts))
             except XStiltsError as exc:
@@ -330,13 +238,3 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
                 results.append(CheckResult(spec.name, language, split, rel, None, None,
                                            f"{type(exc).__name__}: {exc}"))
     return results
-
-
-def _is_labelled(ex: Example) -> bool:
-    if isinstance(ex, TaggingExample):
-        return ex.tags is not None
-    if isinstance(ex, QAExample):
-        return bool(ex.answers) or ex.is_impossible
-    if isinstance(ex, BitextExample):
-        return True
-    return ex.label is not None

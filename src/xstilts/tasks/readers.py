@@ -24,7 +24,7 @@ Layouts:
 ``pawsx_tsv``             PAWS-X TSV with header: id, sentence1, sentence2, label
 ``tatoeba``               Tatoeba pair files: ``tatoeba.xxx-eng.xxx`` and ``.eng``, line-aligned
 ``jsonl_<format>``        generic JSON lines for each format; field names in
-                          :data:`JSONL_FIELDS` (remap them with the ``fields`` option)
+                          :attr:`Format.json_fields` (remap them with the ``fields`` option)
 ========================  ===================================================================
 """
 
@@ -35,13 +35,17 @@ import gc
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xstilts.errors import DataError
+from xstilts.errors import ConfigError, DataError, UnknownNameError
+from xstilts.tasks.formats import format_names, get_format
+from xstilts.tasks.formats._records import JsonRecord
+from xstilts.tasks.formats._records import check_label as _check_label
+from xstilts.tasks.formats._records import require_field as _require
+from xstilts.tasks.formats.extractive_qa import qa_example
 from xstilts.tasks.types import (
-    Answer,
     BitextExample,
     ClassificationExample,
     Example,
@@ -56,17 +60,6 @@ Reader = Callable[..., list[Example]]
 
 COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
 ANLI_LABELS = {"e": "entailment", "n": "neutral", "c": "contradiction"}
-
-#: generic JSONL: example field -> default JSON key (override with ``fields={...}``)
-JSONL_FIELDS: dict[str, dict[str, str]] = {
-    "classification": {"id": "id", "text_a": "text_a", "text_b": "text_b", "label": "label"},
-    "multiple_choice": {"id": "id", "context": "context", "question": "question", "choices": "choices", "label": "label"},
-    "extractive_qa": {"id": "id", "context": "context", "question": "question", "answers": "answers",
-                      "is_impossible": "is_impossible", "title": "title"},
-    "tagging": {"id": "id", "tokens": "tokens", "tags": "tags"},
-    "retrieval": {"id": "id", "source": "source", "target": "target"},
-}
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -94,23 +87,6 @@ def _lines(text: str) -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def _check_label(path: Path, label: str, label_list: Sequence[str] | None, *, line: int | None = None,
-                 record: str | None = None) -> str:
-    if label_list is not None and label not in label_list:
-        raise DataError(path, f"unknown label {label!r}; expected one of {list(label_list)}", line=line, record=record)
-    return label
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    """``obj['a']['b']`` for ``'a.b'``; raises KeyError if missing."""
-    cur = obj
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            raise KeyError(dotted)
-        cur = cur[part]
-    return cur
-
-
 def iter_jsonl(path: Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]]:
     text = _read_text(path, expected)
     for lineno, line in enumerate(_lines(text), start=1):
@@ -123,18 +99,6 @@ def iter_jsonl(path: Path, expected: str) -> Iterator[tuple[int, dict[str, Any]]
         if not isinstance(obj, dict):
             raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", line=lineno)
         yield lineno, obj
-
-
-def _require(path: Path, obj: dict[str, Any], key: str, *, line: int | None = None, record: str | None = None,
-             types: type | tuple[type, ...] | None = None) -> Any:
-    try:
-        value = _get(obj, key)
-    except KeyError:
-        raise DataError(path, f"missing field '{key}'", line=line, record=record) from None
-    if types is not None and not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise DataError(path, f"field '{key}' should be {names}, got {type(value).__name__}", line=line, record=record)
-    return value
 
 
 def _read_csv(path: Path, required: Sequence[str], expected: str) -> Iterator[tuple[int, dict[str, str]]]:
@@ -166,38 +130,6 @@ def _read_csv(path: Path, required: Sequence[str], expected: str) -> Iterator[tu
 
 
 # --------------------------------------------------------------------------- QA
-
-
-def _qa_from_record(path: Path, qa: dict[str, Any], context: str, title: str | None, where: str,
-                    check_answers: bool = True) -> QAExample:
-    qid = qa.get("id")
-    record = f"id {qid}" if qid is not None else where
-    if not isinstance(qid, (str, int)):
-        raise DataError(path, "question without an 'id'", record=where)
-    question = _require(path, qa, "question", record=record, types=str)
-    raw_answers = qa.get("answers", [])
-    if not isinstance(raw_answers, list):
-        raise DataError(path, "'answers' should be a list of {text, answer_start}", record=record)
-    impossible = bool(qa.get("is_impossible", False))
-    answers: list[Answer] = []
-    for j, ans in enumerate(raw_answers):
-        if not isinstance(ans, dict):
-            raise DataError(path, f"answers[{j}] should be an object with text and answer_start", record=record)
-        text = _require(path, ans, "text", record=record, types=str)
-        start = _require(path, ans, "answer_start", record=record, types=int)
-        if check_answers and context[start:start + len(text)] != text:
-            found = context[start:start + len(text)]
-            raise DataError(
-                path,
-                f"answers[{j}] text {text!r} does not match the context at answer_start {start} "
-                f"(context there: {found!r})",
-                record=record,
-            )
-        answers.append(Answer(text=text, start=start))
-    if not answers and not impossible:
-        raise DataError(path, "question has no answers and is not marked is_impossible", record=record)
-    return QAExample(id=str(qid), context=context, question=question, answers=answers, is_impossible=impossible,
-                     title=title)
 
 
 def read_squad_json(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
@@ -232,7 +164,7 @@ def read_squad_json(path: Path, *, label_list: Sequence[str] | None = None, lang
                 where_q = f"{where_p}.qas[{q}]"
                 if not isinstance(qa, dict):
                     raise DataError(path, "question should be an object", record=where_q)
-                examples.append(_qa_from_record(path, qa, context, title, where_q, check_answers))
+                examples.append(qa_example(path, qa, context, title, where_q, check_answers))
     if not examples:
         raise DataError(path, f"no questions found; expected {expected}")
     return examples
@@ -255,37 +187,55 @@ def read_token_tsv(path: Path, *, label_list: Sequence[str] | None = None, langu
     raw = _read_text(path, expected)
     # Files have up to ~1M lines: validate with C-speed string operations and only scan
     # line by line (_locate_tsv_problem) once a problem is known to exist.
-    text = raw.replace("\r\n", "\n")
-    if " \n" in text or "\t\n" in text or "\r" in text or text.endswith((" ", "\t")):
-        text = _TRAILING_WS.sub("", text)
-    first = next((line for line in text.split("\n", 64) if line), "")
-    ncols = first.count("\t") + 1
-    if ncols > 2 or (ncols == 2 and _TWO_TABS.search(text)) or (ncols == 1 and "\t" in text):
-        _locate_tsv_problem(path, raw, expected)
-    prefix = f"{language}:" if (strip_lang_prefix and language) else None
-    if prefix is not None and not (text.startswith(prefix) or "\n" + prefix in text):
-        prefix = None
+    text = _strip_trailing_space(raw.replace("\r\n", "\n"))
+    ncols = _tsv_columns(path, raw, text, expected)
+    prefix = _lang_prefix(text, language) if strip_lang_prefix else None
     examples: list[TaggingExample] = []
     for block in _split_blocks(text):
         block = block.strip("\n")
-        if not block:
-            continue
-        if ncols == 2:
-            cells = block.replace("\n", "\t").split("\t")
-            if len(cells) != 2 * (block.count("\n") + 1):  # some line of this block lacks its tab
-                _locate_tsv_problem(path, raw, expected)
-            tokens, tags = cells[0::2], cells[1::2]
-        else:
-            tokens, tags = block.split("\n"), None
-        if prefix is not None:
-            n = len(prefix)
-            tokens = [t[n:] if t.startswith(prefix) and len(t) > n else t for t in tokens]
-        examples.append(TaggingExample(id=str(len(examples)), tokens=tokens, tags=tags))
+        if block:
+            tokens, tags = _tsv_sentence(path, raw, block, ncols, expected)
+            if prefix is not None:
+                tokens = [t[len(prefix):] if t.startswith(prefix) and len(t) > len(prefix) else t for t in tokens]
+            examples.append(TaggingExample(id=str(len(examples)), tokens=tokens, tags=tags))
     if label_list is not None and ncols == 2 and not set(_TAG_CELL.findall(text)) <= set(label_list):
         _locate_tsv_problem(path, raw, expected, label_list)
     if not examples:
         raise DataError(path, f"no sentences found; expected {expected}")
     return examples
+
+
+def _strip_trailing_space(text: str) -> str:
+    if " \n" in text or "\t\n" in text or "\r" in text or text.endswith((" ", "\t")):
+        return _TRAILING_WS.sub("", text)
+    return text
+
+
+def _tsv_columns(path: Path, raw: str, text: str, expected: str) -> int:
+    """1 or 2, from the first lines; the first bad line is reported when the file mixes layouts."""
+    first = next((line for line in text.split("\n", 64) if line), "")
+    ncols = first.count("\t") + 1
+    if ncols > 2 or (ncols == 2 and _TWO_TABS.search(text)) or (ncols == 1 and "\t" in text):
+        _locate_tsv_problem(path, raw, expected)
+    return ncols
+
+
+def _lang_prefix(text: str, language: str | None) -> str | None:
+    """``"<language>:"`` when the file's tokens carry that prefix, else None."""
+    prefix = f"{language}:" if language else None
+    if prefix is not None and (text.startswith(prefix) or "\n" + prefix in text):
+        return prefix
+    return None
+
+
+def _tsv_sentence(path: Path, raw: str, block: str, ncols: int, expected: str) -> tuple[list[str], list[str] | None]:
+    """Tokens (and tags, in a two-column file) of one sentence block."""
+    if ncols == 2:
+        cells = block.replace("\n", "\t").split("\t")
+        if len(cells) != 2 * (block.count("\n") + 1):  # some line of this block lacks its tab
+            _locate_tsv_problem(path, raw, expected)
+        return cells[0::2], cells[1::2]
+    return block.split("\n"), None
 
 
 _TRAILING_WS = re.compile(r"[ \t\r]+$", re.M)
@@ -371,6 +321,9 @@ def read_conllu(path: Path, *, label_list: Sequence[str] | None = None, language
         tag = parts[col]
         if labels is not None and tag not in labels:
             raise DataError(path, f"unknown tag {tag!r}; expected one of {list(label_list or [])}", line=lineno)
+        if not parts[1].strip():
+            raise DataError(path, f"token {tid} has an empty FORM (column 2); expected the word",
+                            line=lineno, record=sent_id)
         tokens.append(parts[1])
         tags.append(tag)
     flush()
@@ -557,7 +510,10 @@ def read_tatoeba(path: Path, *, label_list: Sequence[str] | None = None,
 
 def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = None, language: str | None = None,
                fields: dict[str, str] | None = None) -> list[Example]:
-    """Generic JSON lines for ``format``; keys default to :data:`JSONL_FIELDS` (dotted keys allowed).
+    """Generic JSON lines for ``format``: each line is read by the format's ``example_from_json``.
+
+    Keys default to the format's ``json_fields`` (dotted keys allowed; remap them with
+    ``fields``). For the built-in formats:
 
     - classification: ``text_a``, optional ``text_b``, ``label`` (string or int, checked against label_list)
     - multiple_choice: ``context`` (optional), ``question``, ``choices`` (list of strings), ``label`` (index)
@@ -566,66 +522,15 @@ def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = No
     - retrieval: ``source``, ``target``
     ``id`` is optional everywhere (the line index is used).
     """
-    if format not in JSONL_FIELDS:
-        raise DataError(path, f"unknown format {format!r}; expected one of {sorted(JSONL_FIELDS)}")
-    keys = {**JSONL_FIELDS[format], **(fields or {})}
+    try:
+        fmt = get_format(format)
+    except UnknownNameError:
+        raise DataError(path, f"unknown format {format!r}; expected one of {sorted(format_names())}") from None
+    keys = {**fmt.json_fields, **(fields or {})}
     expected = f"JSON lines with fields {sorted(set(keys.values()))}"
     out: list[Example] = []
     for lineno, obj in iter_jsonl(path, expected):
-        try:
-            ex_id = str(_get(obj, keys["id"]))
-        except KeyError:
-            ex_id = str(len(out))
-
-        def opt(name: str) -> Any:
-            try:
-                return _get(obj, keys[name])
-            except KeyError:
-                return None
-
-        if format == "classification":
-            text_a = _require(path, obj, keys["text_a"], line=lineno, types=str)
-            text_b = opt("text_b")
-            label = opt("label")
-            if label is not None:
-                label = _check_label(path, str(label), label_list, line=lineno)
-            out.append(ClassificationExample(id=ex_id, text_a=text_a, text_b=text_b, label=label))
-        elif format == "multiple_choice":
-            question = _require(path, obj, keys["question"], line=lineno, types=str)
-            choices = _require(path, obj, keys["choices"], line=lineno, types=list)
-            if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise DataError(path, "'choices' should be a list of >= 2 strings", line=lineno)
-            label = opt("label")
-            if label is not None:
-                if isinstance(label, str) and label.strip().isdigit():
-                    label = int(label)
-                if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
-                    raise DataError(path, f"unknown label {label!r}; expected an index 0..{len(choices) - 1}", line=lineno)
-            out.append(MultipleChoiceExample(id=ex_id, context=opt("context") or "", question=question,
-                                             choices=choices, label=label))
-        elif format == "extractive_qa":
-            context = _require(path, obj, keys["context"], line=lineno, types=str)
-            qa = {"id": ex_id, "question": _require(path, obj, keys["question"], line=lineno, types=str),
-                  "answers": opt("answers") or [], "is_impossible": bool(opt("is_impossible"))}
-            if isinstance(qa["answers"], dict):  # Hugging Face layout {text: [...], answer_start: [...]}
-                a = qa["answers"]
-                qa["answers"] = [{"text": t, "answer_start": s} for t, s in zip(a.get("text", []), a.get("answer_start", []))]
-                qa["is_impossible"] = qa["is_impossible"] or not qa["answers"]
-            try:
-                out.append(_qa_from_record(path, qa, context, opt("title"), f"line {lineno}"))
-            except DataError as exc:
-                raise DataError(path, exc.detail, line=lineno, record=exc.record) from None
-        elif format == "tagging":
-            tokens = _require(path, obj, keys["tokens"], line=lineno, types=list)
-            tags = opt("tags")
-            if tags is not None:
-                if not isinstance(tags, list) or len(tags) != len(tokens):
-                    raise DataError(path, f"'tags' should be a list as long as 'tokens' ({len(tokens)})", line=lineno)
-                tags = [_check_label(path, str(t), label_list, line=lineno) for t in tags]
-            out.append(TaggingExample(id=ex_id, tokens=[str(t) for t in tokens], tags=tags))
-        else:
-            out.append(BitextExample(id=ex_id, source=_require(path, obj, keys["source"], line=lineno, types=str),
-                                     target=_require(path, obj, keys["target"], line=lineno, types=str)))
+        out.append(fmt.example_from_json(JsonRecord(path, obj, keys, lineno, index=len(out)), label_list))
     if not out:
         raise DataError(path, f"no examples found; expected {expected}")
     return out
@@ -640,7 +545,7 @@ def _jsonl(format: str) -> Reader:
     return reader
 
 
-READERS: dict[str, Reader] = {
+_FILE_READERS: dict[str, Reader] = {
     "squad_json": read_squad_json,
     "token_tsv": read_token_tsv,
     "conllu": read_conllu,
@@ -651,15 +556,44 @@ READERS: dict[str, Reader] = {
     "nli_tsv": read_nli_tsv,
     "pawsx_tsv": read_pawsx_tsv,
     "tatoeba": read_tatoeba,
-    **{f"jsonl_{fmt}": _jsonl(fmt) for fmt in JSONL_FIELDS},
 }
+
+
+class _Readers(Mapping[str, Reader]):
+    """The layouts above, those added by :func:`register_reader`, and ``jsonl_<format>`` for
+    every registered format (derived from the format registry, so a new format brings its
+    generic JSONL reader)."""
+
+    def _jsonl_names(self) -> list[str]:
+        return [f"jsonl_{name}" for name in format_names()]
+
+    def __getitem__(self, name: str) -> Reader:
+        if name in _FILE_READERS:
+            return _FILE_READERS[name]
+        if name in self._jsonl_names():
+            return _jsonl(name[len("jsonl_"):])
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*_FILE_READERS, *self._jsonl_names()])
+
+    def __len__(self) -> int:
+        return len(_FILE_READERS) + len(format_names())
+
+
+READERS: Mapping[str, Reader] = _Readers()
 """Reader name (``local.reader`` in the catalog) -> function(path, *, label_list, language, **options)."""
+
+
+def register_reader(name: str, reader: Reader, *, replace: bool = False) -> None:
+    """Add a file layout: ``reader(path, *, label_list, language, **options) -> list[Example]``."""
+    if name in READERS and not replace:
+        raise ConfigError(f"a reader named '{name}' is already registered", key="local.reader")
+    _FILE_READERS[name] = reader
 
 
 def get_reader(name: str) -> Reader:
     """The reader registered as ``name``; :class:`UnknownNameError` lists the others."""
-    from xstilts.errors import UnknownNameError
-
     if name not in READERS:
         raise UnknownNameError("reader", name, list(READERS))
     return READERS[name]

@@ -1,7 +1,12 @@
-"""The format contract: how examples of one format become features, and outputs predictions.
+"""The format contract: everything that depends on the kind of data, in one class.
 
-A *format* is code (five of them); a *task* is data (a catalog entry naming its format).
-Every format implements :class:`Format`. Train and evaluate only talk to this interface.
+A *format* is code; a *task* is data (a catalog entry naming its format). A format owns its
+whole lifecycle: reading examples from JSON lines and hub rows, whether an example is
+labelled, featurize / collate / decode / score, predictions to and from JSON, and the kind
+of head a model needs for it (``head_kind``, a key of the head registry in
+:mod:`xstilts.models.heads`). Every format implements :class:`Format` and is registered
+with :func:`xstilts.tasks.formats.register_format`; train and evaluate only talk to this
+interface, so adding a format is one module here plus one head class.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from xstilts.tasks.formats._records import HubRows, JsonRecord
 
 
 @dataclass(frozen=True)
@@ -39,9 +46,60 @@ class Format(ABC):
     """
 
     name: ClassVar[str]
-    #: the head kind a model needs for this format: "classification", "multiple_choice",
-    #: "extractive_qa", "tagging"; None for retrieval (no head, no training)
+    #: the head kind a model needs for this format (a key of the head registry in
+    #: ``xstilts.models.heads``); None for formats scored by sentence embeddings (retrieval:
+    #: no head, no training)
     head_kind: ClassVar[str | None]
+    #: metric names :meth:`score` accepts
+    metrics: ClassVar[tuple[str, ...]] = ()
+    #: the default JSON key of each example field, for the generic ``jsonl_<format>`` reader
+    json_fields: ClassVar[dict[str, str]] = {}
+    #: featurisation version, part of the feature-cache key: bump when features change
+    version: ClassVar[int] = 1
+    #: zero-shot evaluation's default ``max_length`` (None: ``FeaturizeOptions().max_length``)
+    eval_max_length: ClassVar[int | None] = None
+
+    @property
+    def trainable(self) -> bool:
+        """Whether models are trained on this format (it has a head)."""
+        return self.head_kind is not None
+
+    # ------------------------------------------------------------------ reading
+    @abstractmethod
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> Any:
+        """One example from one JSON object (fields named by :attr:`json_fields`, remappable).
+
+        Raises :class:`~xstilts.errors.DataError` (``record.error(...)``) naming the file and
+        line when a field is missing or invalid.
+        """
+
+    def examples_from_hub(self, rows: HubRows, label_list: Sequence[str] | None = None,
+                          language: str | None = None) -> list[Any]:
+        """Examples from the rows of a hub dataset (``HubSource.fields`` maps fields to columns).
+
+        The default reads each row as a JSON record through the field mapping; formats with
+        ``ClassLabel`` columns or unlabelled rows to skip override it.
+        """
+        keys = {**self.json_fields, **{k: v for k, v in rows.fields.items() if isinstance(v, str)}}
+        return [self.example_from_json(JsonRecord(f"hub:{rows.source}", row, keys, None, index=i), label_list)
+                for i, row in rows]
+
+    def is_labelled(self, example: Any) -> bool:
+        """Whether ``example`` carries a gold label (a split without labels cannot be scored)."""
+        return getattr(example, "label", None) is not None
+
+    # ------------------------------------------------------------------ predictions as JSON
+    def prediction_to_json(self, prediction: Any) -> Any:
+        """A prediction as a JSON value (what ``predictions/<lang>.jsonl`` holds)."""
+        if isinstance(prediction, np.generic):
+            return prediction.item()
+        if isinstance(prediction, (list, tuple)):
+            return [self.prediction_to_json(p) for p in prediction]
+        return prediction
+
+    def prediction_from_json(self, value: Any) -> Any:
+        """Inverse of :meth:`prediction_to_json` (what :meth:`score` takes)."""
+        return value
 
     @abstractmethod
     def featurize(

@@ -17,6 +17,7 @@ from xstilts.tasks.formats._common import (
     label_index,
     require_label_list,
 )
+from xstilts.tasks.formats._records import HubRows, JsonRecord
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import ClassificationExample
 
@@ -29,6 +30,30 @@ class ClassificationFormat(Format):
     name: ClassVar[str] = "classification"
     head_kind: ClassVar[str | None] = "classification"
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    json_fields: ClassVar[dict[str, str]] = {"id": "id", "text_a": "text_a", "text_b": "text_b", "label": "label"}
+
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> ClassificationExample:
+        """``text_a``, optional ``text_b``, optional ``label`` (string or int, checked against label_list)."""
+        label = record.opt("label")
+        return ClassificationExample(id=record.id, text_a=record.require("text_a", str), text_b=record.opt("text_b"),
+                                     label=None if label is None else record.label(label, label_list))
+
+    def examples_from_hub(self, rows: HubRows, label_list: Sequence[str] | None = None,
+                          language: str | None = None) -> list[ClassificationExample]:
+        """Rows with a gold label (-1 / None, as in SNLI and GLUE test splits, are dropped);
+        ``ClassLabel`` ints become their names."""
+        names = rows.label_names("label")
+        out: list[ClassificationExample] = []
+        for i, row in rows:
+            label = rows.get(row, "label")
+            if label is None or label == -1:
+                continue
+            label = names[label] if names and isinstance(label, int) else str(label)
+            if label_list and label not in label_list:
+                raise rows.error(f"label {label!r} not in {list(label_list)}", record=str(i))
+            out.append(ClassificationExample(id=rows.id(row, i), text_a=rows.get(row, "text_a"),
+                                             text_b=rows.get(row, "text_b"), label=label))
+        return out
 
     def featurize(
         self,

@@ -19,20 +19,64 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from xstilts.errors import ConfigError, XStiltsError
+from xstilts.errors import ConfigError, DataError, XStiltsError
 from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column, group_features
+from xstilts.tasks.formats._records import HubRows, JsonRecord, require_field
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
-from xstilts.tasks.types import QAExample
+from xstilts.tasks.types import Answer, QAExample
 
 logger = logging.getLogger(__name__)
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 CLS_INDEX = 0
 NO_OFFSET = [-1, -1]
+
+
+def _answer(path: str | Path, ans: Any, j: int, context: str, record: str, check_answers: bool) -> Answer:
+    """``answers[j]`` of a question: an object with ``text`` and a non-negative ``answer_start``
+    that points at the text in the context (when ``check_answers``)."""
+    if not isinstance(ans, dict):
+        raise DataError(path, f"answers[{j}] should be an object with text and answer_start", record=record)
+    text = require_field(path, ans, "text", record=record, types=str)
+    start = require_field(path, ans, "answer_start", record=record, types=int)
+    if start < 0:
+        raise DataError(path, f"answers[{j}] has a negative answer_start {start}; expected the character offset "
+                              "of the answer in the context (an unanswerable question has no answers and "
+                              "is_impossible: true)", record=record)
+    if check_answers and context[start:start + len(text)] != text:
+        found = context[start:start + len(text)]
+        raise DataError(path, f"answers[{j}] text {text!r} does not match the context at answer_start {start} "
+                              f"(context there: {found!r})", record=record)
+    return Answer(text=text, start=start)
+
+
+def qa_example(path: str | Path, qa: dict[str, Any], context: str, title: str | None, where: str,
+               check_answers: bool = True) -> QAExample:
+    """One SQuAD-style question (``id``, ``question``, ``answers``, ``is_impossible``) of a context.
+
+    DataError naming ``path`` and the question (its id, else ``where``) when a field is missing,
+    an answer does not sit at its ``answer_start`` or is negative, or a question has no answers
+    without ``is_impossible``.
+    """
+    qid = qa.get("id")
+    record = f"id {qid}" if qid is not None else where
+    if not isinstance(qid, (str, int)):
+        raise DataError(path, "question without an 'id'", record=where)
+    question = require_field(path, qa, "question", record=record, types=str)
+    raw_answers = qa.get("answers", [])
+    if not isinstance(raw_answers, list):
+        raise DataError(path, "'answers' should be a list of {text, answer_start}", record=record)
+    impossible = bool(qa.get("is_impossible", False))
+    answers = [_answer(path, ans, j, context, record, check_answers) for j, ans in enumerate(raw_answers)]
+    if not answers and not impossible:
+        raise DataError(path, "question has no answers and is not marked is_impossible", record=record)
+    return QAExample(id=str(qid), context=context, question=question, answers=answers, is_impossible=impossible,
+                     title=title)
 
 
 def truncate_questions(
@@ -103,6 +147,46 @@ class ExtractiveQAFormat(Format):
     name: ClassVar[str] = "extractive_qa"
     head_kind: ClassVar[str | None] = "extractive_qa"
     metrics: ClassVar[tuple[str, ...]] = ("squad", "mlqa", "squad_v2")
+    json_fields: ClassVar[dict[str, str]] = {"id": "id", "context": "context", "question": "question",
+                                             "answers": "answers", "is_impossible": "is_impossible", "title": "title"}
+    #: the usual SQuAD-style evaluation windows (384 tokens)
+    eval_max_length: ClassVar[int | None] = 384
+
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> QAExample:
+        """``context``, ``question``, ``answers`` ([{text, answer_start}] or the hub's {text: [...],
+        answer_start: [...]}), optional ``is_impossible`` and ``title``."""
+        context = record.require("context", str)
+        qa = {"id": record.id, "question": record.require("question", str),
+              "answers": record.opt("answers") or [], "is_impossible": bool(record.opt("is_impossible"))}
+        if isinstance(qa["answers"], dict):  # Hugging Face layout {text: [...], answer_start: [...]}
+            a = qa["answers"]
+            qa["answers"] = [{"text": t, "answer_start": s} for t, s in zip(a.get("text", []), a.get("answer_start", []))]
+            qa["is_impossible"] = qa["is_impossible"] or not qa["answers"]
+        try:
+            return qa_example(record.path, qa, context, record.opt("title"), f"line {record.line}")
+        except DataError as exc:
+            raise DataError(record.path, exc.detail, line=record.line, record=exc.record) from None
+
+    def examples_from_hub(self, rows: HubRows, label_list: Sequence[str] | None = None,
+                          language: str | None = None) -> list[QAExample]:
+        """SQuAD-layout rows; the ``id_prefix`` option (per language) keeps one language of a
+        multilingual split (TyDiQA-GoldP ids start with ``english-``, ``arabic-``, ...)."""
+        prefix = rows.option("id_prefix", language)
+        out: list[QAExample] = []
+        for i, row in rows:
+            if prefix and not str(row["id"]).startswith(prefix):
+                continue
+            ans = row.get("answers") or {"text": [], "answer_start": []}
+            answers = [_answer(f"hub:{rows.source}", {"text": t, "answer_start": int(s)}, j, row["context"],
+                               f"id {row['id']}", check_answers=False)
+                       for j, (t, s) in enumerate(zip(ans["text"], ans["answer_start"]))]
+            out.append(QAExample(id=str(row["id"]), context=row["context"], question=row["question"], answers=answers,
+                                 is_impossible=not answers, title=row.get("title")))
+        return out
+
+    def is_labelled(self, example: QAExample) -> bool:
+        """Whether the question has gold answers or is marked unanswerable."""
+        return bool(example.answers) or example.is_impossible
 
     def featurize(
         self,

@@ -21,6 +21,7 @@ from xstilts.tasks.formats._common import (
     group_features,
     pad_2d,
 )
+from xstilts.tasks.formats._records import HubRows, JsonRecord
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import MultipleChoiceExample
 
@@ -36,12 +37,61 @@ def choice_pair(example: MultipleChoiceExample, choice: str) -> tuple[str, str]:
     return context, f"{question} {choice}".strip()
 
 
+def _choice_index(label: Any) -> int | None:
+    """A gold choice index from an int or a digit string; None for anything else or a negative."""
+    if isinstance(label, str):
+        label = int(label) if label.strip().isdigit() else None
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        return None
+    return label
+
+
 class MultipleChoiceFormat(Format):
     """Features hold ``[C][L]`` lists; ``labels`` is the index of the right choice."""
 
     name: ClassVar[str] = "multiple_choice"
     head_kind: ClassVar[str | None] = "multiple_choice"
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    json_fields: ClassVar[dict[str, str]] = {"id": "id", "context": "context", "question": "question",
+                                             "choices": "choices", "label": "label"}
+
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> MultipleChoiceExample:
+        """Optional ``context``, ``question``, ``choices`` (>= 2 strings), optional ``label`` (choice index)."""
+        question = record.require("question", str)
+        choices = record.require("choices", list)
+        if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise record.error("'choices' should be a list of >= 2 strings")
+        raw = record.opt("label")
+        label = _choice_index(raw)
+        if raw is not None and (label is None or label >= len(choices)):
+            raise record.error(f"unknown label {raw!r}; expected an index 0..{len(choices) - 1}")
+        return MultipleChoiceExample(id=record.id, context=record.opt("context") or "", question=question,
+                                     choices=choices, label=label)
+
+    def examples_from_hub(self, rows: HubRows, label_list: Sequence[str] | None = None,
+                          language: str | None = None) -> list[MultipleChoiceExample]:
+        """Choices from one list column or several columns; the label is an index, a digit string,
+        or a letter key (``choice_labels``, CommonsenseQA's answerKey). ``question_map`` (hub
+        option) renders COPA's "cause"/"effect" as questions."""
+        qmap = rows.option("question_map")
+        out: list[MultipleChoiceExample] = []
+        for i, row in rows:
+            choices = list(rows.get(row, "choices"))
+            label = rows.get(row, "label")
+            if rows.has("choice_labels"):
+                keys = rows.get(row, "choice_labels")
+                label = keys.index(label) if label in keys else None
+            question = (rows.get(row, "question") if rows.has("question") else "") or ""
+            if qmap:
+                question = qmap.get(question, question)
+            context = (rows.get(row, "context") if rows.has("context") else "") or ""
+            out.append(MultipleChoiceExample(id=rows.id(row, i), context=context, question=question, choices=choices,
+                                             label=_choice_index(label)))
+        return out
+
+    def prediction_from_json(self, value: Any) -> int:
+        """A choice index."""
+        return int(value)
 
     def featurize(
         self,

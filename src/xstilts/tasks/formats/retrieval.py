@@ -17,6 +17,7 @@ import numpy as np
 
 from xstilts.errors import UnknownNameError, XStiltsError
 from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column
+from xstilts.tasks.formats._records import JsonRecord
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import BitextExample
 
@@ -35,7 +36,17 @@ class RetrievalFormat(Format):
 
     name: ClassVar[str] = "retrieval"
     head_kind: ClassVar[str | None] = None
-    metrics: ClassVar[tuple[str, ...]] = ("tatoeba",)
+    #: ``bucc`` is scored by mining over the candidate pool (evaluate layer), not by :meth:`score`
+    metrics: ClassVar[tuple[str, ...]] = ("tatoeba", "bucc")
+    json_fields: ClassVar[dict[str, str]] = {"id": "id", "source": "source", "target": "target"}
+
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> BitextExample:
+        """``source`` (non-English) and ``target`` (English) sentences."""
+        return BitextExample(id=record.id, source=record.require("source", str), target=record.require("target", str))
+
+    def is_labelled(self, example: BitextExample) -> bool:
+        """A translation pair is its own gold alignment."""
+        return True
 
     def featurize(
         self,
@@ -108,7 +119,7 @@ class RetrievalFormat(Format):
         language: str | None = None,
     ) -> dict[str, float]:
         """``tatoeba``: accuracy (percent) of ``{id: predicted target id}`` (gold: the example itself)."""
-        check_metric(self.name, metric, self.metrics)
+        check_metric(self.name, metric, ("tatoeba",))
         check_coverage(examples, predictions, self.name)
         from xstilts.metrics import accuracy
 

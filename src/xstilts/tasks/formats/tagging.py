@@ -30,6 +30,7 @@ from xstilts.tasks.formats._common import (
     label_index,
     require_label_list,
 )
+from xstilts.tasks.formats._records import HubRows, JsonRecord
 from xstilts.tasks.formats.base import FeaturizeOptions, Format
 from xstilts.tasks.types import TaggingExample
 
@@ -59,6 +60,33 @@ class TaggingFormat(Format):
     name: ClassVar[str] = "tagging"
     head_kind: ClassVar[str | None] = "tagging"
     metrics: ClassVar[tuple[str, ...]] = ("ner_f1", "pos")
+    json_fields: ClassVar[dict[str, str]] = {"id": "id", "tokens": "tokens", "tags": "tags"}
+
+    def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> TaggingExample:
+        """``tokens`` (list), optional ``tags`` (as many, each in label_list)."""
+        tokens = record.require("tokens", list)
+        tags = record.opt("tags")
+        if tags is not None:
+            if not isinstance(tags, list) or len(tags) != len(tokens):
+                raise record.error(f"'tags' should be a list as long as 'tokens' ({len(tokens)})")
+            tags = [record.label(t, label_list) for t in tags]
+        return TaggingExample(id=record.id, tokens=[str(t) for t in tokens], tags=tags)
+
+    def examples_from_hub(self, rows: HubRows, label_list: Sequence[str] | None = None,
+                          language: str | None = None) -> list[TaggingExample]:
+        """``tokens`` and ``tags`` columns; ``ClassLabel`` tag ids become their names."""
+        names = rows.label_names("tags")
+        out: list[TaggingExample] = []
+        for i, row in rows:
+            tags = rows.get(row, "tags")
+            if tags is not None and names:
+                tags = [names[t] for t in tags]
+            out.append(TaggingExample(id=str(i), tokens=list(rows.get(row, "tokens")), tags=list(tags) if tags else None))
+        return out
+
+    def is_labelled(self, example: TaggingExample) -> bool:
+        """Whether the sentence has tags."""
+        return example.tags is not None
 
     def featurize(
         self,
@@ -92,24 +120,9 @@ class TaggingFormat(Format):
             feat: dict[str, Any] = {k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
             feat["example_index"] = i
             feat["word_ids"] = word_ids
-            seen = {w for w in word_ids if w != NO_WORD}
-            if len(seen) < len(ex.tokens):
-                n_cut += 1
-            if labelled:
-                tag_ids = (
-                    [label_index(labels, t, ex.id, self.name) for t in ex.tags] if ex.tags is not None else None
-                )
-                row = []
-                prev = NO_WORD
-                for w in word_ids:
-                    if w == NO_WORD or tag_ids is None:
-                        row.append(IGNORE_INDEX)
-                    elif w != prev or options.label_all_subtokens:
-                        row.append(tag_ids[w])
-                    else:
-                        row.append(IGNORE_INDEX)
-                    prev = w
-                feat["labels"] = row
+            n_cut += len({w for w in word_ids if w != NO_WORD}) < len(ex.tokens)
+            if labels is not None:
+                feat["labels"] = self._token_labels(ex, word_ids, labels, options.label_all_subtokens)
             features.append(feat)
         if n_cut:
             logger.info(
@@ -117,6 +130,20 @@ class TaggingFormat(Format):
                 n_cut, len(examples), options.max_length,
             )
         return features
+
+    def _token_labels(self, example: TaggingExample, word_ids: Sequence[int], labels: Sequence[str],
+                      all_subtokens: bool) -> list[int]:
+        """Tag ids on each word's first sub-token (every sub-token with ``all_subtokens``), -100 elsewhere."""
+        if example.tags is None:
+            return [IGNORE_INDEX] * len(word_ids)
+        tag_ids = [label_index(labels, t, example.id, self.name) for t in example.tags]
+        row = []
+        prev = NO_WORD
+        for w in word_ids:
+            first = w != prev or all_subtokens
+            row.append(tag_ids[w] if w != NO_WORD and first else IGNORE_INDEX)
+            prev = w
+        return row
 
     def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         """``[B, L_max]`` inputs and ``labels`` (padded with -100)."""
