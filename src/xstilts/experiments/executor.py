@@ -99,9 +99,9 @@ class TrainEvalExecutor:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(task.devices),
                "--multi_gpu", "--module", "xstilts.experiments.executor", str(spec_file), str(task.stage_dir)]
         logger.info("stage %s: %s", task.stage_id, " ".join(cmd))
-        proc = subprocess.run(cmd, env=os.environ.copy())
-        if proc.returncode != 0:
-            raise XStiltsError(f"stage {task.stage_id}: accelerate launch exited with status {proc.returncode}")
+        returncode = run_process_group(cmd)
+        if returncode != 0:
+            raise XStiltsError(f"stage {task.stage_id}: accelerate launch exited with status {returncode}")
         done = task.stage_dir / "DONE"
         summary = json.loads(done.read_text()) if done.is_file() else {}
         return StageOutcome(result={"devices": task.devices, **summary})
@@ -120,9 +120,37 @@ class TrainEvalExecutor:
             data_dir=task.data_dir, max_examples=s.get("max_examples"), seed=s.get("seed", 0),
             batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval,
             precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None)
-        return StageOutcome(metrics=eval_rows(report),
+        rows = eval_rows(report)
+        if not rows:
+            why = "; ".join(f"{lang}: {reason}" for lang, reason in sorted(report.skipped.items())) or "no scores"
+            raise XStiltsError(f"eval stage {task.stage_id} ({s['task']}) scored no language with data dir "
+                               f"{task.data_dir} ({why}); fix data_dir / --data-dir and run again (the stage is retried)")
+        return StageOutcome(metrics=rows,
                             result={"average": report.average, "skipped": report.skipped,
                                     "n_examples": report.n_examples, "settings": _jsonable(report.settings)})
+
+
+def run_process_group(cmd: list[str]) -> int:
+    """Run ``cmd`` in its own process group and return its exit status. If this process is
+    interrupted (Ctrl-C, SIGTERM, a lost claim), the whole group is stopped: no launcher child
+    (one per device) outlives the stage."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
 
 
 def _train_summary(res: Any) -> dict[str, Any]:

@@ -20,15 +20,17 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xstilts.errors import ConfigError
-from xstilts.experiments.executor import StageExecutor, StageTask, TrainEvalExecutor
+from xstilts.errors import ConfigError, StoreError, XStiltsError
+from xstilts.experiments.executor import StageExecutor, StageOutcome, StageTask, TrainEvalExecutor
+from xstilts.experiments.faults import disk_full_error, is_disk_full
 from xstilts.experiments.plan import Plan
-from xstilts.experiments.store import DEFAULT_STALE_AFTER_S, ResultsStore, open_store
+from xstilts.experiments.store import DEFAULT_STALE_AFTER_S, Claim, ResultsStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class WorkerSummary:
     worker: str
     ran: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # stages another worker took over while this one stalled
 
 
 def blocked_stages(plan: Plan, states: dict[str, str]) -> set[str]:
@@ -78,23 +81,231 @@ def read_progress(stage_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-class _Heartbeat(threading.Thread):
-    """Refreshes a claim while its stage runs (own store connection: sqlite objects stay in one thread)."""
+class ClaimLost(BaseException):
+    """Raised in a worker's main thread when another worker took its stage over (this worker stalled
+    past the store's ``stale_after``). A ``BaseException``, like ``KeyboardInterrupt``, so that no
+    ``except Exception`` in a library on the way swallows it."""
 
-    def __init__(self, output_dir: Path, stage_id: str, stage_dir: Path, every: float, stale_after: float):
-        super().__init__(daemon=True, name=f"heartbeat-{stage_id}")
-        self.output_dir, self.stage_id, self.stage_dir, self.every = output_dir, stage_id, stage_dir, every
-        self.stale_after = stale_after
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, ``timeout``, ``kill``): stops like Ctrl-C, releasing claims."""
+
+
+@contextmanager
+def interrupt_signals(*signums: int) -> Iterator[None]:
+    """While active, SIGTERM (and the other ``signums``) raise :class:`Terminated` in the main thread,
+    once: a second signal while the first is being handled (claims being released) is ignored.
+    Does nothing outside the main thread (Python only runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise Terminated(f"received {signal.Signals(signum).name}")
+
+    wanted = (signal.SIGTERM, *signums)
+    old = {s: signal.signal(s, handler) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _ClaimGuard:
+    """Stops the running stage when its claim is lost: the heartbeat thread calls :meth:`fire`, which
+    signals the main thread (SIGUSR1); its handler raises :class:`ClaimLost` there, at the stage's
+    next Python instruction (a blocking call is interrupted too). Outside the main thread no
+    handler can be installed: the stage then runs to its end and the store refuses its result."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.installed = False
+        self._old: Any = None
+
+    def __enter__(self) -> _ClaimGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGUSR1, self._handler)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGUSR1, self._old)
+            self.installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise ClaimLost()
+
+    def fire(self) -> None:
+        """Called from the heartbeat thread: interrupt the stage running in the main thread."""
+        if self.installed and self.armed:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def run(self, func: Callable[[], StageOutcome], lost: threading.Event) -> StageOutcome:
+        """``func()`` with the guard armed; :class:`ClaimLost` when the claim is (or gets) lost."""
+        self.armed = True
+        try:
+            if lost.is_set():
+                raise ClaimLost()
+            return func()
+        finally:
+            self.armed = False
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a claim while its stage runs (own store connection: sqlite objects stay in one thread).
+
+    When the store says the claim is gone (the worker stalled, e.g. SIGSTOP, past ``stale_after``
+    and another worker took the stage), sets :attr:`lost`, calls ``on_lost`` and stops beating."""
+
+    def __init__(self, output_dir: Path, claim: Claim, stage_dir: Path, every: float, stale_after: float,
+                 on_lost: Callable[[], None] | None = None):
+        super().__init__(daemon=True, name=f"heartbeat-{claim.stage_id}")
+        self.output_dir, self.claim, self.stage_dir, self.every = output_dir, claim, stage_dir, every
+        self.stale_after, self.on_lost = stale_after, on_lost
         self.stop = threading.Event()
+        self.lost = threading.Event()
 
     def run(self) -> None:
-        store = open_store(self.output_dir, stale_after=self.stale_after)
+        try:
+            store = open_store(self.output_dir, stale_after=self.stale_after)
+        except Exception as exc:  # noqa: BLE001 - the stage itself will report a broken store
+            logger.warning("stage %s: heartbeat cannot open the store: %s", self.claim.stage_id, exc)
+            return
         try:
             while not self.stop.wait(self.every):
-                if not store.heartbeat(self.stage_id, read_progress(self.stage_dir)):
-                    logger.warning("stage %s: lost its claim (taken back as stale?)", self.stage_id)
+                try:
+                    held = store.heartbeat(self.claim, read_progress(self.stage_dir))
+                except Exception as exc:  # noqa: BLE001 - a busy/full store: try again next beat
+                    logger.warning("stage %s: heartbeat failed: %s", self.claim.stage_id, exc)
+                    continue
+                if not held:
+                    logger.warning("stage %s: this worker lost its claim (it went silent for longer than %.0f s and "
+                                   "another worker took the stage over); stopping it", self.claim.stage_id,
+                                   self.stale_after)
+                    self.lost.set()
+                    if self.on_lost is not None:
+                        self.on_lost()
+                    return
         finally:
             store.close()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _disk_paths(task: StageTask) -> list[Path]:
+    """Where a stage writes: what to look at when a write fails on a full disk."""
+    import tempfile
+
+    from xstilts.paths import features_cache_dir, xstilts_home
+
+    return [task.stage_dir, task.output_dir, xstilts_home(), features_cache_dir(), Path(tempfile.gettempdir())]
+
+
+class _Worker:
+    """One worker's state: the store, the executor and the claim guard; :meth:`run_claim` runs one stage."""
+
+    def __init__(self, plan: Plan, store: ResultsStore, executor: StageExecutor, name: str, devices: int,
+                 stale_after: float, every: float, guard: _ClaimGuard):
+        self.plan, self.store, self.executor, self.name, self.devices = plan, store, executor, name, devices
+        self.stale_after, self.every, self.guard = stale_after, every, guard
+
+    def task(self, claim: Claim) -> StageTask:
+        return StageTask(claim.stage_id, claim.kind, claim.settings, self.plan.stage_dir(claim.stage_id),
+                         self.plan.output_dir, self.plan.data_dir, self.devices)
+
+    def write_identity(self, claim: Claim, task: StageTask) -> None:
+        """``stage.json``: what the stage is (so ``xstilts store rebuild`` can restore it without the spec)."""
+        from xstilts.paths import STAGE_FILE
+
+        stage = self.plan.stages.get(claim.stage_id)
+        data = stage.to_json() if stage is not None else {"id": claim.stage_id, "kind": claim.kind,
+                                                           "settings": claim.settings, "depends_on": [], "labels": []}
+        _write_json_atomic(task.stage_dir / STAGE_FILE, data)
+
+    def run_claim(self, claim: Claim) -> str:
+        """Run the claimed stage; ``"ran"``, ``"failed"`` or ``"lost"`` (taken over: nothing recorded)."""
+        task = self.task(claim)
+        beat = _Heartbeat(self.plan.output_dir, claim, task.stage_dir, self.every, self.stale_after, self.guard.fire)
+        try:
+            task.stage_dir.mkdir(parents=True, exist_ok=True)
+            self.write_identity(claim, task)
+            beat.start()
+            outcome = self.guard.run(lambda: self.executor(task), beat.lost)
+            beat.stop.set()
+            check_outcome(claim, outcome)
+        except ClaimLost:
+            logger.warning("[%s] stage %s was taken over by another worker; stopped without recording anything",
+                           self.name, claim.stage_id)
+            return "lost"
+        except KeyboardInterrupt:
+            self._release(claim)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any stage error is recorded, the worker goes on
+            return self._failed(claim, task, exc)
+        finally:
+            beat.stop.set()
+            if beat.is_alive():
+                beat.join()
+        return self._complete(claim, task, outcome)
+
+    def _release(self, claim: Claim) -> None:
+        try:
+            self.store.release(claim)
+        except Exception as exc:  # noqa: BLE001 - the claim of a dead worker is taken back on the next run
+            logger.warning("could not release stage %s (%s); the next run takes it back", claim.stage_id, exc)
+
+    def _failed(self, claim: Claim, task: StageTask, exc: Exception) -> str:
+        if is_disk_full(exc):
+            self._release(claim)
+            raise disk_full_error(exc, _disk_paths(task), what=f"running stage {claim.stage_id}") from None
+        if isinstance(exc, StoreError):
+            raise exc
+        logger.error("[%s] stage %s failed: %s", self.name, claim.stage_id, exc)
+        if not self.store.fail(claim, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"):
+            logger.warning("[%s] stage %s: not recording the failure, the stage is no longer this worker's",
+                           self.name, claim.stage_id)
+            return "lost"
+        return "failed"
+
+    def _complete(self, claim: Claim, task: StageTask, outcome: StageOutcome) -> str:
+        from xstilts.paths import OUTCOME_FILE
+
+        try:
+            if self.store.owns(claim):
+                _write_json_atomic(task.stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
+            done = self.store.complete(claim, outcome.metrics, outcome.result)
+        except OSError as exc:
+            if is_disk_full(exc):
+                self._release(claim)
+                raise disk_full_error(exc, _disk_paths(task), what=f"recording stage {claim.stage_id}") from None
+            raise
+        if not done:
+            logger.warning("[%s] stage %s finished, but another worker holds it now: its result is not recorded",
+                           self.name, claim.stage_id)
+            return "lost"
+        logger.info("[%s] stage %s done", self.name, claim.stage_id)
+        return "ran"
+
+
+def check_outcome(claim: Claim, outcome: StageOutcome) -> None:
+    """An evaluation that scored nothing is a failure, never "done" with zero rows."""
+    if claim.kind == "eval" and not outcome.metrics:
+        skipped = (outcome.result or {}).get("skipped") or {}
+        why = "; ".join(f"{lang}: {reason}" for lang, reason in sorted(skipped.items())) or "no metric returned"
+        raise XStiltsError(f"eval stage {claim.stage_id} scored no language ({why}). Check data_dir / --data-dir "
+                           "and the target's languages, then run again: the stage is retried.")
 
 
 def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str | None = None,
@@ -105,7 +316,10 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
 
     Waits while other workers hold stages this one needs; returns when every stage is done,
     failed, or blocked by a failed upstream. Stage errors are recorded in the store (the
-    worker goes on with other stages); Ctrl-C gives the current claim back and re-raises.
+    worker goes on with other stages); Ctrl-C or SIGTERM (:func:`interrupt_signals`) gives the
+    current claim back and re-raises. A full disk releases the claim and raises
+    :class:`~xstilts.errors.DiskFullError` (no next stage). A stage whose claim is lost (this
+    worker stalled and another took it) is stopped and left alone.
     """
     executor = executor or TrainEvalExecutor()
     worker = worker or f"{os.uname().nodename}:{os.getpid()}"
@@ -114,7 +328,8 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
         devices = len(visible_gpus())
     every = heartbeat_every if heartbeat_every is not None else max(1.0, min(30.0, stale_after / 4))
     summary = WorkerSummary(worker)
-    with open_store(plan.output_dir, stale_after=stale_after) as store:
+    with open_store(plan.output_dir, stale_after=stale_after) as store, _ClaimGuard() as guard:
+        w = _Worker(plan, store, executor, worker, devices, stale_after, every, guard)
         while max_stages is None or len(summary.ran) + len(summary.failed) < max_stages:
             claim = store.claim_next(ids, worker=worker)
             if claim is None:
@@ -122,32 +337,15 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
                     break
                 time.sleep(poll)
                 continue
-            stage_dir = plan.stage_dir(claim.stage_id)
-            stage_dir.mkdir(parents=True, exist_ok=True)
             logger.info("[%s] stage %s (%s, %s) starts (attempt %d)", worker, claim.stage_id, claim.kind,
                         plan.stages[claim.stage_id].description if claim.stage_id in plan.stages else "", claim.attempts)
-            beat = _Heartbeat(plan.output_dir, claim.stage_id, stage_dir, every, stale_after)
-            beat.start()
-            try:
-                outcome = executor(StageTask(claim.stage_id, claim.kind, claim.settings, stage_dir, plan.output_dir,
-                                             plan.data_dir, devices))
-            except KeyboardInterrupt:
-                beat.stop.set()
-                beat.join()
-                store.release(claim.stage_id)
-                raise
-            except Exception as exc:  # noqa: BLE001 - any stage error is recorded, the worker goes on
-                beat.stop.set()
-                beat.join()
-                logger.error("[%s] stage %s failed: %s", worker, claim.stage_id, exc)
-                store.fail(claim.stage_id, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            outcome = w.run_claim(claim)
+            if outcome == "ran":
+                summary.ran.append(claim.stage_id)
+            elif outcome == "failed":
                 summary.failed.append(claim.stage_id)
-                continue
-            beat.stop.set()
-            beat.join()
-            store.complete(claim.stage_id, outcome.metrics, outcome.result)
-            summary.ran.append(claim.stage_id)
-            logger.info("[%s] stage %s done", worker, claim.stage_id)
+            else:
+                summary.lost.append(claim.stage_id)
     return summary
 
 
@@ -183,22 +381,142 @@ def assign_devices(workers: int, devices_per_stage: int = 1, gpus: Sequence[str]
 
 # --------------------------------------------------------------------------- local processes
 
+#: exit status of a worker process that stopped on a user error it reported to the parent
+WORKER_ERROR_EXIT = 3
+#: seconds workers get to release their claims after SIGTERM before they are killed
+STOP_GRACE_S = 30.0
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux), so no worker outlives
+    an ``xstilts run`` that was killed with SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
 
 def _worker_main(plan: Plan, executor: StageExecutor | None, worker: str, cuda: str | None,
-                 stale_after: float, log_file: str | None) -> None:
-    """Entry of a spawned worker process."""
+                 stale_after: float, log_file: str | None, errors: Any = None, parent: int | None = None) -> None:
+    """Entry of a spawned worker process. A user error (full disk, damaged store) goes to the
+    parent through ``errors`` and ends the process with :data:`WORKER_ERROR_EXIT`."""
+    import sys
+
+    _die_with_parent()
+    if parent is not None and os.getppid() != parent:  # the parent died before the line above
+        return
     if cuda is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+    logging.raiseExceptions = False  # a log write on a full disk must not print a traceback per record
     if log_file:
         handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+    with interrupt_signals(signal.SIGINT):
+        try:
+            run_worker(plan, executor=executor, worker=worker, stale_after=stale_after)
+        except KeyboardInterrupt:
+            pass
+        except XStiltsError as exc:
+            logger.error("[%s] %s", worker, exc)
+            if errors is not None:
+                errors.put((type(exc).__name__, str(exc)))
+            sys.exit(WORKER_ERROR_EXIT)
+
+
+def _stop_processes(procs: Sequence[Any], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM every live worker, give them ``grace`` seconds to release their claims, then SIGKILL."""
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            logger.warning("worker %s (pid %s) did not stop in %.0f s: killing it", p.name, p.pid, grace)
+            p.kill()
+            p.join(timeout=10)
+
+
+def _raise_reported(errors: Any) -> None:
+    """Re-raise in this process the first user error a worker reported (same class when it is known)."""
+    import queue
+
+    from xstilts import errors as error_classes
+
     try:
-        run_worker(plan, executor=executor, worker=worker, stale_after=stale_after)
-    except KeyboardInterrupt:
-        pass
+        name, message = errors.get_nowait()
+    except queue.Empty:
+        return
+    cls = getattr(error_classes, name, XStiltsError)
+    if not (isinstance(cls, type) and issubclass(cls, XStiltsError)) or cls.__init__ is not XStiltsError.__init__:
+        cls = XStiltsError
+    raise cls(message)
+
+
+def _run_processes(plan: Plan, executor: StageExecutor | None, workers: int, cuda: list[str | None],
+                   stale_after: float, logs: Path, on_tick: Callable[[ResultsStore], None] | None, tick: float,
+                   store: ResultsStore) -> None:
+    """Run ``workers`` spawned worker processes to their end; stop them all on any error or signal."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, name=f"xstilts-worker-{i}",
+                         args=(plan, executor, f"w{i}", cuda[i], stale_after, str(logs / f"worker-{i}.log"), errors,
+                               os.getpid()))
+             for i in range(workers)]
+    try:
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            if on_tick is not None:
+                on_tick(store)
+            for p in procs:
+                p.join(timeout=tick / len(procs))
+            if any(p.exitcode == WORKER_ERROR_EXIT for p in procs):
+                break  # one worker hit a user error (full disk, damaged store): stop the others
+    except BaseException:
+        _stop_processes(procs)
+        raise
+    finally:
+        if any(p.is_alive() for p in procs):
+            _stop_processes(procs)
+        store.reclaim_stale()  # claims of workers that had to be killed
+    _raise_reported(errors)
+    bad = [p.name for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        logger.warning("worker(s) %s exited abnormally; see %s", ", ".join(bad), logs)
+
+
+def _run_in_process(plan: Plan, executor: StageExecutor | None, stale_after: float,
+                    on_tick: Callable[[ResultsStore], None] | None, tick: float) -> None:
+    stop = threading.Event()
+    ticker = None
+    if on_tick is not None:
+        def _tick() -> None:
+            tick_store = open_store(plan.output_dir, stale_after=stale_after)
+            try:
+                while not stop.wait(tick):
+                    on_tick(tick_store)
+            finally:
+                tick_store.close()
+
+        ticker = threading.Thread(target=_tick, daemon=True)
+        ticker.start()
+    try:
+        run_worker(plan, executor=executor, worker="w0", stale_after=stale_after)
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
 
 
 def run_local(plan: Plan, *, workers: int = 1, executor: StageExecutor | None = None,
@@ -209,65 +527,36 @@ def run_local(plan: Plan, *, workers: int = 1, executor: StageExecutor | None = 
 
     With one worker and no GPU split the worker runs in this process (``in_process`` forces
     either way). ``on_tick(store)`` is called every ``tick`` seconds while workers run (the CLI
-    draws its progress display there). Ctrl-C stops the workers, whose claims go back to waiting.
+    draws its progress display there). Ctrl-C or SIGTERM stops every worker, whose claims go back
+    to waiting (a worker that does not stop within :data:`STOP_GRACE_S` is killed and its claim
+    taken back); running the same plan again resumes. A user error in one worker (full disk,
+    damaged store) stops the others and is raised here.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}", key="--workers")
     cuda = assign_devices(workers, devices_per_stage)
     store = open_store(plan.output_dir, stale_after=stale_after)
-    store.register_plan(plan)
-    run_id = store.start_run(plan, command)
     status = "interrupted"
+    run_id = None
     logs = Path(plan.output_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     try:
-        if in_process if in_process is not None else (workers == 1 and cuda[0] is None):
-            stop = threading.Event()
-            ticker = None
-            if on_tick is not None:
-                def _tick() -> None:
-                    tick_store = open_store(plan.output_dir, stale_after=stale_after)
-                    while not stop.wait(tick):
-                        on_tick(tick_store)
-                    tick_store.close()
-
-                ticker = threading.Thread(target=_tick, daemon=True)
-                ticker.start()
-            try:
-                run_worker(plan, executor=executor, worker="w0", stale_after=stale_after)
-            finally:
-                stop.set()
-                if ticker is not None:
-                    ticker.join()
-        else:
-            ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main, name=f"xstilts-worker-{i}",
-                                 args=(plan, executor, f"w{i}", cuda[i], stale_after, str(logs / f"worker-{i}.log")))
-                     for i in range(workers)]
-            for p in procs:
-                p.start()
-            try:
-                while any(p.is_alive() for p in procs):
-                    if on_tick is not None:
-                        on_tick(store)
-                    for p in procs:
-                        p.join(timeout=tick / len(procs))
-            except KeyboardInterrupt:
-                for p in procs:  # the children got the SIGINT too; give them time to release claims
-                    p.join(timeout=10)
-                for p in procs:
-                    if p.is_alive() and p.pid is not None:
-                        os.kill(p.pid, signal.SIGTERM)
-                        p.join(timeout=5)
-                raise
-            bad = [p.name for p in procs if p.exitcode not in (0, None)]
-            if bad:
-                logger.warning("worker(s) %s exited abnormally; see %s", ", ".join(bad), logs)
+        with interrupt_signals():
+            store.register_plan(plan)
+            run_id = store.start_run(plan, command)
+            logs.mkdir(parents=True, exist_ok=True)
+            if in_process if in_process is not None else (workers == 1 and cuda[0] is None):
+                _run_in_process(plan, executor, stale_after, on_tick, tick)
+            else:
+                _run_processes(plan, executor, workers, cuda, stale_after, logs, on_tick, tick, store)
         states = store.states(plan.stages)
         status = "done" if all(states.get(s) == "done" for s in plan.stages) else "incomplete"
         if on_tick is not None:
             on_tick(store)
         return states
     finally:
-        store.finish_run(run_id, status)
+        if run_id is not None:
+            try:
+                store.finish_run(run_id, status)
+            except XStiltsError as exc:  # e.g. the store's disk is full: the error being raised says more
+                logger.warning("could not record the end of run %s: %s", run_id, exc)
         store.close()

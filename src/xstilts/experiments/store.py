@@ -237,7 +237,9 @@ class ResultsStore:
 
         Labels new to an already-finished eval stage get its metrics copied, so a stage
         shared by another spec under another setup name shows up under both. With
-        ``retry_failed``, failed stages of this plan go back to waiting.
+        ``retry_failed``, failed stages of this plan go back to waiting. An eval stage marked
+        done without a single metric (possible before evaluations that score nothing failed)
+        waits again, so it is redone once its data is found.
         """
         now = time.time()
         with self._tx() as c:
@@ -249,6 +251,9 @@ class ResultsStore:
                      stage.description, now))
                 if retry_failed:
                     c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'failed'", (stage.id,))
+                if stage.kind == "eval":
+                    c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'done' AND NOT EXISTS "
+                              "(SELECT 1 FROM metrics WHERE metrics.stage_id = stages.stage_id)", (stage.id,))
                 for lab in stage.labels:
                     cur = c.execute("INSERT OR IGNORE INTO stage_labels VALUES (?, ?, ?, ?, ?)",
                                     (stage.id, lab.model, lab.setup, lab.target or "", lab.seed))
