@@ -3,17 +3,27 @@
 from xstilts.metrics.classification import accuracy
 from xstilts.metrics.qa import MLQA_LANGUAGES, mlqa_scores, normalize_mlqa, normalize_squad, squad_scores, squad_v2_scores
 from xstilts.metrics.retrieval import (
+    DUPLICATES,
     MARGINS,
+    average_precision_at_k,
+    bucc_candidates,
+    bucc_extract,
     bucc_f1,
+    bucc_score,
     knn,
     knn_mean_similarity,
     l2_normalize,
     margin_scores,
+    mean_average_precision_at_k,
+    mean_reciprocal_rank,
     mine_bitext,
     nearest_neighbours,
     optimize_threshold,
     prf,
+    rank_candidates,
     tatoeba_accuracy,
+    tatoeba_predictions,
+    tatoeba_scores,
 )
 from xstilts.metrics.tagging import get_entities, ner_scores, pos_scores
 
@@ -22,4 +32,6 @@ __all__ = [
     "ner_scores", "pos_scores", "get_entities",
     "tatoeba_accuracy", "bucc_f1", "mine_bitext", "margin_scores", "knn", "knn_mean_similarity", "nearest_neighbours",
     "l2_normalize", "optimize_threshold", "prf", "MARGINS",
+    "tatoeba_scores", "tatoeba_predictions", "bucc_candidates", "bucc_extract", "bucc_score", "DUPLICATES",
+    "average_precision_at_k", "mean_average_precision_at_k", "mean_reciprocal_rank", "rank_candidates",
 ]

@@ -1,8 +1,16 @@
-"""Sentence-retrieval scores: Tatoeba accuracy and BUCC 2018 bitext-mining F1.
+"""Sentence-retrieval scores: Tatoeba accuracy, BUCC 2018 bitext-mining F1, mAP@k / MRR@k.
 
 Similarities are cosine (embeddings are L2-normalised here unless told they already are).
 k-nearest-neighbour search uses ``faiss`` (an optional extra, imported lazily) and falls back
 to numpy (exact, same result) when it is not installed.
+
+Tatoeba direction. XTREME (google-research/xtreme ``third_party/utils_retrieve.py``,
+``similarity_search``, called from ``third_party/evaluate_retrieval.py``) indexes the
+*non-English* sentences and queries the index with the *English* ones: prediction ``i`` is
+the non-English row nearest to English row ``i``. :func:`tatoeba_scores` reports that
+direction as ``accuracy`` and the other one (every non-English sentence looks for its English
+translation) as ``accuracy_xx_to_en``. jiant (``jiant/tasks/evaluate/core.py``,
+``TatoebaEvaluationScheme``) does the same as XTREME.
 
 Margin-based scoring follows Artetxe & Schwenk (2019), as LASER's ``mine_bitexts.py`` and
 XTREME's ``third_party/utils_retrieve.py`` do::
@@ -10,12 +18,27 @@ XTREME's ``third_party/utils_retrieve.py`` do::
     score(x, y) = margin(cos(x, y), (mean_k cos(x, NN_k(x in Y)) + mean_k cos(y, NN_k(y in X))) / 2)
 
 with ``margin`` one of ``ratio`` (a / b, the default), ``distance`` (a - b) or ``absolute`` (a).
+
+BUCC 2018 follows ``utils_retrieve.py`` (``mine_bitext`` with ``retrieval="max"``,
+``bucc_optimize``, ``bucc_extract``, ``bucc_eval``): identical sentences are embedded once,
+candidates come from the k nearest neighbours in both directions, a pair is *kept when its
+score is >= the threshold*, and the threshold is the F1-optimal cut on a split with gold
+pairs (XTREME and jiant tune it on the dev = "sample" split and apply it to the test split;
+tuned on the scored split itself it is an *oracle*). A sentence text that occurs under several
+ids stands for all of them (jiant ``jiant/tasks/lib/bucc2018.py``, ``create_ids_map``:
+``duplicates="all_ids"``) or for none (XTREME/LASER ``read_sent2id`` drops repeated
+sentences: ``duplicates="drop"``).
+
+mAP@k follows XTREME's ``third_party/utils_lareqa.py`` (``average_precision_at_k``: the
+divisor is ``min(#relevant, k)``, a repeated prediction counts once); for Mewsli-X, with one
+gold entity per mention, it equals the mean reciprocal rank within the top k
+(``third_party/utils_mewslix.py``, ``evaluate`` with ``k=20``, reported as ``map@20``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,19 +141,48 @@ def nearest_neighbours(src_emb: np.ndarray, tgt_emb: np.ndarray, *, margin: str 
     return margin_scores(src_emb, tgt_emb, k=k, margin=margin, normalize=normalize).argmax(axis=1)
 
 
-def tatoeba_accuracy(src_emb: np.ndarray, tgt_emb: np.ndarray, *, margin: str | None = None, k: int = 4,
+def tatoeba_accuracy(query_emb: np.ndarray, index_emb: np.ndarray, *, margin: str | None = None, k: int = 4,
                      normalize: bool = True) -> float:
-    """Tatoeba accuracy (0-100): row ``i`` of ``src_emb`` is right iff its nearest row of ``tgt_emb`` is ``i``.
+    """Accuracy (0-100) of one retrieval direction: query row ``i`` is right iff its nearest index row is ``i``.
 
-    XTREME's direction is source = non-English sentence, target = its English pool. For the
-    other direction call with the arguments swapped. ``margin`` switches cosine for margin scoring.
+    XTREME's Tatoeba number is ``tatoeba_accuracy(en_emb, xx_emb)`` (English queries, the
+    non-English sentences indexed); :func:`tatoeba_scores` computes both directions.
+    ``margin`` switches cosine for margin scoring.
     """
-    src_emb = _check_2d(src_emb, "tatoeba_accuracy src_emb")
-    tgt_emb = _check_2d(tgt_emb, "tatoeba_accuracy tgt_emb")
-    if src_emb.shape[0] != tgt_emb.shape[0]:
-        raise XStiltsError(f"tatoeba_accuracy: {src_emb.shape[0]} source vs {tgt_emb.shape[0]} target sentences; they must be parallel")
-    pred = nearest_neighbours(src_emb, tgt_emb, margin=margin, k=k, normalize=normalize)
-    return 100.0 * float(np.mean(pred == np.arange(src_emb.shape[0])))
+    query_emb = _check_2d(query_emb, "tatoeba_accuracy query_emb")
+    index_emb = _check_2d(index_emb, "tatoeba_accuracy index_emb")
+    if query_emb.shape[0] != index_emb.shape[0]:
+        raise XStiltsError(f"tatoeba_accuracy: {query_emb.shape[0]} query vs {index_emb.shape[0]} index sentences; "
+                           "they must be parallel")
+    pred = nearest_neighbours(query_emb, index_emb, margin=margin, k=k, normalize=normalize)
+    return 100.0 * float(np.mean(pred == np.arange(query_emb.shape[0])))
+
+
+def tatoeba_predictions(xx_emb: np.ndarray, en_emb: np.ndarray, *, margin: str | None = None, k: int = 4,
+                        normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(en_to_xx, xx_to_en)``: for every English row the nearest non-English row (XTREME's direction),
+    and for every non-English row the nearest English row. Row ``i`` of both sides is a translation pair."""
+    xx_emb = _check_2d(xx_emb, "tatoeba xx_emb")
+    en_emb = _check_2d(en_emb, "tatoeba en_emb")
+    if xx_emb.shape[0] != en_emb.shape[0]:
+        raise XStiltsError(f"tatoeba: {xx_emb.shape[0]} non-English vs {en_emb.shape[0]} English sentences; "
+                           "they must be parallel")
+    en_to_xx = nearest_neighbours(en_emb, xx_emb, margin=margin, k=k, normalize=normalize)
+    xx_to_en = nearest_neighbours(xx_emb, en_emb, margin=margin, k=k, normalize=normalize)
+    return en_to_xx, xx_to_en
+
+
+def tatoeba_scores(xx_emb: np.ndarray, en_emb: np.ndarray, *, margin: str | None = None, k: int = 4,
+                   normalize: bool = True) -> dict[str, float]:
+    """Tatoeba accuracy (0-100) in both directions.
+
+    ``accuracy``: XTREME's (English query, nearest non-English sentence; ``similarity_search``
+    in ``third_party/utils_retrieve.py``). ``accuracy_xx_to_en``: the other direction.
+    """
+    en_to_xx, xx_to_en = tatoeba_predictions(xx_emb, en_emb, margin=margin, k=k, normalize=normalize)
+    gold = np.arange(len(en_to_xx))
+    return {"accuracy": 100.0 * float(np.mean(en_to_xx == gold)),
+            "accuracy_xx_to_en": 100.0 * float(np.mean(xx_to_en == gold))}
 
 
 def mine_bitext(src_emb: np.ndarray, tgt_emb: np.ndarray, *, k: int = 4, margin: str = "ratio",
@@ -164,23 +216,80 @@ def mine_bitext(src_emb: np.ndarray, tgt_emb: np.ndarray, *, k: int = 4, margin:
     return out
 
 
-def prf(predicted: Iterable[Hashable], gold: Iterable[Hashable]) -> dict[str, float]:
-    """Precision / recall / F1 (percentages) of a predicted set of pairs against the gold set."""
-    pred_set, gold_set = set(predicted), set(gold)
-    correct = len(pred_set & gold_set)
-    if correct == 0:
-        return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
-    p, r = correct / len(pred_set), correct / len(gold_set)
-    return {"f1": 100.0 * 2 * p * r / (p + r), "precision": 100.0 * p, "recall": 100.0 * r}
+# ---------------------------------------------------------------------- BUCC 2018
+DUPLICATES = ("all_ids", "drop")
+Pair = tuple[str, str]
 
 
-def optimize_threshold(candidates: Sequence[tuple[Hashable, float]], gold: set) -> float:
-    """The score threshold maximising F1 of ``{pair: score > threshold}`` against ``gold``.
+def _unify(keys: Sequence[Hashable]) -> tuple[list[int], list[list[int]]]:
+    """First row of every distinct key, and the rows of each distinct key (first-seen order)."""
+    position: dict[Hashable, int] = {}
+    groups: list[list[int]] = []
+    for row, key in enumerate(keys):
+        if key not in position:
+            position[key] = len(groups)
+            groups.append([])
+        groups[position[key]].append(row)
+    return [g[0] for g in groups], groups
 
-    As LASER/XTREME ``bucc_optimize``: candidates sorted by score, the threshold is set midway
-    between the score of the best cut and the next one.
+
+def _check_ids(emb: np.ndarray, ids: Sequence[str], texts: Sequence[str] | None, side: str) -> Sequence[Hashable]:
+    if len(ids) != len(emb):
+        raise XStiltsError(f"bucc: {len(ids)} {side} ids for {len(emb)} {side} embedding rows; they must be aligned")
+    if texts is None:
+        return range(len(ids))
+    if len(texts) != len(ids):
+        raise XStiltsError(f"bucc: {len(texts)} {side} texts for {len(ids)} {side} ids; they must be aligned")
+    return texts
+
+
+def bucc_candidates(src_emb: np.ndarray, tgt_emb: np.ndarray, src_ids: Sequence[str], tgt_ids: Sequence[str],
+                    src_texts: Sequence[str] | None = None, tgt_texts: Sequence[str] | None = None, *, k: int = 4,
+                    margin: str = "ratio", normalize: bool = True, duplicates: str = "all_ids",
+                    min_score: float = 0.0) -> dict[Pair, float]:
+    """Scored candidate id pairs ``{(src_id, tgt_id): score}`` mined from two whole corpora.
+
+    Identical texts (when ``*_texts`` are given) are embedded once, as XTREME's
+    ``text_load_unify`` / ``unique_embeddings`` do; :func:`mine_bitext` proposes one pair per
+    sentence ("max" retrieval), and pairs scoring ``<= min_score`` are dropped (XTREME's
+    ``mine_bitext`` writes only ``score > threshold=0``). A text under several ids maps to
+    all of them (``duplicates="all_ids"``, jiant) or its pairs are dropped (``"drop"``,
+    XTREME/LASER). An id pair proposed twice keeps its best score.
     """
-    items = sorted(candidates, key=lambda c: -c[1])
+    if duplicates not in DUPLICATES:
+        raise UnknownNameError("bucc duplicates rule", duplicates, DUPLICATES)
+    src_emb = _check_2d(src_emb, "bucc src_emb")
+    tgt_emb = _check_2d(tgt_emb, "bucc tgt_emb")
+    src_first, src_groups = _unify(_check_ids(src_emb, src_ids, src_texts, "source"))
+    tgt_first, tgt_groups = _unify(_check_ids(tgt_emb, tgt_ids, tgt_texts, "target"))
+    mined = mine_bitext(src_emb[src_first], tgt_emb[tgt_first], k=k, margin=margin, normalize=normalize)
+    out: dict[Pair, float] = {}
+    for s, t, score in mined:
+        if score <= min_score:
+            continue
+        s_rows, t_rows = src_groups[s], tgt_groups[t]
+        if duplicates == "drop" and (len(s_rows) > 1 or len(t_rows) > 1):
+            continue
+        for i in s_rows:
+            for j in t_rows:
+                pair = (str(src_ids[i]), str(tgt_ids[j]))
+                out[pair] = max(score, out.get(pair, score))
+    return out
+
+
+def _candidate_items(candidates: Mapping[Pair, float] | Iterable[tuple[Pair, float]]) -> list[tuple[Pair, float]]:
+    items = list(candidates.items()) if isinstance(candidates, Mapping) else list(candidates)
+    return sorted(items, key=lambda c: -c[1])
+
+
+def optimize_threshold(candidates: Mapping[Pair, float] | Iterable[tuple[Hashable, float]], gold: set) -> float:
+    """The score threshold maximising F1 of ``{pair: score >= threshold}`` against ``gold``.
+
+    As XTREME's ``bucc_optimize``: candidates sorted by decreasing score, the threshold is set
+    midway between the score of the best cut and the next one (just below the last score when
+    the best cut keeps every candidate, where the reference would index past its list).
+    """
+    items = _candidate_items(candidates)
     best_f1, threshold, correct = 0.0, 0.0, 0
     for i, (pair, score) in enumerate(items):
         correct += pair in gold
@@ -194,25 +303,108 @@ def optimize_threshold(candidates: Sequence[tuple[Hashable, float]], gold: set) 
     return threshold
 
 
-def bucc_f1(src_emb: np.ndarray, tgt_emb: np.ndarray, src_ids: Sequence[str], tgt_ids: Sequence[str],
-            gold_pairs: Iterable[tuple[str, str]], *, threshold: float | None = None, k: int = 4,
-            margin: str = "ratio", normalize: bool = True) -> dict[str, float]:
-    """BUCC 2018 F1 / precision / recall (percentages) and the threshold used.
+def bucc_extract(candidates: Mapping[Pair, float] | Iterable[tuple[Pair, float]], threshold: float) -> set[Pair]:
+    """The pairs kept at ``threshold``: score ``>=`` threshold, as XTREME's and jiant's ``bucc_extract``."""
+    return {pair for pair, score in _candidate_items(candidates) if score >= threshold}
 
-    Candidates come from :func:`mine_bitext` (margin scoring, "max" retrieval). With
-    ``threshold=None`` the threshold is chosen, as XTREME's ``bucc_eval`` does, to maximise F1
-    against the gold pairs *of the split being scored* (an oracle threshold: XTREME reports
-    BUCC this way); pass the threshold tuned on another split to score without it.
+
+def prf(predicted: Iterable[Hashable], gold: Iterable[Hashable]) -> dict[str, float]:
+    """Precision / recall / F1 (percentages) of a predicted set of pairs against the gold set."""
+    pred_set, gold_set = set(predicted), set(gold)
+    correct = len(pred_set & gold_set)
+    if correct == 0:
+        return {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+    p, r = correct / len(pred_set), correct / len(gold_set)
+    return {"f1": 100.0 * 2 * p * r / (p + r), "precision": 100.0 * p, "recall": 100.0 * r}
+
+
+def bucc_score(candidates: Mapping[Pair, float], gold: Iterable[tuple[str, str]],
+               threshold: float | None = None) -> dict[str, float]:
+    """F1 / precision / recall (percentages) of the candidates kept at ``threshold``, and the threshold.
+
+    ``threshold=None`` tunes it on ``gold`` itself (:func:`optimize_threshold`): an *oracle*
+    number when ``gold`` belongs to the split being scored. XTREME's ``bucc_eval``.
     """
-    if len(src_ids) != len(src_emb) or len(tgt_ids) != len(tgt_emb):
-        raise XStiltsError("bucc_f1: the id lists must be aligned with the embedding rows")
-    gold = {(str(s), str(t)) for s, t in gold_pairs}
-    if not gold:
-        raise XStiltsError("bucc_f1: no gold pairs")
-    mined = [((src_ids[s], tgt_ids[t]), score) for s, t, score in mine_bitext(src_emb, tgt_emb, k=k, margin=margin, normalize=normalize)]
+    gold_set = {(str(s), str(t)) for s, t in gold}
+    if not gold_set:
+        raise XStiltsError("bucc: no gold pairs to score against")
     if threshold is None:
-        threshold = optimize_threshold(mined, gold)
-    predicted = [pair for pair, score in mined if score > threshold]
-    out = prf(predicted, gold)
+        threshold = optimize_threshold(candidates, gold_set)
+    out = prf(bucc_extract(candidates, threshold), gold_set)
     out["threshold"] = float(threshold)
     return out
+
+
+def bucc_f1(src_emb: np.ndarray, tgt_emb: np.ndarray, src_ids: Sequence[str], tgt_ids: Sequence[str],
+            gold_pairs: Iterable[tuple[str, str]], *, threshold: float | None = None, k: int = 4,
+            margin: str = "ratio", normalize: bool = True, src_texts: Sequence[str] | None = None,
+            tgt_texts: Sequence[str] | None = None, duplicates: str = "all_ids") -> dict[str, float]:
+    """BUCC 2018 F1 / precision / recall (percentages) and the threshold used, from embeddings.
+
+    :func:`bucc_candidates` then :func:`bucc_score`. ``threshold=None`` is an oracle threshold
+    (tuned on these gold pairs); pass the one tuned on the dev ("sample") split to score a test
+    split as XTREME and jiant do (:mod:`xstilts.tasks.bucc` runs that protocol).
+    """
+    cands = bucc_candidates(src_emb, tgt_emb, src_ids, tgt_ids, src_texts, tgt_texts, k=k, margin=margin,
+                            normalize=normalize, duplicates=duplicates)
+    return bucc_score(cands, gold_pairs, threshold)
+
+
+# ---------------------------------------------------------------------- ranked retrieval (XTREME-R)
+def average_precision_at_k(relevant: Collection[Hashable], ranked: Sequence[Hashable], k: int | None = None) -> float:
+    """AP@k in [0, 1] of one ranked list, as XTREME's ``utils_lareqa.average_precision_at_k``.
+
+    Precision is summed at each rank (within the top ``k``) holding a relevant item not seen
+    higher up, and divided by ``min(len(relevant), k)`` (``len(relevant)`` when ``k`` is None).
+    """
+    if not relevant:
+        raise XStiltsError("average_precision_at_k: a query needs at least one relevant candidate")
+    ranked = list(ranked[:k]) if k else list(ranked)
+    hits, total, seen = 0, 0.0, set()
+    for i, item in enumerate(ranked):
+        if item in relevant and item not in seen:
+            hits += 1
+            total += hits / (i + 1)
+        seen.add(item)
+    return total / (min(len(relevant), k) if k else len(relevant))
+
+
+def rank_candidates(query_emb: np.ndarray, cand_emb: np.ndarray, k: int, *, normalize: bool = True) -> np.ndarray:
+    """Indices ``[Q, min(k, C)]`` of each query's top-``k`` candidates by cosine (dot product when
+    ``normalize=False``), best first."""
+    query_emb = _check_2d(query_emb, "rank_candidates query_emb")
+    cand_emb = _check_2d(cand_emb, "rank_candidates cand_emb")
+    if normalize:
+        query_emb, cand_emb = l2_normalize(query_emb), l2_normalize(cand_emb)
+    return knn(query_emb, cand_emb, k, normalize=False)[1]
+
+
+def mean_average_precision_at_k(query_emb: np.ndarray, cand_emb: np.ndarray, relevant: Sequence[Collection[int]],
+                                *, k: int = 20, normalize: bool = True) -> float:
+    """mAP@k (0-100) of retrieving, for query ``q``, the candidate rows ``relevant[q]`` from ``cand_emb``.
+
+    LAReQA's metric (XTREME ``utils_lareqa.mean_avg_prec_at_k`` with ``k=20``, over a pool of
+    candidates in every language); with one relevant candidate per query it is Mewsli-X's
+    ``map@20`` (MRR within the top 20, ``utils_mewslix.evaluate``).
+    """
+    if len(relevant) != len(query_emb):
+        raise XStiltsError(f"mean_average_precision_at_k: {len(relevant)} relevance sets for {len(query_emb)} queries")
+    ranked = rank_candidates(query_emb, cand_emb, k, normalize=normalize)
+    return 100.0 * float(np.mean([average_precision_at_k(set(rel), list(row), k) for rel, row in zip(relevant, ranked)]))
+
+
+def mean_reciprocal_rank(gold: Mapping[str, str], predictions: Mapping[str, Sequence[str]], k: int = 20) -> float:
+    """MRR@k (0-100) of ranked predictions ``{example id: [entity ids]}`` against one gold id per example.
+
+    As XTREME's ``utils_mewslix.evaluate`` (reported as ``map@20``): only the first ``k``
+    predictions count, and an example without predictions scores 0.
+    """
+    if not gold:
+        raise XStiltsError("mean_reciprocal_rank: no gold examples")
+    total = 0.0
+    for ex_id, entity in gold.items():
+        for rank, pred in enumerate(list(predictions.get(ex_id, []))[:k], start=1):
+            if pred == entity:
+                total += 1.0 / rank
+                break
+    return 100.0 * total / len(gold)
