@@ -81,3 +81,20 @@ def test_bucc_repeated_sentences_all_ids_or_dropped():
     assert set(bucc_candidates(*args, k=1, margin="absolute", duplicates="drop")) == {("s2", "t2")}
     with pytest.raises(UnknownNameError):
         bucc_candidates(*args, duplicates="first")
+
+
+def test_layers_are_numbered_as_xtreme_specific_layer():
+    # xtreme third_party/evaluate_retrieval.py extract_embeddings keeps
+    # all_layer_outputs[-num_layers:] (the embedding output dropped) and --specific_layer k
+    # indexes it: run_tatoeba.sh's 7 of 12 -> hidden_states[8]; 13 of 24 -> hidden_states[14],
+    # which is jiant's retrieval_layer 14 (xtreme_runconfig_writer.py; EmbeddingModel indexes
+    # hidden_states directly).
+    from xstilts.errors import XStiltsError
+    from xstilts.evaluate.retrieval_layers import default_retrieval_layer, hidden_states_index, resolve_layer
+
+    assert default_retrieval_layer(12) == 7 and hidden_states_index(7, 12) == 8
+    assert default_retrieval_layer(24) == 13 and hidden_states_index(13, 24) == 14
+    assert resolve_layer(-1, 12) == 11 and hidden_states_index(-1, 12) == 12
+    assert default_retrieval_layer(2) == 1
+    with pytest.raises(XStiltsError, match="0..11"):
+        resolve_layer(12, 12)

@@ -1,0 +1,57 @@
+"""XTREME-R: LAReQA / Mewsli-X scored by mAP@20, and the official task groups.
+
+Expected numbers are worked out by hand from google-research/xtreme
+(third_party/utils_lareqa.py, third_party/utils_mewslix.py, evaluate.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xstilts.evaluate.xtreme import BENCHMARK_GROUPS, task_metric, xtreme_scores
+from xstilts.metrics import average_precision_at_k, mean_average_precision_at_k, mean_reciprocal_rank
+
+
+def test_average_precision_at_k_as_lareqa():
+    # utils_lareqa.average_precision_at_k: hits at ranks 1 (item 5) and 3 (item 2); the second
+    # 5 at rank 4 is a repeat and does not count; divisor min(#relevant, k) = 2:
+    # (1/1 + 2/3) / 2 = 0.8333. With k=2 only rank 1 hits: (1/1) / min(2, 2) = 0.5.
+    assert average_precision_at_k({2, 5}, [5, 1, 2, 5, 3], k=20) == pytest.approx(5 / 6)
+    assert average_precision_at_k({2, 5}, [5, 1, 2, 5, 3], k=2) == pytest.approx(0.5)
+
+
+def test_map_at_20_from_embeddings():
+    # utils_lareqa.mean_avg_prec_at_k (dot products of L2-normalised encodings, as the
+    # retrieval models' normalised CLS outputs):
+    #   q0 = (1, 0): ranking c0 (.995), c1 (.874), c3 (.486), c2 (0); relevant {c1} -> AP 1/2
+    #   q1 = (0, 1): ranking c2 (1), c3 (.874), c1 (.486), c0 (.0995); relevant {c2, c3} -> (1 + 2/2) / 2 = 1
+    # mAP@20 = 75.0; mAP@1: q0 0, q1 1 / min(2, 1) = 1 -> 50.0
+    q = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    c = np.array([[1, 0.1], [0.9, 0.5], [0, 1], [0.5, 0.9]], dtype=np.float32)
+    assert mean_average_precision_at_k(q, c, [{1}, {2, 3}], k=20) == pytest.approx(75.0)
+    assert mean_average_precision_at_k(q, c, [{1}, {2, 3}], k=1) == pytest.approx(50.0)
+
+
+def test_mewsli_x_map20_is_mrr_at_20():
+    # utils_mewslix.evaluate / mean_reciprocal_rank: m1 gold at rank 2 -> 1/2, m2 rank 1 -> 1,
+    # m3 without predictions -> 0; mean 0.5 -> 50.0 ("map@20" in evaluate.py mewslix_map20).
+    gold = {"m1": "Q1", "m2": "Q2", "m3": "Q3"}
+    preds = {"m1": ["Q5", "Q1"], "m2": ["Q2"]}
+    assert mean_reciprocal_rank(gold, preds, k=20) == pytest.approx(50.0)
+    assert mean_reciprocal_rank(gold, preds, k=1) == pytest.approx(100 / 3)
+
+
+def test_xtreme_r_task_groups_follow_evaluate_py():
+    # evaluate.py XTREME_R_GROUP2TASK: retrieval = tatoeba + mewslix; multi_choice = xcopa;
+    # classification = xnli + xcopa. A task's metric falls back to map@20 (avg_metric).
+    groups = BENCHMARK_GROUPS["xtreme-r"]
+    assert groups["retrieval"] == ["tatoeba", "mewsli_x"]
+    assert groups["multiple_choice"] == ["xcopa"]
+    assert groups["classification"] == ["xnli", "xcopa"]
+    assert task_metric("mewsli_x", {"map@20": 41.5}) == 41.5
+    res = xtreme_scores({"tatoeba": {"accuracy": 80.0}, "mewsli-x": {"map@20": 40.0}, "xcopa": {"accuracy": 60.0}},
+                        "xtreme-r")
+    assert res["groups"]["retrieval"] == pytest.approx(60.0)
+    assert res["groups"]["multiple_choice"] == pytest.approx(60.0)
+    assert "classification" not in res["groups"]
