@@ -91,7 +91,8 @@ def test_include_deep_merges_with_relative_paths(tmp_path: Path) -> None:
                                   "output_dir": "../runs/x", "seeds": [0, 1]}, "base.yaml")
     spec = load_spec(write(tmp_path, {**GOOD, "include": "defaults/base.yaml", "seeds": [3],
                                       "hyperparameters": {"target": {"batch_size": 8}}}))
-    assert spec.hyperparameters.target == {"learning_rate": 1e-5, "batch_size": 8}
+    # hyperparameters are typed (TrainHyper); overrides() is what the files set
+    assert spec.hyperparameters.target.overrides() == {"learning_rate": 1e-5, "batch_size": 8}
     assert spec.seeds == [3]
     assert spec.output_dir.resolve() == (tmp_path / "runs" / "x").resolve()
 

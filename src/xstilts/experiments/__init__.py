@@ -13,8 +13,9 @@ Public API::
 from xstilts.experiments.executor import StageExecutor, StageOutcome, StageTask, TrainEvalExecutor
 from xstilts.experiments.plan import Label, Plan, Stage, plan_stages, stage_dir, stage_id
 from xstilts.experiments.runner import WorkerSummary, run_local, run_worker
-from xstilts.experiments.spec import BASELINE, Spec, load_spec, parse_spec
+from xstilts.experiments.spec import BASELINE, Spec
 from xstilts.experiments.store import ResultsStore, open_store
+from xstilts.experiments.validate import load_spec, parse_spec
 
 __all__ = [
     "BASELINE",

@@ -1,18 +1,26 @@
 """Spec -> plan: a DAG of content-hashed stages (intermediate training, target training, eval).
 
-Stage ids are ``sha256`` of the canonical JSON of the stage's kind, its own settings (those
-that change what it produces) and the ids of its upstream stages, cut to 16 hex digits. So
-an intermediate stage is trained once and shared by every target (and by every setup whose
-chain starts with it), the baseline is one target stage per target and seed, changing a
-hyperparameter re-runs only the stages it reaches, and a finished stage is found again by
-any later run or spec sharing the output directory.
+A stage's id is a hash (16 hex digits) of its kind, what decides its result and the ids of its
+upstream stages. For a training stage "what decides its result" is its validated
+:class:`~xstilts.train.config.TrainConfig`'s own :meth:`~xstilts.train.config.TrainConfig.hash`
+(the one definition of which settings change a stage's weights); for an eval stage, its
+``zero_shot_eval`` arguments except :data:`EVAL_OPERATIONAL_KEYS`. So an intermediate stage is
+trained once and shared by every target (and by every setup whose chain starts with it), the
+baseline is one target stage per target and seed, changing a hyperparameter re-runs only the
+stages it reaches, and a finished stage is found again by any later run or spec sharing the
+output directory.
+
+An eval stage evaluates with the featurisation its target stage was trained with
+(``max_length``, ``doc_stride``, ``max_query_length``) unless the spec's eval options set them.
 
 A stage's model input is written ``"stage:<id>"`` in its settings when it comes from an
 upstream stage; the runner resolves it to ``OUTPUT_DIR/stages/<id>/model``.
+:class:`StageRecord` says what a stage trains or evaluates, typed (for analysis).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,18 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xstilts.errors import ConfigError
-from xstilts.experiments.spec import Spec, StepSpec
+from xstilts.config_io import validate_model
+from xstilts.experiments.spec import FEATURIZE_KEYS, ModelSpec, Spec, StepSpec, TargetSpec, expand_setup
+from xstilts.tasks.catalog import TaskSpec, get_task
+from xstilts.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 StageKind = Literal["intermediate", "target", "eval"]
 KINDS: tuple[str, ...] = ("intermediate", "target", "eval")
+TRAIN_KINDS: tuple[str, ...] = ("intermediate", "target")
 STAGE_REF = "stage:"
-#: settings that do not change what a stage produces (kept in settings, not hashed)
-UNHASHED_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_max_examples",
-                           "eval_batch_size", "data_dir", "batch_size_eval", "eval_every", "group_by_length"})
-EVAL_UNHASHED = frozenset({"batch_size", "data_dir"})
+#: where a stage writes its model, inside its stage directory
+MODEL_SUBDIR = "model"
+#: eval-stage settings that do not change its scores (kept in settings, not hashed)
+EVAL_OPERATIONAL_KEYS = frozenset({"batch_size", "data_dir"})
+DEFAULT_EVAL_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,45 @@ class Label:
     setup: str
     target: str | None
     seed: int
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What a stage trains (intermediate/target) or evaluates (eval), typed.
+
+    ``tasks``: catalog task names in the stage's order (eval: the target task);
+    ``splits``: the split read for each task (same order); ``languages``: every language
+    trained on or evaluated, first-seen order; ``mlm``: an MLM auxiliary is trained too;
+    ``input_model``: the model the stage starts from or evaluates, a name or path for
+    :func:`~xstilts.models.load_encoder` or ``"stages/<id>/model"`` (relative to the output
+    dir) when an upstream stage made it; ``model_dir``: where a training stage writes its
+    model, ``"stages/<id>/model"`` relative to the output dir (None for eval stages).
+    """
+
+    tasks: tuple[str, ...]
+    splits: tuple[str, ...]
+    languages: tuple[str, ...]
+    mlm: bool
+    input_model: str
+    model_dir: str | None
+
+    @classmethod
+    def from_settings(cls, stage_id: str, kind: str, settings: dict[str, Any]) -> StageRecord:
+        """The record of a stage from its id, kind and settings (as the plan and store hold them)."""
+        model = str(settings.get("model", ""))
+        input_model = relative_model_dir(model[len(STAGE_REF):]) if model.startswith(STAGE_REF) else model
+        if kind == "eval":
+            return cls(tasks=(settings["task"],), splits=(settings["split"],),
+                       languages=tuple(settings.get("languages", ())), mlm=False, input_model=input_model,
+                       model_dir=None)
+        entries = settings.get("tasks", [])
+        languages = dict.fromkeys(lang for e in entries for lang in e.get("languages", ["en"]))
+        return cls(tasks=tuple(e["task"] for e in entries), splits=tuple(e.get("split", "train") for e in entries),
+                   languages=tuple(languages), mlm=bool(settings.get("mlm")), input_model=input_model,
+                   model_dir=relative_model_dir(stage_id))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -73,12 +124,18 @@ class Stage:
     def seed(self) -> int:
         return self.labels[0].seed
 
+    @property
+    def record(self) -> StageRecord:
+        """What this stage trains or evaluates (see :class:`StageRecord`)."""
+        return StageRecord.from_settings(self.id, self.kind, self.settings)
+
     def setups(self) -> list[str]:
         return sorted({lab.setup for lab in self.labels})
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "settings": self.settings, "depends_on": list(self.depends_on),
-                "labels": [vars(lab) for lab in self.labels], "description": self.description}
+                "labels": [vars(lab) for lab in self.labels], "description": self.description,
+                "record": self.record.to_json()}
 
 
 @dataclass
@@ -134,74 +191,45 @@ def stage_dir(output_dir: Path, stage_id: str) -> Path:
     return Path(output_dir) / "stages" / stage_id
 
 
-def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
-
-
-def stage_id(kind: str, settings: dict[str, Any], upstream: tuple[str, ...] | list[str]) -> str:
-    """Content hash of a stage: kind + hashed settings + upstream ids (16 hex digits)."""
-    unhashed = EVAL_UNHASHED if kind == "eval" else UNHASHED_KEYS
-    hashed = {k: v for k, v in settings.items() if k not in unhashed}
-    blob = canonical_json({"kind": kind, "settings": hashed, "upstream": sorted(upstream)})
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def relative_model_dir(stage_id: str) -> str:
+    """A stage's model directory relative to the output dir: ``stages/<id>/model``."""
+    return f"stages/{stage_id}/{MODEL_SUBDIR}"
 
 
 def stage_model_dir(output_dir: Path, ref: str) -> str:
     """Resolve a ``"stage:<id>"`` model reference to that stage's ``model/`` dir (else unchanged)."""
     if ref.startswith(STAGE_REF):
-        return str(stage_dir(output_dir, ref[len(STAGE_REF):]) / "model")
+        return str(stage_dir(output_dir, ref[len(STAGE_REF):]) / MODEL_SUBDIR)
     return ref
 
 
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def _digest(kind: str, identity: Any, upstream: tuple[str, ...] | list[str]) -> str:
+    blob = canonical_json({"kind": kind, "settings": identity, "upstream": sorted(upstream)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_stage_id(kind: str, config: TrainConfig, upstream: tuple[str, ...] | list[str]) -> str:
+    """Id of a training stage: its kind, its config's :meth:`~TrainConfig.hash`, its upstream ids."""
+    return _digest(kind, config.hash(), upstream)
+
+
+def eval_stage_id(settings: dict[str, Any], upstream: tuple[str, ...] | list[str]) -> str:
+    """Id of an eval stage: its ``zero_shot_eval`` arguments except the operational ones."""
+    return _digest("eval", {k: v for k, v in settings.items() if k not in EVAL_OPERATIONAL_KEYS}, upstream)
+
+
+def stage_id(kind: str, settings: dict[str, Any], upstream: tuple[str, ...] | list[str]) -> str:
+    """Content hash of a stage (16 hex digits) from its kind, settings and upstream ids."""
+    if kind in TRAIN_KINDS:
+        return train_stage_id(kind, validate_model(TrainConfig, settings), upstream)
+    return eval_stage_id(settings, upstream)
+
+
 # --------------------------------------------------------------------------- building
-
-
-def _merge(*dicts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for d in dicts:
-        out.update(d)
-    return out
-
-
-def _train_settings(spec: Spec, kind: str, model_ref: str, seed: int, tasks: list[dict[str, Any]],
-                    sampler: dict[str, Any] | None, mlm: dict[str, Any] | None, hp_tasks: list[str]) -> dict[str, Any]:
-    """A TrainConfig (validated) as a JSON dict: stage-kind hyperparameters + per-task overrides."""
-    from pydantic import ValidationError
-
-    from xstilts.train.config import TrainConfig
-
-    hp = spec.hyperparameters
-    per_task = [getattr(hp.tasks[t], kind) for t in hp_tasks if t in hp.tasks]
-    values = _merge(getattr(hp, kind), *per_task)
-    data: dict[str, Any] = {**values, "model": model_ref, "init_heads": False, "tasks": tasks, "seed": seed}
-    if sampler is not None:
-        data["sampler"] = sampler
-    if mlm is not None:
-        data["mlm"] = mlm
-    try:
-        config = TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"hyperparameters.{kind}" + (f" (or hyperparameters.tasks.<{'|'.join(hp_tasks)}>.{kind})" if per_task else "")
-        raise ConfigError(f"invalid {kind} stage setting '{loc}': {err['msg']}", key=where, file=spec.file) from None
-    dumped = config.model_dump(mode="json")
-    dumped.pop("data_dir", None)
-    return dumped
-
-
-def _step_tasks(spec: Spec, step: StepSpec) -> list[dict[str, Any]]:
-    out = []
-    for entry in step.tasks:
-        item: dict[str, Any] = {"task": entry.task, "languages": list(entry.languages), "split": entry.split}
-        cap = spec.max_examples.for_task("intermediate", entry.task)
-        if cap is not None:
-            item["max_examples"] = cap
-        if entry.extra_files:
-            item["extra_files"] = [{"path": p} for p in entry.extra_files]
-            item["extra_ratio"] = entry.extra_ratio
-        out.append(item)
-    return out
 
 
 def resolve_target_languages(task: Any, languages: str | list[str], split: str, data_dir: Path | None) -> list[str]:
@@ -222,13 +250,36 @@ def resolve_target_languages(task: Any, languages: str | list[str], split: str, 
     return list(task.languages)
 
 
+def _step_tasks(spec: Spec, step: StepSpec) -> list[dict[str, Any]]:
+    out = []
+    for entry in step.tasks:
+        item: dict[str, Any] = {"task": entry.task, "languages": list(entry.languages), "split": entry.split}
+        cap = spec.max_examples.for_task("intermediate", entry.task)
+        if cap is not None:
+            item["max_examples"] = cap
+        if entry.extra_files:
+            item["extra_files"] = [{"path": p} for p in entry.extra_files]
+            item["extra_ratio"] = entry.extra_ratio
+        out.append(item)
+    return out
+
+
+def _target_train_task(target: TargetSpec, task: TaskSpec) -> TaskSpec:
+    """The task whose English training data fine-tunes ``target`` (its own, or the catalog's /
+    the spec's ``train.task``)."""
+    return get_task((target.train.task if target.train and target.train.task else task.train_task) or task.name)
+
+
 class _Builder:
-    def __init__(self, spec: Spec):
+    """Adds the stages of one spec, sharing stages whose ids are equal."""
+
+    def __init__(self, spec: Spec, data_dir: Path | None):
         self.spec = spec
+        self.data_dir = data_dir
         self.stages: dict[str, Stage] = {}
 
-    def add(self, kind: str, settings: dict[str, Any], depends_on: tuple[str, ...], label: Label, description: str) -> str:
-        sid = stage_id(kind, settings, depends_on)
+    def _add(self, kind: str, sid: str, settings: dict[str, Any], depends_on: tuple[str, ...], label: Label,
+             description: str) -> str:
         stage = self.stages.get(sid)
         if stage is None:
             stage = Stage(id=sid, kind=kind, settings=settings, depends_on=depends_on, description=description)
@@ -237,79 +288,107 @@ class _Builder:
             stage.labels.append(label)
         return sid
 
+    def _train(self, kind: str, data: dict[str, Any], hp_tasks: list[str], where: str, depends_on: tuple[str, ...],
+               label: Label, description: str) -> tuple[str, TrainConfig]:
+        """Add a training stage: the spec's hyperparameters for ``hp_tasks`` under ``data``
+        (model, tasks, seed, ...), validated into a TrainConfig."""
+        values = {**self.spec.train_overrides(kind, hp_tasks), **data, "init_heads": False}
+        config = validate_model(TrainConfig, values, file=self.spec.file, prefix=where, brackets=True)
+        settings = config.model_dump(mode="json", exclude={"data_dir"})
+        sid = self._add(kind, train_stage_id(kind, config, depends_on), settings, depends_on, label, description)
+        return sid, config
+
+    def intermediate(self, model: ModelSpec, seed: int) -> dict[str, str | None]:
+        """The intermediate stages of every setup (one per chain prefix, so shared prefixes are
+        shared stages); returns each setup's final stage id (None for the baseline)."""
+        final: dict[str, str | None] = {}
+        for setup_name in self.spec.intermediate:
+            upstream: str | None = None
+            names: list[str] = []
+            for step in expand_setup(self.spec, setup_name):
+                tasks = _step_tasks(self.spec, step)
+                names.append("+".join(t["task"] for t in tasks) + ("+mlm" if step.mlm else ""))
+                data: dict[str, Any] = {"model": f"{STAGE_REF}{upstream}" if upstream else model.name_or_path,
+                                        "tasks": tasks, "seed": seed}
+                data.update({k: getattr(step, k).model_dump() for k in ("sampler", "mlm") if getattr(step, k)})
+                upstream, _ = self._train("intermediate", data, [t["task"] for t in tasks],
+                                          f"intermediate.{setup_name}", (upstream,) if upstream else (),
+                                          Label(model.name, setup_name, None, seed), " → ".join(names))
+            final[setup_name] = upstream
+        return final
+
+    def target(self, index: int, target: TargetSpec, model: ModelSpec, seed: int, finals: dict[str, str | None]) -> None:
+        """The target-training and eval stages of one target, for every setup."""
+        task = get_task(target.task)
+        split = target.split or task.eval_split
+        languages = resolve_target_languages(task, target.languages, split, self.data_dir)
+        for setup_name, inter in finals.items():
+            label = Label(model.name, setup_name, task.name, seed)
+            ref = f"{STAGE_REF}{inter}" if inter else model.name_or_path
+            deps: tuple[str, ...] = (inter,) if inter else ()
+            config = None
+            if task.format != "retrieval":
+                tid, config = self._target_training(index, target, task, ref, seed, deps, label)
+                ref, deps = f"{STAGE_REF}{tid}", (tid,)
+            settings = self._eval_settings(target, task, ref, languages, split, config)
+            self._add("eval", eval_stage_id(settings, deps), settings, deps, label,
+                      f"{task.name} × {len(languages)} languages")
+
+    def _target_training(self, index: int, target: TargetSpec, task: TaskSpec, ref: str, seed: int,
+                         deps: tuple[str, ...], label: Label) -> tuple[str, TrainConfig]:
+        train_task = _target_train_task(target, task)
+        item: dict[str, Any] = {
+            "task": train_task.name,
+            "languages": list(target.train.languages if target.train and target.train.languages
+                              else train_task.train_languages),
+            "split": target.train.split if target.train else "train",
+        }
+        cap = self.spec.max_examples.for_task("target", task.name)
+        if cap is None and train_task.name != task.name:
+            cap = self.spec.max_examples.for_task("target", train_task.name)
+        if cap is not None:
+            item["max_examples"] = cap
+        hp_tasks = [task.name] if train_task.name == task.name else [train_task.name, task.name]
+        return self._train("target", {"model": ref, "tasks": [item], "seed": seed}, hp_tasks, f"targets[{index}]",
+                           deps, label, f"{label.setup} → {task.name}")
+
+    def _eval_settings(self, target: TargetSpec, task: TaskSpec, ref: str, languages: list[str], split: str,
+                       config: TrainConfig | None) -> dict[str, Any]:
+        """The ``zero_shot_eval`` arguments of an eval stage. Featurisation comes from the target
+        stage's ``config`` unless the spec's eval options set it (retrieval: its settings)."""
+        options = self.spec.eval_options(target)
+        retrieval = options.get("retrieval")
+        settings: dict[str, Any] = {
+            "model": ref,
+            "task": task.name,
+            "languages": languages,
+            "split": split,
+            "max_examples": self.spec.max_examples.for_task("eval", task.name),
+            "seed": 0,  # the same subsample for every setup, so scores compare
+            "retrieval": dataclasses.asdict(retrieval) if retrieval is not None and config is None else None,
+            "batch_size": options.get("batch_size") or DEFAULT_EVAL_BATCH_SIZE,
+        }
+        if config is not None:
+            settings.update({k: options.get(k) or getattr(config, k) for k in FEATURIZE_KEYS})
+        precision = options.get("precision") or "fp32"
+        if precision != "fp32":  # fp32 stays out of the hash: ids of fp32 stages do not depend on it
+            settings["precision"] = precision
+        return settings
+
 
 def plan_stages(spec: Spec) -> Plan:
     """Expand ``spec`` into its DAG of stages (see module docstring). Pure: reads no model/data
     beyond checking which language files exist for ``languages: all``."""
-    from xstilts.experiments.validate import expand_setup
     from xstilts.paths import resolve_data_dir
-    from xstilts.tasks.catalog import get_task
 
     data_dir = resolve_data_dir(spec.data_dir)
-    b = _Builder(spec)
-    hp = spec.hyperparameters
+    builder = _Builder(spec, data_dir)
     for model in spec.models:
         for seed in spec.seeds:
-            # intermediate stages: one per chain prefix, so shared prefixes are shared stages
-            final_of_setup: dict[str, str | None] = {}
-            for setup_name in spec.intermediate:
-                upstream: str | None = None
-                names: list[str] = []
-                for step in expand_setup(spec, setup_name):
-                    tasks = _step_tasks(spec, step)
-                    names.append("+".join(t["task"] for t in tasks) + ("+mlm" if step.mlm else ""))
-                    ref = f"{STAGE_REF}{upstream}" if upstream else model.name_or_path
-                    settings = _train_settings(spec, "intermediate", ref, seed, tasks, step.sampler, step.mlm,
-                                               [t["task"] for t in tasks])
-                    upstream = b.add("intermediate", settings, (upstream,) if upstream else (),
-                                     Label(model.name, setup_name, None, seed), " → ".join(names))
-                final_of_setup[setup_name] = upstream
-            for target in spec.targets:
-                task = get_task(target.task)
-                split = target.split or task.eval_split
-                languages = resolve_target_languages(task, target.languages, split, data_dir)
-                eh = hp.tasks[task.name].eval if task.name in hp.tasks else {}
-                retrieval = eh.get("retrieval", hp.eval.retrieval)
-                batch_size = eh.get("batch_size", hp.eval.batch_size)
-                precision = eh.get("precision", hp.eval.precision)
-                for setup_name, inter in final_of_setup.items():
-                    label = Label(model.name, setup_name, task.name, seed)
-                    base_ref = f"{STAGE_REF}{inter}" if inter else model.name_or_path
-                    deps: tuple[str, ...] = (inter,) if inter else ()
-                    if task.format == "retrieval":
-                        eval_ref, eval_deps = base_ref, deps
-                    else:
-                        train_task = (target.train.task if target.train and target.train.task else task.train_task) or task.name
-                        tt = get_task(train_task)
-                        item: dict[str, Any] = {
-                            "task": tt.name,
-                            "languages": list(target.train.languages if target.train and target.train.languages
-                                              else tt.train_languages),
-                            "split": target.train.split if target.train else "train",
-                        }
-                        cap = spec.max_examples.for_task("target", task.name)
-                        if cap is None and tt.name != task.name:
-                            cap = spec.max_examples.for_task("target", tt.name)
-                        if cap is not None:
-                            item["max_examples"] = cap
-                        settings = _train_settings(spec, "target", base_ref, seed, [item], None, None,
-                                                   [task.name] if tt.name == task.name else [tt.name, task.name])
-                        tid = b.add("target", settings, deps, label, f"{setup_name} → {task.name}")
-                        eval_ref, eval_deps = f"{STAGE_REF}{tid}", (tid,)
-                    eval_settings: dict[str, Any] = {
-                        "model": eval_ref,
-                        "task": task.name,
-                        "languages": languages,
-                        "split": split,
-                        "max_examples": spec.max_examples.for_task("eval", task.name),
-                        "seed": 0,  # the same subsample for every setup, so scores compare
-                        "retrieval": retrieval if task.format == "retrieval" else None,
-                        "batch_size": batch_size,
-                    }
-                    if precision != "fp32":  # fp32 stays out of the hash: ids of existing fp32 stages are kept
-                        eval_settings["precision"] = precision
-                    b.add("eval", eval_settings, eval_deps, label, f"{task.name} × {len(languages)} languages")
-    ordered = _topological(b.stages)
+            finals = builder.intermediate(model, seed)
+            for index, target in enumerate(spec.targets):
+                builder.target(index, target, model, seed, finals)
+    ordered = _topological(builder.stages)
     logger.debug("planned %d stages", len(ordered))
     return Plan(stages=ordered, output_dir=Path(spec.output_dir), data_dir=data_dir, spec_file=spec.file,
                 spec_name=spec.name, setup_names=list(spec.intermediate),

@@ -1,5 +1,6 @@
 """The experiment spec: one YAML file declaring models, intermediate setups, targets, seeds
-and hyperparameters. Loaded with :func:`load_spec`, validated before anything runs.
+and hyperparameters, as typed models. Read with :func:`read_spec_file`; loaded *and* checked
+against the task catalog with :func:`xstilts.experiments.load_spec` (module ``validate``).
 
 Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
 
@@ -12,10 +13,11 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
       anli_cosmos: {chain: [anli, cosmosqa]}      # sequential; elements may name other setups
       anli_mlm: {task: anli, mlm: {files: [wiki.de.txt], probability: 0.2}}
       anli_de: {task: anli, extra_files: [anli.de.jsonl], extra_ratio: 0.5}
-    targets: [panx, {task: tatoeba, languages: all, split: test}]
+    targets: [panx, {task: tatoeba, languages: all, split: test},
+              {task: tydiqa, eval: {max_length: 256}}]     # eval: per-target eval options
     seeds: [0, 1]
     hyperparameters:
-      intermediate: {learning_rate: 1e-5, ...}   # any TrainConfig setting
+      intermediate: {learning_rate: 1e-5, ...}   # any TrainConfig setting the plan does not set
       target: {...}
       eval: {batch_size: 64, retrieval: {layer: 7, pooling: mean}}
       tasks: {squad_v2: {intermediate: {max_length: 384}}, tydiqa: {target: {num_epochs: 5}}}
@@ -23,30 +25,39 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
     data_dir: ../shared/data        # relative paths are relative to the spec file
     output_dir: runs/quickstart
 
-Errors are :class:`~xstilts.errors.ConfigError` naming the file, the dotted key and the
-allowed values; unknown tasks raise :class:`~xstilts.errors.UnknownNameError` wrapped into a
-ConfigError that lists the valid names.
+Hyperparameters are :class:`TrainHyper` (every :class:`~xstilts.train.config.TrainConfig`
+setting, optional, with TrainConfig's own types and bounds) and :class:`EvalOptions`, so a
+bad value is reported where it is written. An eval stage evaluates with the featurisation of
+the target stage it evaluates (``max_length``, ``doc_stride``, ``max_query_length``) unless
+``eval`` options set them: per target, per task (``hyperparameters.tasks.<t>.eval``) or for all.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from xstilts.config_io import Overrides, partial_model, read_yaml_mapping
 from xstilts.errors import ConfigError, XStiltsError
+from xstilts.evaluate import RetrievalSettings
+from xstilts.train.config import MLMConfig, SamplerConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 
 #: TrainConfig keys a spec sets itself (not allowed under hyperparameters.intermediate/target)
-_PLANNED_TRAIN_KEYS = frozenset({"model", "init_heads", "tasks", "sampler", "mlm", "seed", "data_dir"})
+PLANNED_TRAIN_KEYS = frozenset({"model", "init_heads", "tasks", "sampler", "mlm", "seed", "data_dir"})
+#: eval options that set how a target's examples are featurised (inherited from its training)
+FEATURIZE_KEYS = ("max_length", "doc_stride", "max_query_length")
+#: internal levels of the normalised spec, left out of the keys shown in errors
+HIDDEN_KEYS = frozenset({"step", "kind", "file"})
+
+PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class _Strict(BaseModel):
@@ -82,13 +93,19 @@ class TaskEntry(_Strict):
     def _from_string(cls, v: Any) -> Any:
         return {"task": v} if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _ratio_needs_files(self) -> TaskEntry:
+        if self.extra_files and self.extra_ratio <= 0:
+            raise ValueError("extra_files need extra_ratio > 0 (extra examples per catalog example)")
+        return self
+
 
 class StepSpec(_Strict):
     """One training step of a setup: one task or several (multi-task), with optional MLM."""
 
     tasks: list[TaskEntry] = Field(min_length=1)
-    sampler: dict[str, Any] | None = None
-    mlm: dict[str, Any] | None = None
+    sampler: SamplerConfig | None = None
+    mlm: MLMConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -103,11 +120,20 @@ class StepSpec(_Strict):
             v["tasks"] = [entry]
         return v
 
+    @model_validator(mode="after")
+    def _distinct_tasks(self) -> StepSpec:
+        names = [t.task for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task(s) listed twice in one step: {', '.join(dup)}")
+        return self
+
 
 class SetupSpec(_Strict):
     """An intermediate setup: none (baseline), one step, or a sequential ``chain`` of steps.
 
-    Chain elements are task names, step mappings, or names of other setups (expanded).
+    Chain elements are task names, step mappings, or names of other setups. After the spec
+    is checked against the catalog, a string element always names another setup.
     """
 
     kind: Literal["none", "step", "chain"]
@@ -142,13 +168,47 @@ class TargetTrain(_Strict):
     split: str = "train"
 
 
+class EvalOptions(_Strict):
+    """Zero-shot evaluation options; every one optional (unset: inherited, then the default).
+
+    ``max_length`` / ``doc_stride`` / ``max_query_length`` default to the values the target
+    was trained with; ``retrieval`` (retrieval targets) is evaluate's ``RetrievalSettings``.
+    """
+
+    batch_size: PositiveInt | None = None
+    precision: Literal["fp32", "bf16", "fp16"] | None = None  # bf16/fp16 autocast (fp16: CUDA only)
+    retrieval: RetrievalSettings | None = None
+    max_length: Annotated[int, Field(gt=8)] | None = None
+    doc_stride: PositiveInt | None = None
+    max_query_length: PositiveInt | None = None
+
+    @field_validator("retrieval")
+    @classmethod
+    def _valid_retrieval(cls, v: RetrievalSettings | None) -> RetrievalSettings | None:
+        if v is not None:
+            try:
+                v.validate()
+            except XStiltsError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    def given(self) -> dict[str, Any]:
+        """The options set explicitly."""
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+    def featurize(self) -> dict[str, int]:
+        """The featurisation options set explicitly."""
+        return {k: v for k, v in self.given().items() if k in FEATURIZE_KEYS and v is not None}
+
+
 class TargetSpec(_Strict):
-    """A target task, the languages evaluated zero-shot and the split."""
+    """A target task, the languages evaluated zero-shot, the split, and its eval options."""
 
     task: str
     languages: str | list[str] = "all"   # "all" | "xtreme" | "xtreme-r" | explicit list
     split: str | None = None
     train: TargetTrain | None = None
+    eval: EvalOptions = Field(default_factory=EvalOptions)
 
     @model_validator(mode="before")
     @classmethod
@@ -163,36 +223,45 @@ class TargetSpec(_Strict):
         return v
 
 
+class _TrainOverrides(Overrides):
+    """Some TrainConfig settings for one kind of training stage (see :data:`TrainHyper`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_planned(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            planned = sorted(set(v) & PLANNED_TRAIN_KEYS)
+            if planned:
+                raise ValueError(f"'{planned[0]}' is set by the plan (from the spec's models, setups, targets and "
+                                 "seeds), not a hyperparameter")
+        return v
+
+
+#: Optional TrainConfig settings (its types and bounds) for intermediate or target stages.
+TrainHyper = partial_model(TrainConfig, "TrainHyper", exclude=PLANNED_TRAIN_KEYS, base=_TrainOverrides)
+
+
 class TaskHyper(_Strict):
     """Per-task overrides of the stage-kind hyperparameters."""
 
-    intermediate: dict[str, Any] = Field(default_factory=dict)
-    target: dict[str, Any] = Field(default_factory=dict)
-    eval: dict[str, Any] = Field(default_factory=dict)
-
-
-class EvalHyper(_Strict):
-    """Zero-shot evaluation settings (``retrieval`` is passed to evaluate's RetrievalSettings)."""
-
-    batch_size: int = Field(default=64, gt=0)
-    retrieval: dict[str, Any] | None = None
-    # bf16/fp16 autocast for inference (fp16: CUDA only); part of an eval stage's id unless fp32
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    intermediate: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+    target: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+    eval: EvalOptions = Field(default_factory=EvalOptions)
 
 
 class Hyperparameters(_Strict):
-    intermediate: dict[str, Any] = Field(default_factory=dict)
-    target: dict[str, Any] = Field(default_factory=dict)
-    eval: EvalHyper = Field(default_factory=EvalHyper)
+    intermediate: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+    target: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+    eval: EvalOptions = Field(default_factory=EvalOptions)
     tasks: dict[str, TaskHyper] = Field(default_factory=dict)
 
 
 class MaxExamples(_Strict):
     """Subsampling per stage kind: an int for every task, or ``{default: N, task: M}``."""
 
-    intermediate: int | dict[str, int | None] | None = None
-    target: int | dict[str, int | None] | None = None
-    eval: int | dict[str, int | None] | None = None
+    intermediate: PositiveInt | dict[str, PositiveInt | None] | None = None
+    target: PositiveInt | dict[str, PositiveInt | None] | None = None
+    eval: PositiveInt | dict[str, PositiveInt | None] | None = None
 
     def for_task(self, kind: str, task: str) -> int | None:
         """The cap for ``task`` in stage kind ``kind`` (None: no cap)."""
@@ -203,7 +272,7 @@ class MaxExamples(_Strict):
 
 
 class Spec(_Strict):
-    """A validated experiment spec. ``file`` is where it was loaded from (for messages)."""
+    """A typed experiment spec. ``file`` is where it was loaded from (for messages)."""
 
     name: str | None = None
     description: str = ""
@@ -237,8 +306,78 @@ class Spec(_Strict):
     def setup_names(self) -> list[str]:
         return list(self.intermediate)
 
+    def train_overrides(self, kind: str, tasks: list[str]) -> dict[str, Any]:
+        """The hyperparameters of a ``kind`` stage training ``tasks``: the kind's settings, then
+        each task's own (``hyperparameters.tasks.<task>.<kind>``) on top."""
+        hp = self.hyperparameters
+        out = dict(getattr(hp, kind).overrides())
+        for task in tasks:
+            if task in hp.tasks:
+                out.update(getattr(hp.tasks[task], kind).overrides())
+        return out
 
-# --------------------------------------------------------------------------- loading
+    def eval_options(self, target: TargetSpec) -> dict[str, Any]:
+        """The eval options given for ``target``: ``hyperparameters.eval``, then the task's
+        ``hyperparameters.tasks.<task>.eval``, then the target's own ``eval`` on top."""
+        hp = self.hyperparameters
+        out = hp.eval.given()
+        if target.task in hp.tasks:
+            out.update(hp.tasks[target.task].eval.given())
+        out.update(target.eval.given())
+        return out
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def is_setup_ref(spec: Spec, setup_name: str, element: str | StepSpec) -> bool:
+    """Whether chain ``element`` of setup ``setup_name`` names another setup (else a task).
+    A setup's chain may name a task called like the setup itself (``anli: {chain: [anli, x]}``)."""
+    return isinstance(element, str) and element in spec.intermediate and element != setup_name
+
+
+def expand_setup(spec: Spec, name: str) -> list[StepSpec]:
+    """The steps of setup ``name`` in training order (chains expanded, setup references resolved).
+
+    String chain elements that are not setup references must already be steps (the catalog
+    check turns task names into steps). Raises ConfigError for a cycle (a chain that reaches
+    itself), a task trained twice, or a reference to the baseline.
+    """
+    steps = _walk(spec, name, ())
+    seen: dict[str, str] = {}
+    for step, key in steps:
+        for entry in step.tasks:
+            if entry.task in seen:
+                raise ConfigError(f"sequential chain has a cycle: task '{entry.task}' is trained twice "
+                                  f"(first at {seen[entry.task]})", key=key, file=spec.file)
+            seen[entry.task] = key
+    return [s for s, _ in steps]
+
+
+def _walk(spec: Spec, setup_name: str, stack: tuple[str, ...]) -> list[tuple[StepSpec, str]]:
+    setup = spec.intermediate[setup_name]
+    key = f"intermediate.{setup_name}"
+    if setup.kind == "step" and setup.step is not None:
+        return [(setup.step, key)]
+    out: list[tuple[StepSpec, str]] = []
+    for i, element in enumerate(setup.chain):
+        ekey = f"{key}.chain[{i}]"
+        if isinstance(element, StepSpec):
+            out.append((element, ekey))
+            continue
+        if not is_setup_ref(spec, setup_name, element):
+            out.append((StepSpec.model_validate(element), ekey))  # a task name not yet checked
+            continue
+        if element in stack:
+            raise ConfigError(f"sequential chain has a cycle: {' -> '.join((*stack, setup_name, element))}",
+                              key=ekey, file=spec.file)
+        if spec.intermediate[element].kind == "none":
+            raise ConfigError("a chain cannot contain the baseline (it has no training)", key=ekey, file=spec.file)
+        out.extend(_walk(spec, element, (*stack, setup_name)))
+    return out
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -250,22 +389,6 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError("spec file not found", file=path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=path) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", file=path)
-    return data
 
 
 def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -282,7 +405,7 @@ def _load_raw(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in stack:
         cycle = " -> ".join(str(p) for p in (*stack, path))
         raise ConfigError(f"include cycle: {cycle}", key="include", file=stack[-1])
-    data = _absolutise(_read_yaml(path), path.parent)
+    data = _absolutise(read_yaml_mapping(path, what="spec file"), path.parent)
     includes = data.pop("include", None)
     if includes is None:
         return data
@@ -300,82 +423,13 @@ def _load_raw(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _deep_merge(merged, data)
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
-    """The keys allowed at the mapping ``loc`` points into (None when not a model)."""
-    cls: Any = Spec
-    for part in loc:
-        if isinstance(part, int) or cls is None:
-            continue
-        if isinstance(cls, type) and issubclass(cls, BaseModel):
-            field = cls.model_fields.get(str(part))
-            if field is None:
-                continue  # dict key (setup/task name) or a union tag
-            cls = _model_in(field.annotation)
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return [k for k in cls.model_fields if k not in ("file", "kind", "step")]
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _spec_error(exc: ValidationError, file: Path | None) -> ConfigError:
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or p.startswith("function-"))))
-    # drop internal normalisation levels (setup 'step', step 'tasks' wrapper) from the shown key
-    key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[") or "<root>"
-    key = key.replace(".step.", ".").replace(".step", "")
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        msg = "unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
-    elif err["type"] == "missing":
-        msg = "required key is missing"
-    elif "input" in err and err["type"] not in ("value_error",):
-        msg += f" (got {err['input']!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (+{more} more problem{'s' if more > 1 else ''})"
-    return ConfigError(msg, key=key, file=file)
-
-
-def parse_spec(data: dict[str, Any], file: str | Path | None = None, *, validate: bool = True) -> Spec:
-    """Validate a raw mapping into a :class:`Spec` (and check it against the task catalog)."""
-    file = Path(file) if file is not None else None
-    data = dict(data)
-    data.pop("file", None)
-    try:
-        spec = Spec.model_validate({**data, "file": file})
-    except ValidationError as exc:
-        raise _spec_error(exc, file) from None
-    if validate:
-        from xstilts.experiments.validate import validate_spec
-
-        validate_spec(spec)
-    return spec
-
-
-def load_spec(path: str | Path, *, overrides: dict[str, Any] | None = None, validate: bool = True) -> Spec:
-    """Load a spec file (following ``include:``), deep-merge ``overrides`` on top, validate it.
-
-    Relative ``data_dir``/``output_dir`` are resolved against the file that sets them.
-    Raises :class:`ConfigError` naming the file, key and allowed values.
-    """
+def read_spec_file(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The raw mapping of a spec file: ``include:`` files deep-merged underneath it,
+    ``overrides`` on top, relative ``data_dir``/``output_dir`` resolved against the file that
+    sets them (``output_dir`` defaults to ``runs/<spec name>`` beside the spec)."""
     path = Path(path).expanduser()
     data = _load_raw(path)
     if overrides:
         data = _deep_merge(data, overrides)
     data.setdefault("output_dir", str(path.resolve().parent / "runs" / path.stem))
-    try:
-        return parse_spec(data, path, validate=validate)
-    except ConfigError:
-        raise
-    except XStiltsError as exc:  # e.g. UnknownNameError raised deep in the catalog
-        raise ConfigError(str(exc), file=path) from None
+    return data

@@ -12,13 +12,23 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from xstilts.config_io import read_yaml_mapping, validate_model
 from xstilts.errors import ConfigError
 
-#: config keys that do not change the weights a stage produces (not part of the config hash)
-OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_max_examples",
-                              "eval_batch_size"})
+#: Settings that never change what a stage produces: how often it logs and checkpoints, where
+#: it reports, where its data lives, the dev-evaluation batch size. Everything else is part of
+#: a stage's identity (:meth:`TrainConfig.identity`): the learning schedule, the data and its
+#: order (``group_by_length`` reorders batches, so it changes the weights), precision, ...
+OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_batch_size",
+                              "data_dir"})
+#: Settings of the dev evaluation during training. They change the result only through the
+#: choice of the final model: part of the identity when ``final_model`` is "best" (how often and
+#: on how many dev examples the candidates are scored decides which checkpoint wins), not when
+#: it is "last" (dev evaluation runs without gradients or dropout and draws no random numbers,
+#: so the trained weights are the same).
+SELECTION_KEYS = frozenset({"eval_every", "eval_max_examples"})
 
 
 class _Strict(BaseModel):
@@ -49,8 +59,17 @@ class TaskMixture(_Strict):
     max_examples: int | None = Field(default=None, gt=0)
     extra_files: list[ExtraFile] = Field(default_factory=list)
     extra_ratio: float = Field(default=0.0, ge=0.0)
-    head: Literal["classification", "multiple_choice", "extractive_qa", "tagging"] | None = None
+    head: str | None = None  # a head kind of xstilts.models.head_kinds()
     dev_split: str | None = None  # None: the task's "dev" split when it has one, else its eval_split
+
+    @field_validator("head")
+    @classmethod
+    def _known_head_kind(cls, v: str | None) -> str | None:
+        from xstilts.models import head_kinds
+
+        if v is not None and v not in head_kinds():
+            raise ValueError(f"unknown head kind '{v}'; valid: {', '.join(head_kinds())}")
+        return v
 
     @field_validator("extra_files", mode="before")
     @classmethod
@@ -155,55 +174,29 @@ class TrainConfig(_Strict):
             raise ValueError("max_grad_norm must be > 0 (or null for no clipping)")
         return self
 
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what this stage produces, as JSON: everything except
+        :data:`OPERATIONAL_KEYS` (and :data:`SELECTION_KEYS` when ``final_model`` is "last").
+        This is the one definition of a training stage's identity: :meth:`hash`, the resume
+        check and the experiment planner's stage ids all derive from it."""
+        exclude = set(OPERATIONAL_KEYS) | (set(SELECTION_KEYS) if self.final_model == "last" else set())
+        return self.model_dump(mode="json", exclude=exclude)
+
     def hash(self) -> str:
-        """Content hash of everything that changes the trained weights (operational keys excluded)."""
-        data = self.model_dump(mode="json", exclude=set(OPERATIONAL_KEYS))
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        """Content hash (16 hex digits) of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) if loc else "<root>"
-
-
-def config_error_from_validation(exc: ValidationError, file: str | Path | None = None) -> ConfigError:
-    """Turn a pydantic error into one :class:`ConfigError` naming the first bad key (all keys listed)."""
-    errs = exc.errors()
-    parts = []
-    for e in errs:
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (not a TrainConfig setting)"
-        parts.append(f"{_dotted(loc)}: {msg}")
-    first_key = _dotted(tuple(errs[0]["loc"])) if errs else None
-    return ConfigError("; ".join(parts), key=first_key, file=file)
 
 
 def make_train_config(data: dict[str, Any], file: str | Path | None = None) -> TrainConfig:
     """Validate a dict into a :class:`TrainConfig`; raise :class:`ConfigError` naming the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}", file=file)
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise config_error_from_validation(exc, file) from None
+    return validate_model(TrainConfig, data, file=file)
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Load a stage config from YAML (with optional top-level ``overrides``); errors name the key."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config file not found", file=path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise ConfigError(f"not valid YAML{where}: {exc}", file=path) from None
-    if not isinstance(data, dict):
-        raise ConfigError("expected a mapping of settings at the top level", file=path)
+    data = read_yaml_mapping(path, what="config file")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return make_train_config(data, file=path)
