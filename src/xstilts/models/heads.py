@@ -1,9 +1,16 @@
-"""One head per format on a shared encoder, and the multi-task model that carries them.
+"""Heads (a registry keyed by head kind) on a shared encoder, and the multi-task model that carries them.
+
+Each head kind is one :class:`Head` subclass carrying its forward and its loss, registered
+with :func:`register_head` (as jiant's head factory, but per format's ``head_kind``, not per
+task). A format names the kind it needs (``Format.head_kind``); :class:`MultiTaskModel`
+builds and dispatches through the registry and never branches on the kind itself.
 
 :class:`MultiTaskModel` is a plain ``nn.Module``: it knows nothing of devices, precision or
 distribution (``accelerate`` owns those). ``forward(task, **batch)`` takes a batch as
 ``Format.collate`` produces it (plus the labels) and routes it through the encoder and the
-named task's head. A model directory written by :meth:`MultiTaskModel.save` holds::
+named task's head. A head with a label set stores its label names (``HeadSpec.labels``);
+:meth:`MultiTaskModel.head_for` picks the head for a task and maps its outputs by name. A
+model directory written by :meth:`MultiTaskModel.save` holds::
 
     DIR/encoder/             save_pretrained of encoder + tokenizer (AutoModel-loadable)
     DIR/heads.safetensors    head weights, keys "<task>.<param>"
@@ -18,15 +25,16 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xstilts.errors import CheckpointError, ConfigError, ModelLoadError, UnknownNameError
+from xstilts.errors import CheckpointError, ConfigError, ModelLoadError, UnknownNameError, XStiltsError
 from xstilts.models.loading import (
     ENCODER_SUBDIR,
     XSTILTS_MODEL_FILE,
@@ -38,7 +46,6 @@ from xstilts.models.loading import (
 
 log = logging.getLogger(__name__)
 
-HEAD_KINDS = ("classification", "multiple_choice", "extractive_qa", "tagging")
 POOLINGS = ("cls", "mean")
 HEADS_FILE = "heads.safetensors"
 IGNORE_INDEX = -100
@@ -46,29 +53,110 @@ _ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_id
 _LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
+# ---------------------------------------------------------------------- the head registry
+class Head(nn.Module):
+    """A task head: its forward (encoder hidden states -> outputs) and its loss.
+
+    Subclasses set ``kind`` (the registry key, a format's ``head_kind``) and register with
+    :func:`register_head`. ``has_labels``: the head predicts one of a label set (its
+    :class:`HeadSpec` then carries ``num_labels`` and the label names). The module's
+    parameters are saved as ``<head name>.<param>`` in ``heads.safetensors``.
+    """
+
+    kind: ClassVar[str]
+    has_labels: ClassVar[bool] = False
+
+    def __init__(self, spec: HeadSpec, hidden: int, dropout: float):
+        super().__init__()
+
+    def encoder_inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The encoder's inputs for a batch (multiple choice flattens its choices)."""
+        return inputs
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Outputs from the encoder's last hidden state ``hidden`` [N, L, H]."""
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, Tensor], batch: Mapping[str, Any]) -> Tensor | None:
+        """The training loss when ``batch`` holds the gold labels, else None."""
+        return None
+
+
+_HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(cls: type[Head] | None = None, *, replace: bool = False) -> Any:
+    """Register a :class:`Head` subclass under its ``kind`` (usable as a class decorator)."""
+
+    def add(head_cls: type[Head]) -> type[Head]:
+        kind = getattr(head_cls, "kind", None)
+        if not (isinstance(head_cls, type) and issubclass(head_cls, Head)) or not isinstance(kind, str) or not kind:
+            raise ConfigError(f"{head_cls!r} must be a subclass of xstilts.models.heads.Head with a 'kind'", key="head")
+        if kind in _HEADS and _HEADS[kind] is not head_cls and not replace:
+            raise ConfigError(f"a head of kind '{kind}' is already registered ({_HEADS[kind].__name__})", key="head")
+        _HEADS[kind] = head_cls
+        return head_cls
+
+    return add(cls) if cls is not None else add
+
+
+def unregister_head(kind: str) -> None:
+    """Remove a registered head kind (tests that register their own clean up with this)."""
+    head_class(kind)
+    del _HEADS[kind]
+
+
+def head_class(kind: str) -> type[Head]:
+    """The head class of ``kind``; UnknownNameError listing the registered kinds otherwise."""
+    if kind not in _HEADS:
+        raise UnknownNameError("head kind", kind, list(_HEADS))
+    return _HEADS[kind]
+
+
+def head_kinds() -> tuple[str, ...]:
+    """Every registered head kind, in registration order."""
+    return tuple(_HEADS)
+
+
 @dataclass
 class HeadSpec:
-    """What head a task needs: its ``kind`` (the format's head kind), label count and pooling.
+    """What head a task needs: its ``kind`` (a registered head kind), labels and pooling.
 
-    ``num_labels``: classes (classification, tagging); ignored by multiple choice and QA.
-    ``pooling``: "cls" (first token) or "mean" (attention-mask mean), for classification and
-    multiple choice.
+    ``num_labels``: classes of a head with a label set (classification, tagging); ignored by
+    the others. ``labels``: the label names in the order of the head's outputs (None: unknown,
+    as in model directories saved before labels were stored); given, it fixes ``num_labels``
+    (a different count is a ConfigError). ``pooling``: "cls" (first token) or "mean"
+    (attention-mask mean), for classification and multiple choice.
     """
 
     task: str
     kind: str
     num_labels: int = 2
     pooling: str = "cls"
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise UnknownNameError("head kind", self.kind, HEAD_KINDS)
-        if self.pooling not in POOLINGS:
-            raise UnknownNameError("pooling", self.pooling, POOLINGS)
-        if self.kind in ("classification", "tagging") and self.num_labels < 1:
-            raise ConfigError(f"a {self.kind} head needs num_labels >= 1, got {self.num_labels}", key=f"{self.task}.num_labels")
         if "." in self.task or not self.task:
             raise ConfigError(f"head name '{self.task}' must be non-empty and contain no '.'", key="task")
+        cls = head_class(self.kind)
+        if self.pooling not in POOLINGS:
+            raise UnknownNameError("pooling", self.pooling, POOLINGS)
+        if not cls.has_labels:
+            self.labels = None
+            return
+        if self.labels is not None:
+            self.labels = [str(x) for x in self.labels]
+            if len(set(self.labels)) != len(self.labels) or len(self.labels) != self.num_labels:
+                raise ConfigError(f"head '{self.task}': labels {self.labels} must be {self.num_labels} distinct "
+                                  "names (num_labels)", key=f"{self.task}.labels")
+        if self.num_labels < 1:
+            raise ConfigError(f"a {self.kind} head needs num_labels >= 1, got {self.num_labels}", key=f"{self.task}.num_labels")
+
+    @classmethod
+    def for_labels(cls, task: str, kind: str, labels: Sequence[str] | None, pooling: str = "cls") -> HeadSpec:
+        """A spec whose ``num_labels`` is the size of ``labels`` (2 when the task has no label set)."""
+        return cls(task=task, kind=kind, num_labels=len(labels) if labels else 2, pooling=pooling,
+                   labels=list(labels) if labels else None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (as stored in ``xstilts_model.json``)."""
@@ -76,14 +164,17 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        """Inverse of :meth:`to_dict`; ConfigError naming the missing/unknown key."""
-        known = {"task", "kind", "num_labels", "pooling"}
+        """Inverse of :meth:`to_dict`; ConfigError naming the missing/unknown key. ``labels``
+        is optional (directories saved before it existed)."""
+        known = {"task", "kind", "num_labels", "pooling", "labels"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown head spec key(s) {sorted(unknown)}; valid: {sorted(known)}", key="heads")
         missing = {"task", "kind"} - set(data)
         if missing:
             raise ConfigError(f"head spec lacks {sorted(missing)}", key="heads")
+        if data.get("labels") is not None and not isinstance(data["labels"], list):
+            raise ConfigError(f"head '{data['task']}': labels should be a list of names", key="heads.labels")
         return cls(**data)
 
 
@@ -99,31 +190,119 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, pooling: str) -> Tensor:
     raise UnknownNameError("pooling", pooling, POOLINGS)
 
 
-class PooledHead(nn.Module):
-    """RoBERTa-style sequence head: dropout -> dense -> tanh -> dropout -> projection."""
+def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.long().reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
-    def __init__(self, hidden: int, num_outputs: int, dropout: float):
-        super().__init__()
+
+@register_head
+class ClassificationHead(Head):
+    """RoBERTa-style sequence head on the pooled state: dropout -> dense -> tanh -> dropout ->
+    projection to ``num_labels`` (one output: regression with an MSE loss)."""
+
+    kind: ClassVar[str] = "classification"
+    has_labels: ClassVar[bool] = True
+
+    def __init__(self, spec: HeadSpec, hidden: int, dropout: float, num_outputs: int | None = None):
+        super().__init__(spec, hidden, dropout)
+        self.pooling = spec.pooling
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(hidden, hidden)
-        self.out_proj = nn.Linear(hidden, num_outputs)
+        self.out_proj = nn.Linear(hidden, spec.num_labels if num_outputs is None else num_outputs)
 
-    def forward(self, pooled: Tensor) -> Tensor:
-        x = self.dropout(pooled)
+    def scores(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """[N, L, H] -> [N, outputs]."""
+        x = self.dropout(pool(hidden, attention_mask, self.pooling))
         x = torch.tanh(self.dense(x))
         return self.out_proj(self.dropout(x))
 
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"logits": self.scores(hidden, attention_mask)}
 
-class TokenHead(nn.Module):
-    """Per-token head: dropout -> linear (tagging: K classes; QA: start/end)."""
+    def loss(self, outputs: dict[str, Tensor], batch: Mapping[str, Any]) -> Tensor | None:
+        labels = batch.get("labels")
+        if labels is None:
+            return None
+        logits = outputs["logits"]
+        if logits.shape[-1] == 1:  # regression
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return _cross_entropy(logits, labels)
 
-    def __init__(self, hidden: int, num_outputs: int, dropout: float):
-        super().__init__()
+
+@register_head
+class MultipleChoiceHead(ClassificationHead):
+    """One score per choice from the pooled state of each (context, choice) pair: batches of
+    ``[B, C, L]`` run through the encoder as ``[B*C, L]``; logits ``[B, C]``."""
+
+    kind: ClassVar[str] = "multiple_choice"
+    has_labels: ClassVar[bool] = False
+
+    def __init__(self, spec: HeadSpec, hidden: int, dropout: float):
+        super().__init__(spec, hidden, dropout, num_outputs=1)
+
+    def encoder_inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if inputs["input_ids"].dim() != 3:
+            raise ConfigError(f"multiple choice batches need input_ids of shape [B, C, L], got "
+                              f"{tuple(inputs['input_ids'].shape)}", key="input_ids")
+        return {k: v.reshape(-1, v.shape[-1]) for k, v in inputs.items()}
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"logits": self.scores(hidden, attention_mask).view(-1, batch["input_ids"].shape[1])}
+
+    def loss(self, outputs: dict[str, Tensor], batch: Mapping[str, Any]) -> Tensor | None:
+        labels = batch.get("labels")
+        return None if labels is None else _cross_entropy(outputs["logits"], labels)
+
+
+@register_head
+class TaggingHead(Head):
+    """Per-token head: dropout -> linear to ``num_labels``; logits ``[B, L, K]``."""
+
+    kind: ClassVar[str] = "tagging"
+    has_labels: ClassVar[bool] = True
+
+    def __init__(self, spec: HeadSpec, hidden: int, dropout: float):
+        super().__init__(spec, hidden, dropout)
         self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(hidden, num_outputs)
+        self.out_proj = nn.Linear(hidden, spec.num_labels)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        return self.out_proj(self.dropout(hidden))
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"logits": self.out_proj(self.dropout(hidden))}
+
+    def loss(self, outputs: dict[str, Tensor], batch: Mapping[str, Any]) -> Tensor | None:
+        labels = batch.get("labels")
+        return None if labels is None else _cross_entropy(outputs["logits"], labels)
+
+
+@register_head
+class ExtractiveQAHead(Head):
+    """Start and end logits per token (a linear layer, no dropout, as HF's QA heads).
+
+    Unanswerable questions point at position 0 (CLS), as in SQuAD v2 fine-tuning; positions
+    beyond the window are ignored by the loss.
+    """
+
+    kind: ClassVar[str] = "extractive_qa"
+
+    def __init__(self, spec: HeadSpec, hidden: int, dropout: float):
+        super().__init__(spec, hidden, dropout)
+        self.dropout = nn.Dropout(0.0)
+        self.out_proj = nn.Linear(hidden, 2)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        start_logits, end_logits = self.out_proj(self.dropout(hidden)).split(1, dim=-1)
+        return {"start_logits": start_logits.squeeze(-1).contiguous(), "end_logits": end_logits.squeeze(-1).contiguous()}
+
+    def loss(self, outputs: dict[str, Tensor], batch: Mapping[str, Any]) -> Tensor | None:
+        starts, ends = batch.get("start_positions"), batch.get("end_positions")
+        if starts is None or ends is None:
+            return None
+        length = outputs["start_logits"].shape[1]
+        starts = starts.long().view(-1).clamp(0, length)
+        ends = ends.long().view(-1).clamp(0, length)
+        loss_s = F.cross_entropy(outputs["start_logits"].float(), starts, ignore_index=length)
+        loss_e = F.cross_entropy(outputs["end_logits"].float(), ends, ignore_index=length)
+        return (loss_s + loss_e) / 2
 
 
 def _dropout_of(config: Any) -> float:
@@ -134,17 +313,22 @@ def _dropout_of(config: Any) -> float:
     return 0.1
 
 
-def build_head(spec: HeadSpec, hidden: int, dropout: float) -> nn.Module:
-    """The module for ``spec`` on an encoder of width ``hidden``."""
-    if spec.kind == "classification":
-        return PooledHead(hidden, spec.num_labels, dropout)
-    if spec.kind == "multiple_choice":
-        return PooledHead(hidden, 1, dropout)  # one score per choice
-    if spec.kind == "extractive_qa":
-        return TokenHead(hidden, 2, 0.0)  # start, end (as HF's QA heads: no dropout)
-    if spec.kind == "tagging":
-        return TokenHead(hidden, spec.num_labels, dropout)
-    raise UnknownNameError("head kind", spec.kind, HEAD_KINDS)
+def build_head(spec: HeadSpec, hidden: int, dropout: float) -> Head:
+    """The module for ``spec`` on an encoder of width ``hidden`` (from the head registry)."""
+    return head_class(spec.kind)(spec, hidden, dropout)
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The head that serves a task (:meth:`MultiTaskModel.head_for`).
+
+    ``labels``: the head's label names in the order of its outputs (decode with these, so
+    predictions map to label names, whatever the order of the task's label list); None for
+    heads without a label set.
+    """
+
+    name: str
+    labels: list[str] | None
 
 
 class MultiTaskModel(nn.Module):
@@ -194,6 +378,87 @@ class MultiTaskModel(nn.Module):
         del self.heads[task]
         del self.head_specs[task]
 
+    def ensure_head(self, spec: HeadSpec) -> HeadSpec:
+        """Add a head for ``spec``, or check that the model's head of that name fits it.
+
+        A head carried over from an earlier stage must have the same kind, label count and
+        label names in the same order (its outputs are trained against the task's label
+        indices); a head saved without label names takes ``spec``'s. ConfigError naming the
+        head, both label lists and the task otherwise.
+        """
+        have = self.head_specs.get(spec.task)
+        if have is None:
+            self.add_head(spec)
+            return spec
+        if have.kind != spec.kind or (head_class(spec.kind).has_labels and have.num_labels != spec.num_labels):
+            raise ConfigError(f"the model's head '{spec.task}' is a {have.kind} head with {have.num_labels} labels; "
+                              f"task '{spec.task}' needs a {spec.kind} head with {spec.num_labels}", key="tasks")
+        if have.labels is None:
+            have.labels = spec.labels
+        elif spec.labels is not None and have.labels != spec.labels:
+            raise ConfigError(f"the model's head '{spec.task}' was trained with labels {have.labels}, but task "
+                              f"'{spec.task}' lists {spec.labels}: put the task's label_list in the head's order, "
+                              "or train a fresh head (init_heads: false)", key="tasks")
+        return have
+
+    def head_for(self, task: str, kind: str, labels: Sequence[str] | None = None, *, also: Sequence[str] = (),
+                 head: str | None = None, known_labels: Callable[[str], Sequence[str] | None] | None = None
+                 ) -> HeadChoice:
+        """The head that evaluates ``task`` (of head kind ``kind``, with label names ``labels``).
+
+        The head is ``head`` when given, else the one named ``task``, else the first of
+        ``also`` (the task's training task, e.g. xnli -> mnli) the model has. A head of any
+        other task is never used silently: XStiltsError listing the model's heads and how to
+        choose one (``head=``). The head must be of kind ``kind``, and a head with a label set
+        must have the task's labels as a set: predictions are then mapped by name
+        (:attr:`HeadChoice.labels`), whatever the order of either list. A head saved without
+        label names takes ``known_labels(head name)`` (its task's label list, when known),
+        else the task's labels by position when the counts agree.
+        """
+        name = self._choose_head(task, head, also)
+        spec = self.head_specs[name]
+        if spec.kind != kind:
+            raise XStiltsError(f"the model's head '{name}' is a {spec.kind} head, but task '{task}' needs a {kind} "
+                               f"head; {self._how_to_choose(task)}")
+        if not head_class(kind).has_labels or labels is None:
+            return HeadChoice(name, spec.labels)
+        head_labels = spec.labels if spec.labels is not None else (known_labels(name) if known_labels else None)
+        if head_labels is None or len(head_labels) != spec.num_labels:
+            return HeadChoice(name, self._labels_by_position(name, spec, task, labels))
+        if set(head_labels) != set(labels):
+            raise XStiltsError(f"the model's head '{name}' predicts labels {list(head_labels)}, but task '{task}' has "
+                               f"labels {list(labels)}: they differ, so its predictions cannot be scored against this "
+                               f"task; {self._how_to_choose(task)}")
+        return HeadChoice(name, list(head_labels))
+
+    def _choose_head(self, task: str, head: str | None, also: Sequence[str]) -> str:
+        if head is not None:
+            if head not in self.head_specs:
+                raise XStiltsError(f"the model has no head '{head}' (heads: {self._describe_heads()})")
+            return head
+        for name in (task, *also):
+            if name and name in self.head_specs:
+                return name
+        names = "', '".join(n for n in (task, *also) if n)
+        raise XStiltsError(f"the model has no head for task '{task}' (looked for '{names}'; heads: "
+                           f"{self._describe_heads()}); {self._how_to_choose(task)}")
+
+    def _labels_by_position(self, name: str, spec: HeadSpec, task: str, labels: Sequence[str]) -> list[str]:
+        if spec.num_labels != len(labels):
+            raise XStiltsError(f"the model's head '{name}' has {spec.num_labels} labels but task '{task}' has "
+                               f"{len(labels)} ({list(labels)}); {self._how_to_choose(task)}")
+        log.warning("head '%s' was saved without label names: its outputs are taken as task '%s''s labels %s in "
+                    "that order", name, task, list(labels))
+        return list(labels)
+
+    def _describe_heads(self) -> str:
+        return ", ".join(f"{n} ({s.kind}" + (f", labels {s.labels}" if s.labels else "") + ")"
+                         for n, s in self.head_specs.items()) or "none"
+
+    def _how_to_choose(self, task: str) -> str:
+        return (f"choose the head to use with head=NAME (one of: {self._describe_heads()}), "
+                f"or fine-tune the model on '{task}' first")
+
     def _spec(self, task: str) -> HeadSpec:
         if task not in self.head_specs:
             raise UnknownNameError("head", task, list(self.head_specs))
@@ -210,55 +475,22 @@ class MultiTaskModel(nn.Module):
     def forward(self, task: str, **batch: Any) -> dict[str, Tensor]:
         """Run the encoder and ``task``'s head on a collated batch.
 
-        Returns ``{"logits"}`` (classification [B, K], multiple choice [B, C], tagging
-        [B, L, K]) or ``{"start_logits", "end_logits"}`` ([B, L]); with ``"loss"`` when the
-        batch holds ``labels`` (or ``start_positions``/``end_positions``).
+        Returns the head's outputs: ``{"logits"}`` (classification [B, K], multiple choice
+        [B, C], tagging [B, L, K]) or ``{"start_logits", "end_logits"}`` ([B, L]); with
+        ``"loss"`` when the batch holds the gold labels (``labels`` or
+        ``start_positions``/``end_positions``).
         """
-        spec = self._spec(task)
+        self._spec(task)
         head = self.heads[task]
         inputs = self._encoder_kwargs(batch)
         if "input_ids" not in inputs:
             raise ConfigError("batch has no 'input_ids'", key="batch")
-        num_choices = None
-        if spec.kind == "multiple_choice":
-            if inputs["input_ids"].dim() != 3:
-                raise ConfigError(f"multiple choice batches need input_ids of shape [B, C, L], got {tuple(inputs['input_ids'].shape)}", key="input_ids")
-            num_choices = inputs["input_ids"].shape[1]
-            inputs = {k: v.reshape(-1, v.shape[-1]) for k, v in inputs.items()}
+        inputs = head.encoder_inputs(inputs)
         hidden = self.encoder(**inputs).last_hidden_state
-        mask = inputs.get("attention_mask")
-        out: dict[str, Tensor] = {}
-
-        if spec.kind in ("classification", "multiple_choice"):
-            logits = head(pool(hidden, mask, spec.pooling))
-            if num_choices is not None:
-                logits = logits.view(-1, num_choices)
-            out["logits"] = logits
-            labels = batch.get("labels")
-            if labels is not None:
-                if spec.kind == "classification" and spec.num_labels == 1:  # regression
-                    out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-                else:
-                    out["loss"] = F.cross_entropy(logits.float(), labels.long().view(-1), ignore_index=IGNORE_INDEX)
-        elif spec.kind == "tagging":
-            logits = head(hidden)
-            out["logits"] = logits
-            labels = batch.get("labels")
-            if labels is not None:
-                out["loss"] = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.long().reshape(-1),
-                                              ignore_index=IGNORE_INDEX)
-        else:  # extractive_qa; unanswerable questions point at position 0 (CLS), as in SQuAD v2 fine-tuning
-            start_logits, end_logits = head(hidden).split(1, dim=-1)
-            out["start_logits"] = start_logits.squeeze(-1).contiguous()
-            out["end_logits"] = end_logits.squeeze(-1).contiguous()
-            starts, ends = batch.get("start_positions"), batch.get("end_positions")
-            if starts is not None and ends is not None:
-                length = hidden.shape[1]  # positions beyond the window are ignored
-                starts = starts.long().view(-1).clamp(0, length)
-                ends = ends.long().view(-1).clamp(0, length)
-                loss_s = F.cross_entropy(out["start_logits"].float(), starts, ignore_index=length)
-                loss_e = F.cross_entropy(out["end_logits"].float(), ends, ignore_index=length)
-                out["loss"] = (loss_s + loss_e) / 2
+        out = head(hidden, inputs.get("attention_mask"), batch)
+        loss = head.loss(out, batch)
+        if loss is not None:
+            out["loss"] = loss
         return out
 
     def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, layer: int | None = None,
@@ -328,50 +560,33 @@ class MultiTaskModel(nn.Module):
         naming the available heads when one is missing).
         """
         directory = Path(directory)
-        if not directory.is_dir():
-            raise CheckpointError(f"{directory} is not a directory (expected a model directory with {XSTILTS_MODEL_FILE} or config.json)")
-        is_xstilts = (directory / XSTILTS_MODEL_FILE).is_file()
-        if not is_xstilts and not (directory / "config.json").is_file():
-            raise CheckpointError(f"{directory} is not a model directory: it has neither {XSTILTS_MODEL_FILE} nor config.json")
-        try:
-            meta = read_xstilts_model_json(directory) if is_xstilts else {"heads": []}
-        except ModelLoadError as exc:
-            raise CheckpointError(str(exc)) from exc
-        try:
-            saved = [HeadSpec.from_dict(d) for d in meta.get("heads", [])]
-        except (ConfigError, UnknownNameError, TypeError) as exc:
-            raise CheckpointError(f"{directory / XSTILTS_MODEL_FILE}: bad head spec: {exc}") from exc
-        by_name = {s.task: s for s in saved}
-        if heads is True:
-            wanted = list(by_name)
-        elif heads is False:
-            wanted = []
-        else:
-            missing = [h for h in heads if h not in by_name]
-            if missing:
-                raise CheckpointError(f"{directory} has no head(s) {missing}; saved heads: {sorted(by_name) or 'none'}")
-            wanted = list(heads)
+        meta, saved = _read_head_specs(directory)
+        wanted = _wanted_heads(directory, saved, heads)
         heads_path = directory / HEADS_FILE
         if wanted and not heads_path.is_file():
-            raise CheckpointError(f"{heads_path} is missing but {XSTILTS_MODEL_FILE} lists heads {sorted(by_name)}")
+            raise CheckpointError(f"{heads_path} is missing but {XSTILTS_MODEL_FILE} lists heads {sorted(saved)}")
         try:
             encoder, tokenizer = load_encoder(str(directory), local_files_only=True)
         except ModelLoadError as exc:
             raise CheckpointError(str(exc)) from exc
         model = cls(encoder, base_model=meta.get("base_model") or str(directory))
         if wanted:
-            from safetensors.torch import load_file
-
-            state = load_file(str(heads_path))
-            for task in wanted:
-                model.add_head(by_name[task])
-                prefix = task + "."
-                sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                try:
-                    model.heads[task].load_state_dict(sub, strict=True)
-                except RuntimeError as exc:
-                    raise CheckpointError(f"{heads_path}: weights of head '{task}' do not fit its spec: {exc}") from exc
+            model._load_heads(heads_path, [saved[name] for name in wanted])
         return model, tokenizer
+
+    def _load_heads(self, heads_path: Path, specs: list[HeadSpec]) -> None:
+        """Add the heads of ``specs`` with their weights from ``heads.safetensors``."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(heads_path))
+        for spec in specs:
+            self.add_head(spec)
+            prefix = spec.task + "."
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                self.heads[spec.task].load_state_dict(sub, strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{heads_path}: weights of head '{spec.task}' do not fit its spec: {exc}") from exc
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, heads: bool | list[str] = False,
@@ -383,3 +598,34 @@ class MultiTaskModel(nn.Module):
             return cls.load(path, heads=heads)
         encoder, tokenizer = load_encoder(name_or_path, local_files_only=local_files_only)
         return cls(encoder, base_model=str(name_or_path)), tokenizer
+
+
+def _read_head_specs(directory: Path) -> tuple[dict[str, Any], dict[str, HeadSpec]]:
+    """``xstilts_model.json`` of a model directory and its head specs by name (none for a
+    plain encoder directory); CheckpointError when it is not a model directory."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory (expected a model directory with {XSTILTS_MODEL_FILE} "
+                              "or config.json)")
+    is_xstilts = (directory / XSTILTS_MODEL_FILE).is_file()
+    if not is_xstilts and not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} is not a model directory: it has neither {XSTILTS_MODEL_FILE} nor config.json")
+    try:
+        meta = read_xstilts_model_json(directory) if is_xstilts else {"heads": []}
+        saved = [HeadSpec.from_dict(d) for d in meta.get("heads", [])]
+    except ModelLoadError as exc:
+        raise CheckpointError(str(exc)) from exc
+    except (ConfigError, UnknownNameError, TypeError) as exc:
+        raise CheckpointError(f"{directory / XSTILTS_MODEL_FILE}: bad head spec: {exc}") from exc
+    return meta, {s.task: s for s in saved}
+
+
+def _wanted_heads(directory: Path, saved: dict[str, HeadSpec], heads: bool | list[str]) -> list[str]:
+    """Names of the saved heads to load for ``heads`` (True: all, False: none, or a list)."""
+    if heads is True:
+        return list(saved)
+    if heads is False:
+        return []
+    missing = [h for h in heads if h not in saved]
+    if missing:
+        raise CheckpointError(f"{directory} has no head(s) {missing}; saved heads: {sorted(saved) or 'none'}")
+    return list(heads)
