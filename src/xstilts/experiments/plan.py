@@ -93,7 +93,7 @@ class StageRecord:
                    model_dir=relative_model_dir(stage_id))
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -327,7 +327,7 @@ class _Builder:
             ref = f"{STAGE_REF}{inter}" if inter else model.name_or_path
             deps: tuple[str, ...] = (inter,) if inter else ()
             config = None
-            if task.format != "retrieval":
+            if task.trainable:
                 tid, config = self._target_training(index, target, task, ref, seed, deps, label)
                 ref, deps = f"{STAGE_REF}{tid}", (tid,)
             settings = self._eval_settings(target, task, ref, languages, split, config)

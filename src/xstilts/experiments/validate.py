@@ -72,14 +72,14 @@ def validate_spec(spec: Spec) -> Spec:
 
 def _task(name: str, *, key: str, file: Path | None, role: str) -> TaskSpec:
     """The catalog entry ``name`` usable in ``role``; ConfigError listing valid names otherwise."""
-    valid = [t.name for t in list_tasks(role) if role != "intermediate" or t.format != "retrieval"]
+    valid = [t.name for t in list_tasks(role) if role != "intermediate" or t.trainable]
     try:
         spec = get_task(name)
     except UnknownNameError:
         raise ConfigError(f"unknown task '{name}'. Valid {role} tasks: {', '.join(sorted(valid))}",
                           key=key, file=file) from None
-    if role == "intermediate" and spec.format == "retrieval":
-        raise ConfigError(f"'{spec.name}' is a retrieval task (no training data, no head): it cannot be an "
+    if role == "intermediate" and not spec.trainable:
+        raise ConfigError(f"'{spec.name}' is a {spec.format} task (no training data, no head): it cannot be an "
                           f"intermediate task. Valid intermediate tasks: {', '.join(sorted(valid))}", key=key, file=file)
     if spec.role not in (role, "both"):
         raise ConfigError(f"task '{spec.name}' has role '{spec.role}', not {role}. Valid {role} tasks: "
@@ -183,7 +183,7 @@ def _check_targets(spec: Spec) -> None:
             raise ConfigError(f"task '{task.name}' is not part of {target.languages}; use 'all' or a list. "
                               f"Its benchmarks: {', '.join(task.benchmarks) or 'none'}", key=f"{key}.languages",
                               file=spec.file)
-        if task.format == "retrieval":
+        if not task.trainable:
             _check_retrieval_eval(target.eval.featurize(), key=f"{key}.eval", file=spec.file)
         else:
             _check_target_train(target, task, key=key, file=spec.file)
@@ -217,7 +217,7 @@ def _check_task_hyperparameters(spec: Spec) -> None:
     for tname, th in hp.tasks.items():
         key = f"hyperparameters.tasks.{tname}"
         task = _any_task(tname, key=key, file=spec.file)
-        if task.format == "retrieval":
+        if not task.trainable:
             _check_retrieval_eval(th.eval.featurize(), key=f"{key}.eval", file=spec.file)
         normalised[task.name] = th
     hp.tasks = normalised

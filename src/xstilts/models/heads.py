@@ -378,13 +378,13 @@ class MultiTaskModel(nn.Module):
         del self.heads[task]
         del self.head_specs[task]
 
-    def ensure_head(self, spec: HeadSpec) -> HeadSpec:
+    def ensure_head(self, spec: HeadSpec, *, key: str = "tasks") -> HeadSpec:
         """Add a head for ``spec``, or check that the model's head of that name fits it.
 
         A head carried over from an earlier stage must have the same kind, label count and
         label names in the same order (its outputs are trained against the task's label
-        indices); a head saved without label names takes ``spec``'s. ConfigError naming the
-        head, both label lists and the task otherwise.
+        indices); a head saved without label names takes ``spec``'s. ConfigError (at ``key``)
+        naming the head, both label lists and the task otherwise.
         """
         have = self.head_specs.get(spec.task)
         if have is None:
@@ -392,13 +392,13 @@ class MultiTaskModel(nn.Module):
             return spec
         if have.kind != spec.kind or (head_class(spec.kind).has_labels and have.num_labels != spec.num_labels):
             raise ConfigError(f"the model's head '{spec.task}' is a {have.kind} head with {have.num_labels} labels; "
-                              f"task '{spec.task}' needs a {spec.kind} head with {spec.num_labels}", key="tasks")
+                              f"task '{spec.task}' needs a {spec.kind} head with {spec.num_labels}", key=key)
         if have.labels is None:
             have.labels = spec.labels
         elif spec.labels is not None and have.labels != spec.labels:
             raise ConfigError(f"the model's head '{spec.task}' was trained with labels {have.labels}, but task "
                               f"'{spec.task}' lists {spec.labels}: put the task's label_list in the head's order, "
-                              "or train a fresh head (init_heads: false)", key="tasks")
+                              "or train a fresh head (init_heads: false)", key=key)
         return have
 
     def head_for(self, task: str, kind: str, labels: Sequence[str] | None = None, *, also: Sequence[str] = (),

@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from xstilts.config_io import read_yaml, validate_model
 from xstilts.errors import ConfigError, UnknownNameError
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,14 @@ class TaskSpec(BaseModel):
         return self
 
     @property
+    def trainable(self) -> bool:
+        """Whether models are trained on the task (its format has a head; retrieval has none
+        and is scored by sentence embeddings)."""
+        from xstilts.tasks.formats import get_format
+
+        return get_format(self.format).trainable
+
+    @property
     def has_training_data(self) -> bool:
         """Whether the task itself has a train split."""
         return "train" in self.splits
@@ -187,31 +195,15 @@ def load_catalog(path: str | Path | None = None) -> dict[str, TaskSpec]:
     Raises :class:`ConfigError` naming the task and key when an entry is invalid.
     """
     file = Path(path) if path is not None else CATALOG_FILE
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the catalog: {exc}", file=file) from None
+    raw = read_yaml(file, what="task catalog")
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
         raise ConfigError("expected a mapping with a 'tasks' mapping at the top", file=file)
     specs: dict[str, TaskSpec] = {}
     for name, entry in raw["tasks"].items():
         if not isinstance(entry, dict):
             raise ConfigError("expected a mapping", key=f"tasks.{name}", file=file)
-        try:
-            spec = TaskSpec(name=name, **entry)
-        except ValidationError as exc:
-            loc = ".".join(str(p) for p in exc.errors()[0]["loc"])
-            key = f"tasks.{name}" + (f".{loc}" if loc else "")
-            raise ConfigError(_first_error(exc), key=key, file=file) from None
-        specs[name] = spec
+        specs[name] = validate_model(TaskSpec, {**entry, "name": name}, file=file, prefix=f"tasks.{name}")
     return specs
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"{err['msg']} (got {err.get('input')!r})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,11 +228,7 @@ def register_task(spec: TaskSpec | dict[str, Any], *, replace: bool = False) -> 
     ConfigError when the entry is invalid or its name/aliases are taken (unless ``replace``).
     """
     if not isinstance(spec, TaskSpec):
-        name = str(spec.get("name", "?"))
-        try:
-            spec = TaskSpec(**spec)
-        except ValidationError as exc:
-            raise ConfigError(_first_error(exc), key=f"tasks.{name}") from None
+        spec = validate_model(TaskSpec, spec, prefix=f"tasks.{spec.get('name', '?')}")
     catalog = _catalog()
     taken = [n for n in (spec.name, *spec.aliases) if _canonical(n) in _alias_index()
              and _alias_index()[_canonical(n)] != spec.name]
@@ -268,6 +256,16 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     if key is None:
         raise UnknownNameError("task", str(name), list(_catalog()))
     return _catalog()[key]
+
+
+def task_labels(name: str) -> list[str] | None:
+    """The label list of the catalog task ``name``; None when the task is unknown or has none
+    (e.g. for the head of a model saved before heads stored their label names)."""
+    try:
+        labels = get_task(name).label_list
+    except UnknownNameError:
+        return None
+    return list(labels) if labels is not None else None
 
 
 def list_tasks(role: str | None = None) -> list[TaskSpec]:
