@@ -59,29 +59,33 @@ def handle_errors(func: F) -> F:
         except XStiltsError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: progress up to the last checkpoint is kept; run the same command again to resume.")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            what = "terminated" if type(exc).__name__ == "Terminated" else "interrupted"
+            err_console.print(f"[yellow]{what}[/]: every worker stopped and gave its stage back; progress up to the "
+                              "last checkpoint is kept; run the same command again to resume.")
+            raise typer.Exit(143 if what == "terminated" else 130) from None
         except Exception as exc:
-            if not _out_of_disk(exc):
+            friendly = _user_error(exc)
+            if friendly is None:
                 raise
-            err_console.print(f"[bold red]error:[/] no space left on device ({exc}). Free disk space, or point "
-                              "XSTILTS_HOME (models, feature cache) and the run's output_dir at a larger disk, then run "
-                              "the same command again: finished work is kept and writes are atomic.",
-                              highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {friendly}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _out_of_disk(exc: BaseException) -> bool:
-    """A full disk, however the library that hit it reports it (OSError ENOSPC, or e.g. safetensors'
-    own error carrying "os error 28")."""
-    import errno
+def _user_error(exc: BaseException) -> XStiltsError | None:
+    """A full disk that escaped as a library error (OSError ENOSPC, torch's "unexpected pos",
+    safetensors' "os error 28", ...), as one clear error naming the file system; None otherwise."""
+    from xstilts.experiments.faults import disk_full_error, is_disk_full
 
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(exc)
+    if not is_disk_full(exc):
+        return None
+    import tempfile
+
+    from xstilts.paths import xstilts_home
+
+    return disk_full_error(exc, [os.getcwd(), xstilts_home(), tempfile.gettempdir()])
 
 
 @app.callback()

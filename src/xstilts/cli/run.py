@@ -78,8 +78,14 @@ def run(
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition (launcher slurm)."),
     slurm_timeout_min: int = typer.Option(24 * 60, "--slurm-timeout-min", help="Slurm job time limit (minutes)."),
     max_jobs_per_level: int = typer.Option(8, "--max-jobs", help="Slurm worker jobs per plan level."),
+    check_data: bool = typer.Option(False, "--check-data",
+                                    help="Parse every input file completely before running (by default large files "
+                                         "are checked by their first records)."),
 ) -> None:
-    """Run an experiment spec: plan its stages, train and evaluate what is not done yet."""
+    """Run an experiment spec: plan its stages, train and evaluate what is not done yet.
+
+    Before anything trains, every file the unfinished stages will read is checked (exists,
+    UTF-8, parses): all problems are reported at once and nothing runs."""
     import sys
 
     from rich.live import Live
@@ -99,6 +105,7 @@ def run(
         console.print(_plan_table(rows, f"plan of {spec} → {plan.output_dir}"))
         console.print(_totals_line(plan_totals(rows)))
         return
+    _preflight(plan, full=check_data, local=launcher == "local")
     command = " ".join(["xstilts", *sys.argv[1:]])
     if launcher == "slurm":
         from xstilts.experiments.slurm import submit_slurm
@@ -212,6 +219,23 @@ def worker(
         store.register_plan(plan, retry_failed=False)
     summary = run_worker(plan)
     console.print(f"{summary.worker}: ran {len(summary.ran)}, failed {len(summary.failed)}")
+
+
+def _preflight(plan: Any, *, full: bool, local: bool) -> None:
+    """Check the inputs of every stage not yet done (ConfigError listing all problems)."""
+    from xstilts.experiments import open_store
+    from xstilts.experiments.preflight import preflight
+    from xstilts.experiments.store import store_path
+
+    states: dict[str, str] = {}
+    if store_path(plan.output_dir).is_file():
+        with open_store(plan.output_dir) as store:
+            states = store.states(plan.stages)
+    with console.status("checking the plan's input files" + (" (full parse)" if full else "")):
+        report = preflight(plan, states=states, full=full, cuda=None if local else True)
+    if report.stages_checked:
+        console.print(f"checked {report.files_checked} input file(s) of {report.stages_checked} stage(s) to run"
+                      + (" (full parse)" if full else ""))
 
 
 def _shown(path: Path) -> Path:
