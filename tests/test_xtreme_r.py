@@ -55,3 +55,22 @@ def test_xtreme_r_task_groups_follow_evaluate_py():
     assert res["groups"]["retrieval"] == pytest.approx(60.0)
     assert res["groups"]["multiple_choice"] == pytest.approx(60.0)
     assert "classification" not in res["groups"]
+
+
+def test_pair_pool_ranking_shares_candidates_and_scores_as_mrr():
+    # Three mentions, two distinct entities (rows 0 and 2 describe the same entity "E1"):
+    # the pool is {row 0, row 1}; mention 2's relevant candidate is row 0.
+    # Cosine rankings: m0 (1, 0): E1 (1, 0) then E2 (0, 1) -> rank 1; m1 (.6, .8): E2 (.8) then
+    # E1 (.6) -> rank 1; m2 (0, 1): E2 then E1 -> rank 2. MRR@20 = (1 + 1 + 1/2) / 3 = 83.33,
+    # which is mAP@20 with one relevant candidate (xtreme utils_mewslix.evaluate).
+    from xstilts.metrics import pair_pool_ranking
+
+    queries = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    targets = np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32)
+    ranked, canonical = pair_pool_ranking(queries, targets, ["E1", "E2", "E1"], k=20)
+    assert canonical == [0, 1, 0]
+    assert ranked.tolist() == [[0, 1], [1, 0], [1, 0]]
+    preds = {str(q): [str(r) for r in row] for q, row in enumerate(ranked)}
+    gold = {str(q): str(c) for q, c in enumerate(canonical)}
+    assert mean_reciprocal_rank(gold, preds, k=20) == pytest.approx(250 / 3)
+    assert mean_average_precision_at_k(queries, targets[[0, 1]], [{0}, {1}, {0}], k=20) == pytest.approx(250 / 3)

@@ -19,6 +19,7 @@ from xstilts.metrics.retrieval import (
     mine_bitext,
     nearest_neighbours,
     optimize_threshold,
+    pair_pool_ranking,
     prf,
     rank_candidates,
     tatoeba_accuracy,
@@ -33,5 +34,5 @@ __all__ = [
     "tatoeba_accuracy", "bucc_f1", "mine_bitext", "margin_scores", "knn", "knn_mean_similarity", "nearest_neighbours",
     "l2_normalize", "optimize_threshold", "prf", "MARGINS",
     "tatoeba_scores", "tatoeba_predictions", "bucc_candidates", "bucc_extract", "bucc_score", "DUPLICATES",
-    "average_precision_at_k", "mean_average_precision_at_k", "mean_reciprocal_rank", "rank_candidates",
+    "average_precision_at_k", "mean_average_precision_at_k", "mean_reciprocal_rank", "rank_candidates", "pair_pool_ranking",
 ]

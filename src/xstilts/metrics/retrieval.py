@@ -408,3 +408,25 @@ def mean_reciprocal_rank(gold: Mapping[str, str], predictions: Mapping[str, Sequ
                 total += 1.0 / rank
                 break
     return 100.0 * total / len(gold)
+
+
+def pair_pool_ranking(query_emb: np.ndarray, target_emb: np.ndarray, target_keys: Sequence[Hashable], *, k: int = 20,
+                      normalize: bool = True) -> tuple[np.ndarray, list[int]]:
+    """Rank a pool of distinct targets for every query of a list of (query, target) pairs.
+
+    Targets are deduplicated by ``target_keys`` (several mentions of one entity, or questions
+    on one paragraph, share a candidate). Returns the top-``k`` candidates of each query as
+    target rows (the first row of each distinct target), ``[Q, min(k, pool)]``, and for every
+    row the first row of its own target (its relevant candidate). Scored with
+    :func:`mean_reciprocal_rank` this is mAP@k with one relevant candidate per query.
+    """
+    target_emb = _check_2d(target_emb, "pair_pool_ranking target_emb")
+    if len(target_keys) != len(target_emb):
+        raise XStiltsError(f"pair_pool_ranking: {len(target_keys)} target keys for {len(target_emb)} target rows")
+    first, groups = _unify(target_keys)
+    canonical = [0] * len(target_keys)
+    for g, rows in enumerate(groups):
+        for r in rows:
+            canonical[r] = first[g]
+    ranked = rank_candidates(query_emb, target_emb[first], k, normalize=normalize)
+    return np.asarray(first, dtype=np.int64)[ranked], canonical
