@@ -56,7 +56,7 @@ def fake_texts(task, **kw):
 
 @pytest.fixture
 def no_real_data(monkeypatch):
-    monkeypatch.setattr("xstilts.analysis.report.load_task_texts", fake_texts)
+    monkeypatch.setattr("xstilts.analysis.similarity_sections.load_task_texts", fake_texts)
 
 
 def test_report_writes_every_section_and_figure(tmp_path, tiny_model_dir, no_real_data):
@@ -169,11 +169,11 @@ def test_restrict_to_spec_keeps_only_the_current_plan(tmp_path):
 def test_a_note_shared_by_every_row_is_shown_once():
     import pandas as pd
 
-    from xstilts.analysis.report import _hoist_common_note
+    from xstilts.analysis.render import hoist_common_note
 
     same = pd.DataFrame({"setup": ["a", "b"], "note": ["single seed (0)", "single seed (0)"]})
-    df, common = _hoist_common_note(same)
+    df, common = hoist_common_note(same)
     assert common == "single seed (0)" and "note" not in df
     mixed = pd.DataFrame({"setup": ["a", "b"], "note": ["single seed (0)", ""]})
-    df, common = _hoist_common_note(mixed)
+    df, common = hoist_common_note(mixed)
     assert common is None and "note" in df

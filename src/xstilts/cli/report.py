@@ -16,7 +16,7 @@ def report(
     out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default OUTPUT_DIR/report/report.html); report.md and figures/ go beside it."),
     encoder: str | None = typer.Option(None, "--encoder", help="Model for embedding/sub-word similarity (default: the runs' model)."),
     similarity: bool = typer.Option(True, "--similarity/--no-similarity", help="Compute task/language/domain similarity (loads data and a model)."),
-    task_emb: bool = typer.Option(False, "--task-emb", help="Also compute Fisher TaskEmb from the stage models (slow)."),
+    compute_taskemb: bool = typer.Option(False, "--compute-taskemb", "--task-emb", help="First compute and cache Fisher TaskEmb of every single-task stage model (slow, once per model and task; the report itself only reads the cache)."),
     max_examples: int = typer.Option(200, "--max-examples", help="English examples per task for similarity measures."),
     low_resource: str | None = typer.Option(None, "--low-resource", help="Comma-separated language codes forming the low-resource subset (default: Joshi classes 0-2)."),
     n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for confidence intervals."),
@@ -29,8 +29,10 @@ def report(
 
     from xstilts.analysis.report import ReportOptions, build_report
 
+    if compute_taskemb:
+        _compute_taskemb(output_dir, data_dir, seed, spec)
     opts = ReportOptions(
-        n_boot=n_boot, seed=seed, similarity=similarity, encoder=encoder, task_emb=task_emb,
+        n_boot=n_boot, seed=seed, similarity=similarity, encoder=encoder,
         max_examples=max_examples, data_dir=str(data_dir) if data_dir else None,
         low_resource_languages=[c.strip() for c in low_resource.split(",") if c.strip()] if low_resource else None,
     )
@@ -44,3 +46,13 @@ def report(
         console.print(f"[yellow]{len(result.notes)} note(s)[/] about missing inputs (also in the report):")
         for n in result.notes:
             console.print(f"  • {n}", highlight=False)
+
+
+def _compute_taskemb(output_dir: Path, data_dir: Path | None, seed: int, spec: Path | None) -> None:
+    from xstilts.analysis.taskemb import TaskEmbSettings, compute_task_embeddings
+
+    run = compute_task_embeddings(output_dir, settings=TaskEmbSettings(seed=seed), data_dir=data_dir, spec=spec)
+    console.print(f"TaskEmb cached for {len(run.computed)} task(s): {', '.join(sorted(run.computed)) or 'none'}",
+                  highlight=False)
+    for task, why in sorted(run.failed.items()):
+        console.print(f"  [yellow]TaskEmb of {task} failed:[/] {why}", highlight=False)
