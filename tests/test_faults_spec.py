@@ -86,7 +86,8 @@ def test_duplicate_key_names_key_and_both_lines(tmp_path: Path) -> None:
     text = SPEC + "targets:\n  - {task: panx}\n"
     flat = assert_clean_failure(tmp_path, write_spec(tmp_path, text), "key 'targets'", "lines 4 and 11")
     assert "given twice" in flat
-    nested = SPEC.replace("seeds: [0]", "seeds: [0]\nhyperparameters:\n  target: {learning_rate: 1.0e-5, learning_rate: 2.0e-5}")
+    twice = "hyperparameters:\n  target: {learning_rate: 1.0e-5, learning_rate: 2.0e-5}"
+    nested = SPEC.replace("seeds: [0]", "seeds: [0]\n" + twice)
     assert_clean_failure(tmp_path, write_spec(tmp_path, nested), "key 'learning_rate'", "lines 9 and 9")
 
 

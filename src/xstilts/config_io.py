@@ -72,8 +72,9 @@ def _syntax_error(exc: yaml.YAMLError, text: str, file: Path) -> ConfigError:
     if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (e.g. a control byte)
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        return ConfigError(f"invalid YAML at line {line}, column {column}: character "
-                           f"U+{int(exc.character) if isinstance(exc.character, int) else ord(exc.character):04X} is not allowed", file=file)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return ConfigError(f"invalid YAML at line {line}, column {column}: character U+{code:04X} is not allowed",
+                           file=file)
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc)
@@ -145,12 +146,24 @@ def _fields(tp: Any) -> dict[str, Any] | None:
     return None
 
 
+def _union_member(members: list[Any], tag: str) -> Any:
+    """The member of a union that pydantic's loc ``tag`` names ("StepSpec", "dict[str,int]",
+    "function-after[check(), StepSpec]", ...); Any when it names a scalar."""
+    name = tag.rsplit(", ", 1)[-1].rstrip("]") if tag.startswith("function-") else tag.split("[", 1)[0]
+    for member in members:
+        origin = typing.get_origin(member)
+        if getattr(member, "__name__", None) == name or getattr(origin, "__name__", None) == name:
+            return member
+    return Any
+
+
 def _step(tp: Any, part: Any) -> tuple[Any, bool]:
     """The type one loc ``part`` below ``tp``, and whether ``part`` is a real key (not a union tag)."""
     members = _members(tp)
     if isinstance(part, str) and len(members) > 1:  # pydantic names the union member it tried
-        named = [m for m in members if getattr(m, "__name__", None) == part]
-        return (named[0] if named else tp), False
+        return _union_member(members, part), False
+    if isinstance(part, str) and part.startswith("function-"):
+        return tp, False
     tp = members[0] if members else tp
     fields = _fields(tp)
     if fields is not None:
@@ -168,8 +181,6 @@ def _shown_loc(root: Any, loc: Iterable[Any], hidden: frozenset[str]) -> tuple[l
     dropped) and the type the last part points into."""
     tp, shown = root, []
     for part in loc:
-        if isinstance(part, str) and part.startswith("function-"):
-            continue
         tp, real = _step(tp, part)
         if real and part not in hidden:
             shown.append(part)
@@ -219,11 +230,13 @@ def config_error(exc: ValidationError, *, file: str | Path | None = None, model:
     parts, _ = _shown_loc(root, first["loc"], hidden_set)
     _, parent = _shown_loc(root, first["loc"][:-1], hidden_set)
     msg = _message(first, parent, hidden_set)
-    others = sorted({_key(_shown_loc(root, e["loc"], hidden_set)[0], prefix, brackets) for e in errors if e is not first}
-                    - {_key(parts, prefix, brackets)})
+    key = _key(parts, prefix, brackets)
+    # other problems; a location above the first one is another member of the same union, not news
+    others = sorted(k for k in {_key(_shown_loc(root, e["loc"], hidden_set)[0], prefix, brackets) for e in errors}
+                    if k != key and not key.startswith((k + ".", k + "[")))
     if others:
         msg += f" (+{len(others)} more problem{'s' if len(others) > 1 else ''}: {', '.join(others)})"
-    return ConfigError(msg, key=_key(parts, prefix, brackets), file=file)
+    return ConfigError(msg, key=key, file=file)
 
 
 def validate_model(model: type[M], data: Any, *, file: str | Path | None = None, prefix: str = "",

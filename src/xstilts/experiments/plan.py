@@ -317,7 +317,8 @@ class _Builder:
             final[setup_name] = upstream
         return final
 
-    def target(self, index: int, target: TargetSpec, model: ModelSpec, seed: int, finals: dict[str, str | None]) -> None:
+    def target(self, index: int, target: TargetSpec, model: ModelSpec, seed: int,
+               finals: dict[str, str | None]) -> None:
         """The target-training and eval stages of one target, for every setup."""
         task = get_task(target.task)
         split = target.split or task.eval_split

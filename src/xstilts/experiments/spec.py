@@ -55,7 +55,7 @@ PLANNED_TRAIN_KEYS = frozenset({"model", "init_heads", "tasks", "sampler", "mlm"
 #: eval options that set how a target's examples are featurised (inherited from its training)
 FEATURIZE_KEYS = ("max_length", "doc_stride", "max_query_length")
 #: internal levels of the normalised spec, left out of the keys shown in errors
-HIDDEN_KEYS = frozenset({"step", "kind", "file"})
+HIDDEN_KEYS = frozenset({"step", "file"})
 
 PositiveInt = Annotated[int, Field(gt=0)]
 

@@ -80,7 +80,8 @@ def _task(name: str, *, key: str, file: Path | None, role: str) -> TaskSpec:
                           key=key, file=file) from None
     if role == "intermediate" and not spec.trainable:
         raise ConfigError(f"'{spec.name}' is a {spec.format} task (no training data, no head): it cannot be an "
-                          f"intermediate task. Valid intermediate tasks: {', '.join(sorted(valid))}", key=key, file=file)
+                          f"intermediate task. Valid intermediate tasks: {', '.join(sorted(valid))}",
+                          key=key, file=file)
     if spec.role not in (role, "both"):
         raise ConfigError(f"task '{spec.name}' has role '{spec.role}', not {role}. Valid {role} tasks: "
                           f"{', '.join(sorted(valid))}", key=key, file=file)
@@ -153,7 +154,8 @@ def _check_setups(spec: Spec) -> None:
         if setup.kind == "none" and name != BASELINE:
             raise ConfigError(f"the no-intermediate setup must be named '{BASELINE}'", key=key, file=file)
         if name == BASELINE and setup.kind != "none":
-            raise ConfigError(f"'{BASELINE}' is reserved for the no-intermediate setup: set it to none", key=key, file=file)
+            raise ConfigError(f"'{BASELINE}' is reserved for the no-intermediate setup: set it to none",
+                              key=key, file=file)
         if setup.step is not None:
             _check_step(setup.step, key=key, file=file)
         for i, element in enumerate(setup.chain):
