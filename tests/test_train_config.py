@@ -133,9 +133,11 @@ def test_checkpoint_listing_and_pruning(tmp_path):
         ckpt.read_state(tmp_path / "step-6", "other")
     ckpt.prune_checkpoints(tmp_path, keep_last=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-4", "step-6"]
+    # an incomplete step-N (e.g. killed while pruning) is skipped, not fatal (issue 18)
     (tmp_path / "step-9").mkdir()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-4", "step-6"]
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        ckpt.list_checkpoints(tmp_path)
+        ckpt.read_state(tmp_path / "step-9")
 
 
 def test_cli_reports_bad_key_without_traceback(tmp_path):
@@ -150,3 +152,13 @@ def test_cli_reports_bad_key_without_traceback(tmp_path):
     assert "tasks.0.languagez" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "--model and --task" in res.output
+
+
+def test_stage_config_yaml_is_read_strictly(tmp_path):
+    f = tmp_path / "stage.yaml"
+    f.write_text("model: m\ntasks: [{task: xnli}]\nmax_steps: 3\nmax_steps: 4\n")
+    with pytest.raises(ConfigError, match=r"stage\.yaml.*'max_steps'.*lines 3 and 4"):
+        load_train_config(f)
+    f.write_bytes(b"model: m\ntasks: [{task: xnli}]\n# \xff\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8.*byte offset 33 \(line 3, column 3"):
+        load_train_config(f)
