@@ -286,7 +286,7 @@ class _Worker:
             if self.store.owns(claim):
                 _write_json_atomic(task.stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
             done = self.store.complete(claim, outcome.metrics, outcome.result)
-        except OSError as exc:
+        except (OSError, XStiltsError) as exc:
             if is_disk_full(exc):
                 self._release(claim)
                 raise disk_full_error(exc, _disk_paths(task), what=f"recording stage {claim.stage_id}") from None
@@ -330,7 +330,7 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
     summary = WorkerSummary(worker)
     with open_store(plan.output_dir, stale_after=stale_after) as store, _ClaimGuard() as guard:
         w = _Worker(plan, store, executor, worker, devices, stale_after, every, guard)
-        while max_stages is None or len(summary.ran) + len(summary.failed) < max_stages:
+        while max_stages is None or len(summary.ran) + len(summary.failed) + len(summary.lost) < max_stages:
             claim = store.claim_next(ids, worker=worker)
             if claim is None:
                 if not pending_stages(plan, store.states(), ids):
