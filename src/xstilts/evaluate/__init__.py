@@ -15,7 +15,6 @@ from xstilts.evaluate.zero_shot import (
     RetrievalSettings,
     average_scores,
     default_retrieval_layer,
-    find_head,
     rescore,
     resolve_languages,
     zero_shot_eval,
@@ -23,5 +22,5 @@ from xstilts.evaluate.zero_shot import (
 
 __all__ = [
     "EvalReport", "RetrievalSettings", "zero_shot_eval", "rescore", "default_retrieval_layer", "average_scores",
-    "find_head", "resolve_languages", "xtreme_scores", "language_average", "task_metric", "BENCHMARK_GROUPS",
+    "resolve_languages", "xtreme_scores", "language_average", "task_metric", "BENCHMARK_GROUPS",
 ]

@@ -415,7 +415,7 @@ class MultiTaskModel(nn.Module):
         label names takes ``known_labels(head name)`` (its task's label list, when known),
         else the task's labels by position when the counts agree.
         """
-        name = self._choose_head(task, head, also)
+        name = self._choose_head(task, kind, head, also)
         spec = self.head_specs[name]
         if spec.kind != kind:
             raise XStiltsError(f"the model's head '{name}' is a {spec.kind} head, but task '{task}' needs a {kind} "
@@ -431,7 +431,7 @@ class MultiTaskModel(nn.Module):
                                f"task; {self._how_to_choose(task)}")
         return HeadChoice(name, list(head_labels))
 
-    def _choose_head(self, task: str, head: str | None, also: Sequence[str]) -> str:
+    def _choose_head(self, task: str, kind: str, head: str | None, also: Sequence[str]) -> str:
         if head is not None:
             if head not in self.head_specs:
                 raise XStiltsError(f"the model has no head '{head}' (heads: {self._describe_heads()})")
@@ -440,7 +440,7 @@ class MultiTaskModel(nn.Module):
             if name and name in self.head_specs:
                 return name
         names = "', '".join(n for n in (task, *also) if n)
-        raise XStiltsError(f"the model has no head for task '{task}' (looked for '{names}'; heads: "
+        raise XStiltsError(f"the model has no {kind} head for task '{task}' (looked for '{names}'; heads: "
                            f"{self._describe_heads()}); {self._how_to_choose(task)}")
 
     def _labels_by_position(self, name: str, spec: HeadSpec, task: str, labels: Sequence[str]) -> list[str]:
