@@ -16,7 +16,7 @@ from xstilts.analysis.groupings import (
     flag_negative_groups,
     gains_by_group,
 )
-from xstilts.analysis.metadata import LanguageInfo, TaskInfo
+from xstilts.analysis.metadata import LanguageInfo
 from xstilts.analysis.similarity import (
     correlate_with_gains,
     jaccard,
@@ -31,6 +31,7 @@ from xstilts.analysis.stats import (
     wilcoxon_greater,
 )
 from xstilts.errors import DataError
+from xstilts.tasks.catalog import TaskSpec
 
 FAST = dict(n_boot=500, n_perm=500)
 
@@ -47,9 +48,17 @@ def lookup(code: str) -> LanguageInfo:
     return LANGS.get(code, LanguageInfo(code))
 
 
-def tasks(name: str) -> TaskInfo:
-    return {"xnli": TaskInfo("xnli", "accuracy", "classification", known=True, eval_split="test"),
-            "panx": TaskInfo("panx", "f1", "tagging", known=True, eval_split="dev")}.get(name, TaskInfo(name))
+def task_spec(name: str, primary_metric: str, fmt: str, eval_split: str = "test", *, domain: str | None = None,
+              label_list: list[str] | None = None) -> TaskSpec:
+    """A minimal catalog entry (what the analyses read of a task)."""
+    return TaskSpec(name=name, format=fmt, role="both", languages=["en"], splits=[eval_split], eval_split=eval_split,
+                    metric="accuracy" if primary_metric == "accuracy" else "ner_f1", primary_metric=primary_metric,
+                    domain=domain, label_list=label_list)
+
+
+def tasks(name: str) -> TaskSpec | None:
+    return {"xnli": task_spec("xnli", "accuracy", "classification", "test"),
+            "panx": task_spec("panx", "f1", "tagging", "dev")}.get(name)
 
 
 def metrics_frame(gain_fn, *, setups=("anli", "cosmosqa"), targets=("xnli", "panx"), langs=("de", "fr", "sw", "yo"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from xstilts.analysis.metadata import LanguageInfo, TaskInfo
+from xstilts.analysis.metadata import LanguageInfo
 from xstilts.analysis.similarity import (
     SimilarityCache,
     cosine,
@@ -18,6 +18,7 @@ from xstilts.analysis.similarity import (
     mean_embedding,
     task_similarity_table,
 )
+from tests.test_analysis import task_spec
 from xstilts.tasks.types import BitextExample, ClassificationExample, MultipleChoiceExample, TaggingExample
 
 TEXTS = {
@@ -28,9 +29,9 @@ TEXTS = {
 
 
 def tasks(name):
-    return {"a": TaskInfo("a", "accuracy", "classification", "news", ("x", "y"), known=True),
-            "b": TaskInfo("b", "accuracy", "classification", "news", ("x", "y"), known=True),
-            "c": TaskInfo("c", "f1", "tagging", "wikipedia", ("O", "B-PER"), known=True)}[name]
+    return {"a": task_spec("a", "accuracy", "classification", domain="news", label_list=["x", "y"]),
+            "b": task_spec("b", "accuracy", "classification", domain="news", label_list=["x", "y"]),
+            "c": task_spec("c", "f1", "tagging", domain="wikipedia", label_list=["O", "B-PER"])}[name]
 
 
 @pytest.fixture(scope="module")

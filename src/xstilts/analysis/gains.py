@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from xstilts.analysis.metadata import TaskInfo, task_info
+from xstilts.analysis.metadata import find_task
 from xstilts.analysis.stats import (
     bootstrap_hierarchical_ci,
     hierarchical_mean,
@@ -26,11 +26,14 @@ from xstilts.analysis.stats import (
     wilcoxon_greater,
 )
 from xstilts.errors import DataError
+from xstilts.experiments.spec import BASELINE
+from xstilts.experiments.store import METRIC_COLUMNS as STORE_METRIC_COLUMNS
+from xstilts.tasks.catalog import TaskSpec
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-METRIC_COLUMNS = ("model", "setup", "target", "language", "seed", "split", "metric", "value")
+#: the store's metric columns that the gains need (``stage_id`` is not)
+METRIC_COLUMNS = tuple(c for c in STORE_METRIC_COLUMNS if c != "stage_id")
 CELL = ["model", "setup", "target", "language", "seed"]
 GAIN_COLUMNS = [*CELL, "split", "metric", "score", "baseline_score", "gain"]
 SUMMARY_STATS = [
@@ -60,8 +63,30 @@ def _check_columns(frame: pd.DataFrame, required: Sequence[str], what: str) -> N
         raise DataError(what, f"missing columns {missing}; expected at least {list(required)}")
 
 
+def _pick(available: list[str], wanted: str | None, fallbacks: Sequence[str]) -> tuple[str, bool]:
+    """(``wanted`` if available, else the first fallback available, else the first available; whether it fell back)."""
+    if wanted in available:
+        return str(wanted), False
+    return next((x for x in fallbacks if x in available), available[0]), True
+
+
+def _primary_rows(target: str, rows: pd.DataFrame, spec: TaskSpec | None, notes: list[str]) -> tuple[pd.DataFrame, str, str]:
+    """The rows of one target's primary metric on its evaluation split, and (metric, split)."""
+    splits = sorted(rows["split"].astype(str).unique())
+    split, fell_back = _pick(splits, spec.eval_split if spec else None, _FALLBACK_SPLITS)
+    if fell_back and len(splits) > 1:
+        notes.append(f"target '{target}': several splits {splits}; using '{split}'.")
+    rows = rows[rows["split"].astype(str) == split]
+    available = sorted(rows["metric"].astype(str).unique())
+    metric, fell_back = _pick(available, spec.primary_metric if spec else None, _FALLBACK_METRICS)
+    if fell_back:
+        why = "is not in the task catalog" if spec is None else f"has no '{spec.primary_metric}' rows"
+        notes.append(f"target '{target}' {why}; using metric '{metric}' (available: {', '.join(available)}).")
+    return rows[rows["metric"].astype(str) == metric], metric, split
+
+
 def select_primary_scores(
-    metrics: pd.DataFrame, *, task_lookup: Callable[[str], TaskInfo] = task_info
+    metrics: pd.DataFrame, *, task_lookup: Callable[[str], TaskSpec | None] = find_task
 ) -> tuple[pd.DataFrame, dict[str, str], dict[str, str], list[str]]:
     """Keep, per target, the rows of its primary metric on its evaluation split.
 
@@ -77,23 +102,9 @@ def select_primary_scores(
     split_by_target: dict[str, str] = {}
     parts = []
     for target, rows in metrics.groupby("target", sort=True):
-        info = task_lookup(str(target))
-        splits = sorted(rows["split"].astype(str).unique())
-        split = info.eval_split if info.eval_split in splits else None
-        if split is None:
-            split = next((s for s in _FALLBACK_SPLITS if s in splits), splits[0])
-            if len(splits) > 1:
-                notes.append(f"target '{target}': several splits {splits}; using '{split}'.")
-        rows = rows[rows["split"].astype(str) == split]
-        available = sorted(rows["metric"].astype(str).unique())
-        metric = info.primary_metric if info.primary_metric in available else None
-        if metric is None:
-            metric = next((m for m in _FALLBACK_METRICS if m in available), available[0])
-            why = "is not in the task catalog" if not info.known else f"has no '{info.primary_metric}' rows"
-            notes.append(f"target '{target}' {why}; using metric '{metric}' (available: {', '.join(available)}).")
-        metric_by_target[str(target)] = metric
-        split_by_target[str(target)] = split
-        parts.append(rows[rows["metric"].astype(str) == metric])
+        chosen, metric_by_target[str(target)], split_by_target[str(target)] = _primary_rows(
+            str(target), rows, task_lookup(str(target)), notes)
+        parts.append(chosen)
     if not parts:
         return pd.DataFrame(columns=[*CELL, "split", "metric", "score"]), {}, {}, ["the metrics table is empty."]
     chosen = pd.concat(parts, ignore_index=True)
@@ -111,7 +122,7 @@ def compute_gains(
     metrics: pd.DataFrame,
     *,
     baseline: str = BASELINE,
-    task_lookup: Callable[[str], TaskInfo] = task_info,
+    task_lookup: Callable[[str], TaskSpec | None] = find_task,
 ) -> GainTable:
     """Gain of every non-baseline cell over the baseline (same model, target, language, seed).
 

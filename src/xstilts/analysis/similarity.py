@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xstilts.analysis.metadata import TaskInfo, language_info, task_info
+from xstilts.analysis.metadata import LanguageInfo, find_task, language_info
 from xstilts.analysis.stats import rank_correlation
+from xstilts.tasks.catalog import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +379,52 @@ def _cached(cache: SimilarityCache, key: str, compute: Callable[[], float]) -> f
     return value
 
 
+def catalog_measures(a: TaskSpec | None, b: TaskSpec | None) -> dict[str, float]:
+    """``same_format``, ``same_label_space``, ``same_domain`` of two catalog tasks (NaN when unknown)."""
+    both = a is not None and b is not None
+    comparable = both and a.domain and b.domain and "mixed" not in (a.domain, b.domain)
+    return {
+        "same_format": float(a.format == b.format) if both else math.nan,
+        "same_label_space": float(bool(a.label_list) and a.label_list == b.label_list) if both else math.nan,
+        "same_domain": float(a.domain == b.domain) if comparable else math.nan,
+    }
+
+
+def text_measures(ta: Sequence[str] | None, tb: Sequence[str] | None, tokenizer: Any | None) -> dict[str, float]:
+    """Word and sub-word overlap / divergence of two text samples (NaN without texts or tokenizer)."""
+    out = dict.fromkeys(("word_js", "subword_jaccard", "subword_weighted_jaccard", "subword_js"), math.nan)
+    if not ta or not tb:
+        return out
+    out["word_js"] = jensen_shannon(word_counts(ta), word_counts(tb))
+    if tokenizer is not None:
+        sa, sb = subword_counts(ta, tokenizer), subword_counts(tb, tokenizer)
+        out.update(subword_jaccard=jaccard(sa, sb), subword_weighted_jaccard=weighted_jaccard(sa, sb),
+                   subword_js=jensen_shannon(sa, sb))
+    return out
+
+
+class _TextEmb:
+    """TextEmb of task pairs: mean embeddings computed once per task, cosines cached."""
+
+    def __init__(self, encoder: tuple[Any, Any], encoder_id: str, sample_id: str, cache: SimilarityCache,
+                 texts: Mapping[str, Sequence[str]]):
+        self.model, self.tokenizer = encoder
+        self.key_parts = ("text_emb", encoder_id, sample_id)
+        self.cache, self.texts = cache, texts
+        self.emb: dict[str, np.ndarray] = {}
+
+    def _embedding(self, task: str) -> np.ndarray:
+        if task not in self.emb:
+            self.emb[task] = mean_embedding(list(self.texts[task]), self.model, self.tokenizer)
+        return self.emb[task]
+
+    def __call__(self, inter: str, target: str) -> float:
+        if not self.texts.get(inter) or not self.texts.get(target):
+            return math.nan
+        key = SimilarityCache.key(*self.key_parts, inter, target)
+        return _cached(self.cache, key, lambda: cosine(self._embedding(inter), self._embedding(target)))
+
+
 def task_similarity_table(
     pairs: Sequence[tuple[str, str]],
     texts: Mapping[str, Sequence[str]],
@@ -386,7 +433,7 @@ def task_similarity_table(
     encoder: tuple[Any, Any] | None = None,
     encoder_id: str = "",
     fisher: Mapping[str, np.ndarray] | None = None,
-    task_lookup: Callable[[str], TaskInfo] = task_info,
+    task_lookup: Callable[[str], TaskSpec | None] = find_task,
     cache: SimilarityCache | None = None,
     sample_id: str = "",
 ) -> pd.DataFrame:
@@ -396,49 +443,15 @@ def task_similarity_table(
     sub-word measures, ``encoder`` = (model, tokenizer) enables ``text_emb``, ``fisher`` =
     {task: Fisher vector} enables ``task_emb``. Measures without their inputs are NaN.
     """
-    cache = cache or SimilarityCache(None)
-    emb: dict[str, np.ndarray] = {}
+    text_emb = _TextEmb(encoder, encoder_id, sample_id, cache or SimilarityCache(None), texts) if encoder else None
+    fisher = fisher or {}
     rows = []
     for inter, target in pairs:
-        a, b = task_lookup(inter), task_lookup(target)
-        row: dict[str, Any] = {"intermediate": inter, "target": target}
-        row["same_format"] = float(a.format == b.format) if a.format and b.format else math.nan
-        row["same_label_space"] = (
-            float(bool(a.label_list) and a.label_list == b.label_list) if a.known and b.known else math.nan
-        )
-        comparable = a.domain and b.domain and "mixed" not in (a.domain, b.domain)
-        row["same_domain"] = float(a.domain == b.domain) if comparable else math.nan
-        ta, tb = texts.get(inter), texts.get(target)
-        have_text = bool(ta) and bool(tb)
-        if have_text:
-            wa, wb = word_counts(ta), word_counts(tb)
-            row["word_js"] = jensen_shannon(wa, wb)
-        else:
-            row["word_js"] = math.nan
-        if have_text and tokenizer is not None:
-            sa, sb = subword_counts(ta, tokenizer), subword_counts(tb, tokenizer)
-            row["subword_jaccard"] = jaccard(sa, sb)
-            row["subword_weighted_jaccard"] = weighted_jaccard(sa, sb)
-            row["subword_js"] = jensen_shannon(sa, sb)
-        else:
-            row["subword_jaccard"] = row["subword_weighted_jaccard"] = row["subword_js"] = math.nan
-        if have_text and encoder is not None:
-            model, tok = encoder
-
-            def compute_text_emb() -> float:
-                for t, tx in ((inter, ta), (target, tb)):
-                    if t not in emb:
-                        emb[t] = mean_embedding(list(tx), model, tok)
-                return cosine(emb[inter], emb[target])
-
-            row["text_emb"] = _cached(cache, SimilarityCache.key("text_emb", encoder_id, sample_id, inter, target),
-                                      compute_text_emb)
-        else:
-            row["text_emb"] = math.nan
-        if fisher is not None and inter in fisher and target in fisher:
-            row["task_emb"] = cosine(fisher[inter], fisher[target])
-        else:
-            row["task_emb"] = math.nan
+        row: dict[str, Any] = {"intermediate": inter, "target": target,
+                               **catalog_measures(task_lookup(inter), task_lookup(target)),
+                               **text_measures(texts.get(inter), texts.get(target), tokenizer)}
+        row["text_emb"] = text_emb(inter, target) if text_emb is not None else math.nan
+        row["task_emb"] = cosine(fisher[inter], fisher[target]) if inter in fisher and target in fisher else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -449,7 +462,7 @@ def language_similarity_table(
     *,
     tokenizer: Any | None = None,
     references: Sequence[str] = ("en",),
-    lookup: Callable[[str], Any] = language_info,
+    lookup: Callable[[str], LanguageInfo] = language_info,
 ) -> pd.DataFrame:
     """Similarity of each language to English and to the intermediate data's languages.
 

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from xstilts.analysis.groupings import UNKNOWN
-from xstilts.analysis.metadata import task_info
+from xstilts.analysis.metadata import find_task
 from xstilts.analysis.records import setup_languages, task_models
 from xstilts.analysis.sections import ReportInputs
 from xstilts.analysis.similarity import (
@@ -263,7 +263,7 @@ def _in_vs_out(points: pd.DataFrame) -> tuple[pd.DataFrame | None, str | None]:
 def compute_domain(inp: ReportInputs, task_sim: TaskSimilarityResult) -> DomainResult:
     table, points = task_sim.table, task_sim.points
     tasks = sorted(set(table["intermediate"]) | set(table["target"])) if len(table) else []
-    domains = pd.DataFrame([{"task": t, "domain": task_info(t).domain or "(unknown)"} for t in tasks])
+    domains = pd.DataFrame([{"task": t, "domain": getattr(find_task(t), "domain", None) or "(unknown)"} for t in tasks])
     if points.empty:
         return DomainResult(domains, points, [], pd.DataFrame(), None, None)
     measures = measures_present(points, DOMAIN_MEASURES)

@@ -8,19 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from xstilts.errors import DataError, DataNotFoundError
+from xstilts.experiments.store import METRIC_COLUMNS, STAGE_COLUMNS, ResultsStore, open_store, store_path
 
 log = logging.getLogger(__name__)
 
-METRICS_COLUMNS = ["model", "setup", "target", "language", "seed", "split", "metric", "value", "stage_id"]
-STAGES_COLUMNS = ["stage_id", "kind", "state", "setup", "target", "model", "seed", "started_at", "finished_at",
-                  "host", "error", "settings"]
 
-
-def _open_store(output_dir: Path):
-    try:
-        from xstilts.experiments import open_store
-    except ImportError:  # the package may not re-export it
-        from xstilts.experiments.store import open_store
+def _open_store(output_dir: Path) -> ResultsStore:
     return open_store(output_dir)
 
 
@@ -31,16 +24,15 @@ def load_frames(output_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     :class:`DataError` when a frame lacks a contracted column.
     """
     output_dir = Path(output_dir)
-    if not (output_dir / "results.sqlite").is_file():
-        raise DataNotFoundError(
-            f"{output_dir}: no results store (results.sqlite) here; pass the OUTPUT_DIR of `xstilts run`."
-        )
+    path = store_path(output_dir)
+    if not path.is_file():
+        raise DataNotFoundError(f"{output_dir}: no results store ({path.name}) here; pass the OUTPUT_DIR of `xstilts run`.")
     store = _open_store(output_dir)
     metrics = store.metrics_frame()
     stages = store.stages_frame()
-    for name, frame, cols in (("metrics", metrics, METRICS_COLUMNS), ("stages", stages, STAGES_COLUMNS)):
+    for name, frame, cols in (("metrics", metrics, METRIC_COLUMNS), ("stages", stages, STAGE_COLUMNS)):
         missing = [c for c in cols if c not in frame.columns]
         if missing:
-            raise DataError(output_dir / "results.sqlite", f"{name} table lacks columns {missing}")
+            raise DataError(path, f"{name} table lacks columns {missing}")
     log.info("read %d metric rows and %d stages from %s", len(metrics), len(stages), output_dir)
     return metrics, stages
