@@ -164,3 +164,19 @@ def test_training_refuses_a_carried_over_head_with_other_labels(encoder):
     assert legacy.ensure_head(HeadSpec.for_labels("old", "classification", LABELS)).labels == LABELS
     with pytest.raises(ConfigError, match="must be 2 distinct names"):
         HeadSpec("x", "classification", labels=["a", "a"])
+
+
+def test_a_target_trained_on_another_task_names_its_head_in_the_eval_stage(tmp_path):
+    """The planner tells evaluation which head to take when a target trains on a task that is
+    neither the target nor its catalog train_task; otherwise the stage settings (and ids) are
+    as before, and the head is found by name."""
+    from xstilts.experiments import parse_spec, plan_stages
+
+    spec = {"models": ["e5-small"], "intermediate": {"baseline": None}, "seeds": [0],
+            "targets": [{"task": "xnli", "languages": ["de"], "train": {"task": "anli", "split": "dev"}},
+                        {"task": "xquad", "languages": ["de"]}],
+            "output_dir": str(tmp_path), "data_dir": str(tmp_path)}
+    plan = plan_stages(parse_spec(spec, tmp_path / "s.yaml"))
+    evals = {s.settings["task"]: s.settings for s in plan.of_kind("eval")}
+    assert "head" not in evals["xquad"]  # trained on squad_v1, its train_task: found by name
+    assert evals["xnli"]["head"] == "anli"  # same labels as xnli, so evaluation accepts it

@@ -371,6 +371,9 @@ class _Builder:
         }
         if config is not None:
             settings.update({k: options.get(k) or getattr(config, k) for k in FEATURIZE_KEYS})
+            head = config.tasks[0].task  # the target stage's head is named after the task it trained on
+            if head not in (task.name, task.train_task):  # another task's head is used only when named
+                settings["head"] = head
         precision = options.get("precision") or "fp32"
         if precision != "fp32":  # fp32 stays out of the hash: ids of fp32 stages do not depend on it
             settings["precision"] = precision
