@@ -57,6 +57,7 @@ def eval_cmd(
     prefix: str = typer.Option("", "--prefix", help="Retrieval: text prepended to every sentence (e.g. 'query: ' for e5)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output dir for metrics.json + predictions/ (default: eval-<task>)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data dir (default: ../shared/data or $XSTILTS_DATA_DIR)."),
+    head: str | None = typer.Option(None, "--head", help="The model's head to use (default: the one named after the task or its train task); its labels must be the task's."),
 ) -> None:
     """Evaluate a model zero-shot on every requested language of a task, in one process."""
     from xstilts.evaluate import RetrievalSettings, zero_shot_eval
@@ -64,7 +65,8 @@ def eval_cmd(
     out_dir = out if out is not None else Path(f"eval-{task}")
     rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
     report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
-                            batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device)
+                            batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device,
+                            head=head)
     _print_report(report, out_dir)
 
 

@@ -456,7 +456,7 @@ class MultiTaskModel(nn.Module):
                          for n, s in self.head_specs.items()) or "none"
 
     def _how_to_choose(self, task: str) -> str:
-        return (f"choose the head to use with head=NAME (one of: {self._describe_heads()}), "
+        return (f"choose the head to use with head=NAME (xstilts eval --head NAME; one of: {self._describe_heads()}), "
                 f"or fine-tune the model on '{task}' first")
 
     def _spec(self, task: str) -> HeadSpec:
