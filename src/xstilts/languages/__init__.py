@@ -139,6 +139,62 @@ def _opt(value: str) -> str | None:
     return value or None
 
 
+def _read_records(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-empty, non-comment line of a CSV file."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        # one record per physical line (the table has no multi-line fields), so line numbers are exact
+        return [
+            (i, next(csv.reader([line])))
+            for i, line in enumerate(fh, start=1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+
+
+def _resource_class(value: str, path: Path, lineno: int) -> int | None:
+    if not value:
+        return None
+    try:
+        rc = int(value)
+    except ValueError:
+        rc = -1
+    if not 0 <= rc <= 5:
+        raise DataError(path, f"resource_class must be an integer 0-5 or empty, got {value!r}", line=lineno)
+    return rc
+
+
+def _parse_row(get: dict[str, str], path: Path, lineno: int) -> Language:
+    """One :class:`Language` from a row's stripped fields; DataError naming the line when invalid."""
+    for required in ("code", "iso639_3", "name"):
+        if not get[required]:
+            raise DataError(path, f"empty '{required}'", line=lineno)
+    lang = Language(
+        code=get["code"].lower(),
+        iso639_1=_opt(get["iso639_1"].lower()),
+        iso639_3=get["iso639_3"].lower(),
+        name=get["name"],
+        family=_opt(get["family"]),
+        genus=_opt(get["genus"]),
+        script=_opt(get["script"]),
+        resource_class=_resource_class(get["resource_class"], path, lineno),
+        aliases=tuple(a.strip().lower() for a in get["aliases"].split(";") if a.strip()),
+        notes=_opt(get["notes"]),
+    )
+    if lang.iso639_1 and lang.code != lang.iso639_1:
+        raise DataError(path, f"code {lang.code!r} must equal its ISO 639-1 code {lang.iso639_1!r}", line=lineno)
+    return lang
+
+
+def _header_positions(records: list[tuple[int, list[str]]], path: Path) -> tuple[list[str], dict[str, int]]:
+    if not records:
+        raise DataError(path, "empty language table (no header)")
+    header_line, header = records[0]
+    header = [h.strip() for h in header]
+    missing = [c for c in _COLUMNS if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}; expected {list(_COLUMNS)}", line=header_line)
+    return header, {c: header.index(c) for c in _COLUMNS}
+
+
 def load_table(path: str | Path = LANGUAGES_CSV) -> tuple[Language, ...]:
     """Parse a language table file (CSV, ``#`` comment lines allowed) into :class:`Language` rows.
 
@@ -148,54 +204,14 @@ def load_table(path: str | Path = LANGUAGES_CSV) -> tuple[Language, ...]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "language table not found")
+    records = _read_records(path)
+    header, pos = _header_positions(records, path)
     languages: list[Language] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        # one record per physical line (the table has no multi-line fields), so line numbers are exact
-        records = [
-            (i, next(csv.reader([line])))
-            for i, line in enumerate(fh, start=1)
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    if not records:
-        raise DataError(path, "empty language table (no header)")
-    header_line, header = records[0]
-    header = [h.strip() for h in header]
-    missing = [c for c in _COLUMNS if c not in header]
-    if missing:
-        raise DataError(path, f"missing column(s) {missing}; expected {list(_COLUMNS)}", line=header_line)
-    pos = {c: header.index(c) for c in _COLUMNS}
     for lineno, row in records[1:]:
         if len(row) != len(header):
             raise DataError(path, f"expected {len(header)} fields, got {len(row)}", line=lineno)
-        get = {c: row[pos[c]].strip() for c in _COLUMNS}
-        for required in ("code", "iso639_3", "name"):
-            if not get[required]:
-                raise DataError(path, f"empty '{required}'", line=lineno)
-        rc: int | None = None
-        if get["resource_class"]:
-            try:
-                rc = int(get["resource_class"])
-            except ValueError:
-                rc = -1
-            if not 0 <= rc <= 5:
-                raise DataError(
-                    path, f"resource_class must be an integer 0-5 or empty, got {get['resource_class']!r}", line=lineno
-                )
-        lang = Language(
-            code=get["code"].lower(),
-            iso639_1=_opt(get["iso639_1"].lower()),
-            iso639_3=get["iso639_3"].lower(),
-            name=get["name"],
-            family=_opt(get["family"]),
-            genus=_opt(get["genus"]),
-            script=_opt(get["script"]),
-            resource_class=rc,
-            aliases=tuple(a.strip().lower() for a in get["aliases"].split(";") if a.strip()),
-            notes=_opt(get["notes"]),
-        )
-        if lang.iso639_1 and lang.code != lang.iso639_1:
-            raise DataError(path, f"code {lang.code!r} must equal its ISO 639-1 code {lang.iso639_1!r}", line=lineno)
+        lang = _parse_row({c: row[pos[c]].strip() for c in _COLUMNS}, path, lineno)
         for c in lang.codes:
             if c in seen:
                 raise DataError(path, f"code {c!r} (row {lang.code!r}) already used on line {seen[c]}", line=lineno)
