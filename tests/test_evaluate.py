@@ -9,7 +9,7 @@ import pytest
 
 from xstilts.errors import XStiltsError
 from xstilts.evaluate import RetrievalSettings, default_retrieval_layer, rescore, zero_shot_eval
-from xstilts.evaluate.zero_shot import _truncated_encoder, find_head
+from xstilts.evaluate.zero_shot import find_head
 
 
 def _same(a: dict, b: dict) -> None:
@@ -37,23 +37,6 @@ def test_default_layer_scales_xtreme_reference():
     assert default_retrieval_layer(12) == 7  # XTREME --specific_layer 7 for 12-layer encoders
     assert default_retrieval_layer(24) == 14
     assert default_retrieval_layer(2) == 1
-
-
-def test_truncated_encoder_equals_hidden_state_of_that_layer(tiny_model_dir):
-    import torch
-
-    from xstilts.models import MultiTaskModel
-
-    model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
-    model.eval()
-    enc = tok(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        ref = model.embed(enc["input_ids"], enc["attention_mask"], layer=1)
-        with _truncated_encoder(model.encoder, 1) as applied:
-            fast = model.embed(enc["input_ids"], enc["attention_mask"], layer=None)
-    assert applied
-    torch.testing.assert_close(ref, fast)
-    assert len(model.encoder.encoder.layer) == 2  # restored
 
 
 def test_retrieval_eval_all_languages_skips_missing_and_rescore(tiny_model_dir, tmp_path):
@@ -170,30 +153,15 @@ def test_cli_eval_prints_table_and_writes_outputs(tiny_model_dir, tmp_path):
 
 
 def test_bf16_eval_is_recorded_and_close_to_fp32(pawsx_model_dir, shared_data, tmp_path):
-    import numpy as np
-    import torch
-
-    from xstilts.evaluate.zero_shot import _run_head
-    from xstilts.models import MultiTaskModel
-    from xstilts.tasks.catalog import get_task
-    from xstilts.tasks.formats import FeaturizeOptions, get_format
-    from xstilts.tasks.loading import load_examples
-
+    """bf16 evaluation casts the model once; its logits differ from fp32 by rounding only (see
+    tests/test_predict.py for the loop itself)."""
     rep = zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=16,
                          precision="bf16", device="cpu", out_dir=tmp_path / "bf16")
     assert rep.settings["precision"] == "bf16" and rep.settings["device"] == "cpu"
     assert json.loads((tmp_path / "bf16" / "metrics.json").read_text())["settings"]["precision"] == "bf16"
-    # the logits under bf16 autocast differ from fp32 by rounding only
-    model, tok = MultiTaskModel.from_pretrained(str(pawsx_model_dir), heads=True)
-    model.eval()
-    spec, fmt = get_task("pawsx"), get_format("classification")
-    feats = fmt.featurize(load_examples(spec, "de", "dev", data_dir=shared_data, max_examples=16, seed=0), tok,
-                          FeaturizeOptions(max_length=64), spec.label_list)
-    cpu = torch.device("cpu")
-    ref = _run_head(model, "pawsx", fmt, feats, tok.pad_token_id, 8, "fp32", cpu, "fp32")["logits"]
-    low = _run_head(model, "pawsx", fmt, feats, tok.pad_token_id, 8, "bf16", cpu, "bf16")["logits"]
-    assert not np.array_equal(ref, low)  # autocast really ran in bf16
-    assert np.abs(ref - low).max() <= 0.05 * max(1.0, float(np.abs(ref).max()))
+    ref = zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=16,
+                         device="cpu")
+    assert abs(rep.per_language["de"]["accuracy"] - ref.per_language["de"]["accuracy"]) <= 100 / 16 * 2
 
 
 def test_bad_precision_or_device_is_a_clear_error(pawsx_model_dir, shared_data):

@@ -1,23 +1,23 @@
 """Zero-shot evaluation of one model on every language of a target task, in one process.
 
 The model (and the head the task needs) is loaded once; for each language the examples are
-loaded (optionally a seeded subsample), featurised through the shared feature cache, run in
-batches sorted by length with dynamic padding under ``torch.inference_mode``, decoded and
-scored with the task's format. ``out_dir`` receives ``metrics.json`` and
+loaded (optionally a seeded subsample), featurised through the shared feature cache, run
+through :func:`xstilts.models.predict.predict` (the one inference loop, shared with the
+training engine's dev evaluation), decoded and scored with the task's format. ``out_dir`` receives ``metrics.json`` and
 ``predictions/<lang>.jsonl`` (``{"id", "prediction"}`` rows), from which :func:`rescore`
 recomputes every number.
 
 Retrieval tasks (Tatoeba, BUCC) need no head: sentences are embedded with
-:class:`RetrievalSettings` (layer, pooling, normalisation, margin, direction).
+:class:`RetrievalSettings` (layer, pooling, normalisation, margin, direction) and decoded by
+the retrieval format's one decoder (``RetrievalFormat.retrieve``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,149 +151,183 @@ def find_head(head_specs: dict[str, Any], task_spec: Any, head_kind: str) -> str
                        f"'{task_spec.name}'; cannot tell which one to use")
 
 
-def _feature_length(feat: dict[str, Any]) -> int:
-    ids = feat["input_ids"]
-    if ids and isinstance(ids[0], (list, tuple)):
-        return max(len(r) for r in ids)
-    return len(ids)
-
-
-def _length_sorted_batches(features: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(features)), key=lambda i: _feature_length(features[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@contextlib.contextmanager
-def _truncated_encoder(encoder: Any, layer: int) -> Iterator[bool]:
-    """Run only the first ``layer`` transformer layers when that is exact (BERT/XLM-R-style
-    encoders without a final norm): their last hidden state then equals ``hidden_states[layer]``.
-    Yields whether truncation applied."""
-    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-    model_type = getattr(getattr(encoder, "config", None), "model_type", "")
-    if layers is None or model_type not in ("bert", "xlm-roberta", "roberta", "camembert") or not 0 < layer < len(layers):
-        yield False
-        return
-    import torch
-
-    full = encoder.encoder.layer
-    encoder.encoder.layer = torch.nn.ModuleList(list(full)[:layer])
-    try:
-        yield True
-    finally:
-        encoder.encoder.layer = full
-
-
 def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
 
 
-# ---------------------------------------------------------------------- running the model
-PRECISIONS = ("fp32", "bf16", "fp16")
+# ---------------------------------------------------------------------- one evaluation run
+@dataclass
+class _Run:
+    """Everything one :func:`zero_shot_eval` call resolved once: task, model, target, options."""
+
+    spec: Any
+    fmt: Any
+    split: str
+    languages: list[str]
+    data_root: Path | None
+    max_examples: int | None
+    seed: int
+    batch_size: int
+    device: Any
+    precision: str
+    model: Any = None
+    tokenizer: Any = None
+    target: Any = None  # a head name or a models.predict.SentenceEmbedding
+    retrieval: RetrievalSettings | None = None
+    options: Any = None  # FeaturizeOptions
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
 
-def _autocast(device: Any, precision: str) -> Any:
-    """Mixed-precision context for inference (``fp32``: none)."""
+def _resolve_task(task: str, languages: Sequence[str] | str, split: str | None, data_dir: str | Path | None,
+                  max_examples: int | None, seed: int, batch_size: int, device: str | None, precision: str) -> _Run:
+    """Check the request and resolve the task, split, languages, data dir and device (no model yet)."""
+    from xstilts.models.predict import resolve_device
+    from xstilts.paths import resolve_data_dir
+    from xstilts.tasks.catalog import check_split, get_task
+    from xstilts.tasks.formats import get_format
+
+    spec = get_task(task)
+    split = check_split(spec, split or spec.eval_split)
+    langs = resolve_languages(spec, languages)
+    if batch_size < 1:
+        raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
+    if max_examples is not None and max_examples < 1:
+        raise XStiltsError(f"max_examples must be >= 1, got {max_examples}")
+    return _Run(spec=spec, fmt=get_format(spec.format), split=split, languages=langs,
+                data_root=resolve_data_dir(data_dir), max_examples=max_examples, seed=seed, batch_size=batch_size,
+                device=resolve_device(device, precision), precision=precision)
+
+
+def _load_model(run: _Run, model: str | Path) -> None:
+    """Load the model once (with its heads unless the format is scored by embeddings), on the
+    device, cast once to the inference precision."""
+    from xstilts.models import MultiTaskModel
+    from xstilts.models.predict import cast_for_inference
+
+    run.model, run.tokenizer = MultiTaskModel.from_pretrained(str(model), heads=run.fmt.head_kind is not None)
+    cast_for_inference(run.model.eval().to(run.device), run.precision)
+
+
+def _retrieval_target(run: _Run, retrieval: RetrievalSettings | None, max_length: int | None) -> None:
+    """Embedding layer / pooling, featurisation and recorded settings of a retrieval evaluation."""
+    from xstilts.models import encoder_num_layers
+    from xstilts.models.predict import SentenceEmbedding
+    from xstilts.tasks.formats import FeaturizeOptions
+
+    rs = replace(retrieval) if retrieval is not None else RetrievalSettings()
+    rs.validate()
+    n_layers = encoder_num_layers(run.model.encoder.config)
+    layer = default_retrieval_layer(n_layers) if rs.layer is None else rs.layer
+    if not -(n_layers + 1) <= layer <= n_layers:
+        raise XStiltsError(f"retrieval layer {layer} is out of range for a {n_layers}-layer encoder (0..{n_layers})")
+    layer = layer % (n_layers + 1)
+    run.retrieval, run.target = rs, SentenceEmbedding(layer=layer, pooling=rs.pooling)
+    run.options = FeaturizeOptions(max_length=max_length or rs.max_length)
+    run.settings["retrieval"] = {
+        **asdict(rs), "layer": layer, "num_layers": n_layers, "layer_default": rs.layer is None,
+        "similarity": "cosine" if rs.margin is None else f"margin-{rs.margin}",
+        "direction": "source->english" + (" and english->source" if rs.both_directions else "")}
+
+
+def _head_target(run: _Run, featurize: dict[str, int]) -> None:
+    """The head to run and the featurisation (the format's eval length unless ``max_length`` is given)."""
+    from xstilts.tasks.formats import FeaturizeOptions
+
+    run.target = find_head(run.model.head_specs, run.spec, run.fmt.head_kind)
+    defaults = {"max_length": run.fmt.eval_max_length or FeaturizeOptions().max_length}
+    run.options = FeaturizeOptions(**{**defaults, **featurize})
+    run.settings["head"] = run.target
+
+
+def _base_settings(run: _Run, model: str | Path) -> dict[str, Any]:
     import torch
 
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return {"model": str(model), "task": run.spec.name, "split": run.split, "max_examples": run.max_examples,
+            "seed": run.seed, "batch_size": run.batch_size,
+            "data_dir": str(run.data_root) if run.data_root else None, "torch_threads": torch.get_num_threads(),
+            "device": str(run.device), "precision": run.precision}
 
 
-def _resolve_device(device: str | None, precision: str) -> Any:
-    import torch
+def _load_language(run: _Run, lang: str, report: EvalReport) -> list[Any] | None:
+    """The examples of one language (retrieval: with the prefix), or None when skipped (recorded)."""
+    from xstilts.tasks.loading import load_examples
 
-    if precision not in PRECISIONS:
-        raise XStiltsError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device in (None, "auto"):
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise XStiltsError(f"unknown device {device!r} (expected cpu, cuda, cuda:N or auto)") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise XStiltsError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    if precision == "fp16" and dev.type != "cuda":
-        raise XStiltsError("precision fp16 needs a CUDA device; on CPU use bf16 (or fp32)")
-    return dev
+    try:
+        examples = load_examples(run.spec, lang, run.split, data_dir=run.data_root, max_examples=run.max_examples,
+                                 seed=run.seed)
+    except DataNotFoundError as exc:
+        report.skipped[lang] = str(exc)
+        logger.warning("%s/%s skipped: %s", run.spec.name, lang, exc)
+        return None
+    if not examples:
+        report.skipped[lang] = "no examples"
+        return None
+    return examples
 
 
-def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+def _featurize(run: _Run, examples: list[Any]) -> list[dict[str, Any]]:
+    from xstilts.tasks.cache import featurize_cached
+
+    if run.retrieval is not None and run.retrieval.prefix:
+        p = run.retrieval.prefix
+        examples = [replace(ex, source=p + ex.source, target=p + ex.target) for ex in examples]
+    return [dict(r) for r in featurize_cached(run.spec, examples, run.tokenizer, run.options)]
 
 
-def _run_head(model: Any, head: str, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,
-              desc: str, device: Any = None, precision: str = "fp32") -> dict[str, np.ndarray]:
-    import torch
+def _predict(run: _Run, features: list[dict[str, Any]], lang: str) -> dict[str, np.ndarray]:
+    from xstilts.models.predict import predict
 
-    from xstilts.tasks.formats._common import stack_in_order
-
-    device = device if device is not None else torch.device("cpu")
-    chunks: dict[str, list[tuple[list[int], np.ndarray]]] = {}
-    batches = _length_sorted_batches(features, batch_size)
-    with torch.inference_mode(), _autocast(device, precision):
-        for idx in _progress(batches, desc):
-            batch = fmt.collate([features[i] for i in idx], pad_id)
-            batch = _to({k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")},
-                        device)
-            out = model(head, **batch)
-            for key, val in out.items():
-                if key == "loss":
-                    continue
-                chunks.setdefault(key, []).append((idx, val.float().cpu().numpy()))
-    pads = {"start_logits": -1e4, "end_logits": -1e4}
-    return {k: stack_in_order(v, len(features), pads.get(k, 0.0)) for k, v in chunks.items()}
+    return predict(run.model, run.target, run.fmt, features, batch_size=run.batch_size, pad_token_id=run.pad_id,
+                   device=run.device, precision=run.precision, progress=True, desc=f"{run.spec.name}/{lang}")
 
 
-def _embed(model: Any, fmt: Any, features: list[dict[str, Any]], pad_id: int, batch_size: int,
-           settings: RetrievalSettings, layer: int, desc: str, device: Any = None, precision: str = "fp32") -> np.ndarray:
-    import torch
+def _decode_and_score(run: _Run, lang: str, examples: list[Any], features: list[dict[str, Any]],
+                      outputs: dict[str, np.ndarray]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Scores and prediction rows of one language."""
+    fmt, spec = run.fmt, run.spec
+    if run.retrieval is not None:
+        rs = run.retrieval
+        found = fmt.retrieve(examples, features, outputs["embeddings"], spec.metric, margin=rs.margin, k=rs.k,
+                             normalize=rs.normalize, both_directions=rs.both_directions)
+        if found.threshold is not None:
+            run.settings.setdefault("per_language", {})[lang] = {"threshold": found.threshold}
+        return fmt.score_retrieval(examples, found), found.to_rows()
+    preds = fmt.decode(examples, features, outputs, spec.label_list)
+    scores = fmt.score(examples, preds, spec.metric, language=lang)
+    return scores, [{"id": ex.id, "prediction": fmt.prediction_to_json(preds[ex.id])} for ex in examples]
 
-    device = device if device is not None else torch.device("cpu")
-    out = np.zeros((len(features), model.hidden_size), dtype=np.float32)
-    with torch.inference_mode(), _autocast(device, precision), _truncated_encoder(model.encoder, layer) as truncated:
-        for idx in _progress(_length_sorted_batches(features, batch_size), desc):
-            batch = _to(fmt.collate([features[i] for i in idx], pad_id), device)
-            emb = model.embed(batch["input_ids"], batch.get("attention_mask"),
-                              layer=None if truncated else layer, pooling=settings.pooling)
-            out[np.asarray(idx)] = emb.float().cpu().numpy()
-    return out
+
+def _evaluate_language(run: _Run, lang: str, report: EvalReport, out_path: Path | None) -> None:
+    """Load, featurise, predict, decode and score one language into ``report`` (and its predictions file)."""
+    examples = _load_language(run, lang, report)
+    if examples is None:
+        return
+    features = _featurize(run, examples)
+    scores, rows = _decode_and_score(run, lang, examples, features, _predict(run, features, lang))
+    report.per_language[lang] = scores
+    report.n_examples[lang] = len(examples)
+    logger.info("%s/%s: %s (%d examples)", run.spec.name, lang, _fmt_scores(scores), len(examples))
+    if out_path is not None:
+        _write_jsonl(out_path / PREDICTIONS_DIR / f"{lang}.jsonl", rows)
 
 
-def _retrieval_eval(spec: Any, examples: list[Any], emb: np.ndarray, features: list[dict[str, Any]],
-                    settings: RetrievalSettings) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, Any]]:
-    """Scores, prediction rows and extra info of one language from sentence embeddings."""
-    from xstilts.metrics import bucc_f1, nearest_neighbours
-
-    n = len(examples)
-    rows = {"source": np.zeros(n, dtype=np.int64), "target": np.zeros(n, dtype=np.int64)}
-    for f, feat in enumerate(features):
-        rows[feat["side"]][int(feat["example_index"])] = f
-    src, tgt = emb[rows["source"]], emb[rows["target"]]
-    ids = [ex.id for ex in examples]
-    if spec.metric == "bucc":
-        res = bucc_f1(src, tgt, ids, ids, [(i, i) for i in ids], k=settings.k, margin=settings.margin or "ratio",
-                      normalize=settings.normalize)
-        from xstilts.metrics import mine_bitext
-
-        mined = mine_bitext(src, tgt, k=settings.k, margin=settings.margin or "ratio", normalize=settings.normalize)
-        preds = [{"id": ids[s], "prediction": ids[t], "score": sc} for s, t, sc in mined if sc > res["threshold"]]
-        threshold = res.pop("threshold")
-        return res, preds, {"threshold": threshold}
-    fwd = nearest_neighbours(src, tgt, margin=settings.margin, k=settings.k, normalize=settings.normalize)
-    pred_rows = [{"id": ids[i], "prediction": ids[int(j)]} for i, j in enumerate(fwd)]
-    scores = {"accuracy": 100.0 * float(np.mean(fwd == np.arange(n)))}
-    if settings.both_directions:
-        bwd = nearest_neighbours(tgt, src, margin=settings.margin, k=settings.k, normalize=settings.normalize)
-        for i, j in enumerate(bwd):
-            pred_rows[i]["prediction_reverse"] = ids[int(j)]
-        scores["accuracy_reverse"] = 100.0 * float(np.mean(bwd == np.arange(n)))
-        scores["accuracy_both"] = (scores["accuracy"] + scores["accuracy_reverse"]) / 2
-    return scores, pred_rows, {}
+def _require_scores(run: _Run, report: EvalReport) -> None:
+    """DataNotFoundError when every language was skipped (an empty report hides a wrong data dir)."""
+    if report.per_language:
+        return
+    where = run.data_root if run.data_root is not None else "none (no --data-dir, XSTILTS_DATA_DIR or ../shared/data)"
+    reasons = "; ".join(f"{lang}: {why}" for lang, why in list(report.skipped.items())[:3])
+    more = f" (and {len(report.skipped) - 3} more languages)" if len(report.skipped) > 3 else ""
+    raise DataNotFoundError(
+        f"{run.spec.name}/{run.split}: no language could be evaluated, every one of "
+        f"{', '.join(run.languages)} was skipped. Data dir: {where}. Looked for: {reasons}{more}. "
+        f"Pass --data-dir (data_dir) pointing at the folder that holds the task's files.")
 
 
 # ---------------------------------------------------------------------- public API
@@ -311,103 +345,40 @@ def zero_shot_eval(
     max_length: int | None = None,
     precision: str = "fp32",
     device: str | None = None,
+    doc_stride: int | None = None,
+    max_query_length: int | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` zero-shot on every requested language of ``task`` (see module docstring).
 
     ``model``: an xstilts model directory (heads are looked up by task name, then its
     ``train_task``, then the single head of the right kind), or for retrieval tasks anything
     :func:`~xstilts.models.load_encoder` accepts (``e5-small``, a hub id, a directory).
-    Languages whose data is missing are reported in ``EvalReport.skipped``; the others run.
-    ``device``: ``None``/``"auto"`` = the GPU when torch sees one, else the CPU. ``precision``:
-    ``fp32`` (default, exact), or ``bf16`` / ``fp16`` autocast (fp16 on CUDA only): on a CPU with
-    bf16 instructions bf16 ran Tatoeba (112 languages) 2x faster than fp32, average accuracy
-    56.80 vs 56.77, no language moving by more than 0.9 points (benchmarks/RETRIEVAL.md).
+    Languages whose data is missing are reported in ``EvalReport.skipped``; the others run;
+    DataNotFoundError (naming the data dir and the files looked for) when none can run.
+    ``max_length`` / ``doc_stride`` / ``max_query_length``: featurisation (default: the
+    format's eval length, e.g. 384 for QA, and :class:`FeaturizeOptions`' stride / query
+    length; retrieval: ``retrieval.max_length``). ``device``: ``None``/``"auto"`` = the GPU
+    when torch sees one, else the CPU. ``precision``: ``fp32`` (default, exact), or ``bf16`` /
+    ``fp16`` (fp16 on CUDA only): the model is cast once to that dtype (HF's
+    ``bf16_full_eval``; retrieval embeddings are pooled in fp32).
     """
-    import torch
-
-    from xstilts.models import MultiTaskModel, encoder_num_layers
-    from xstilts.paths import resolve_data_dir
-    from xstilts.tasks.cache import featurize_cached
-    from xstilts.tasks.catalog import check_split, get_task
-    from xstilts.tasks.formats import FeaturizeOptions, get_format
-    from xstilts.tasks.loading import load_examples
-
     t0 = time.perf_counter()
-    spec = get_task(task)
-    fmt = get_format(spec.format)
-    split = check_split(spec, split or spec.eval_split)
-    langs = resolve_languages(spec, languages)
-    if batch_size < 1:
-        raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
-    if max_examples is not None and max_examples < 1:
-        raise XStiltsError(f"max_examples must be >= 1, got {max_examples}")
-    data_root = resolve_data_dir(data_dir)
-    dev = _resolve_device(device, precision)
-
-    is_retrieval = fmt.head_kind is None
-    mt, tokenizer = MultiTaskModel.from_pretrained(str(model), heads=not is_retrieval)
-    mt.eval().to(dev)
-    settings: dict[str, Any] = {"model": str(model), "task": spec.name, "split": split, "max_examples": max_examples,
-                                "seed": seed, "batch_size": batch_size, "data_dir": str(data_root) if data_root else None,
-                                "torch_threads": torch.get_num_threads(), "device": str(dev), "precision": precision}
-    head = None
-    layer = 0
-    if is_retrieval:
-        rs = replace(retrieval) if retrieval is not None else RetrievalSettings()
-        rs.validate()
-        n_layers = encoder_num_layers(mt.encoder.config)
-        layer = default_retrieval_layer(n_layers) if rs.layer is None else rs.layer
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise XStiltsError(f"retrieval layer {layer} is out of range for a {n_layers}-layer encoder (0..{n_layers})")
-        layer = layer % (n_layers + 1)
-        options = FeaturizeOptions(max_length=max_length or rs.max_length)
-        settings["retrieval"] = {**asdict(rs), "layer": layer, "num_layers": n_layers,
-                                 "layer_default": rs.layer is None, "similarity": "cosine" if rs.margin is None else f"margin-{rs.margin}",
-                                 "direction": "source->english" + (" and english->source" if rs.both_directions else "")}
+    run = _resolve_task(task, languages, split, data_dir, max_examples, seed, batch_size, device, precision)
+    _load_model(run, model)
+    run.settings = _base_settings(run, model)
+    if run.fmt.head_kind is None:
+        _retrieval_target(run, retrieval, max_length)
     else:
-        head = find_head(mt.head_specs, spec, fmt.head_kind)
-        # QA: the usual SQuAD-style windows (384 tokens, stride 128) unless told otherwise
-        default_len = 384 if spec.format == "extractive_qa" else FeaturizeOptions().max_length
-        options = FeaturizeOptions(max_length=max_length or default_len)
-        settings["head"] = head
-    settings["featurize"] = asdict(options)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    report = EvalReport(task=spec.name, split=split, settings=settings, model=str(model))
+        given = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
+        _head_target(run, {k: v for k, v in given.items() if v is not None})
+    run.settings["featurize"] = asdict(run.options)
+    report = EvalReport(task=run.spec.name, split=run.split, settings=run.settings, model=str(model))
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         (out_path / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
-    extras: dict[str, Any] = {}
-    for lang in _progress(langs, f"{spec.name} languages"):
-        try:
-            examples = load_examples(spec, lang, split, data_dir=data_root, max_examples=max_examples, seed=seed)
-        except DataNotFoundError as exc:
-            report.skipped[lang] = str(exc)
-            logger.warning("%s/%s skipped: %s", spec.name, lang, exc)
-            continue
-        if not examples:
-            report.skipped[lang] = "no examples"
-            continue
-        if is_retrieval and rs.prefix:
-            examples = [replace(ex, source=rs.prefix + ex.source, target=rs.prefix + ex.target) for ex in examples]
-        features = [dict(r) for r in featurize_cached(spec, examples, tokenizer, options)]
-        if is_retrieval:
-            emb = _embed(mt, fmt, features, pad_id, batch_size, rs, layer, f"{spec.name}/{lang}", dev, precision)
-            scores, rows, extra = _retrieval_eval(spec, examples, emb, features, rs)
-            if extra:
-                extras[lang] = extra
-        else:
-            outputs = _run_head(mt, head, fmt, features, pad_id, batch_size, f"{spec.name}/{lang}", dev, precision)
-            preds = fmt.decode(examples, features, outputs, spec.label_list)
-            scores = fmt.score(examples, preds, spec.metric, language=lang)
-            rows = [{"id": ex.id, "prediction": _jsonable(preds[ex.id])} for ex in examples]
-        report.per_language[lang] = scores
-        report.n_examples[lang] = len(examples)
-        logger.info("%s/%s: %s (%d examples)", spec.name, lang, _fmt_scores(scores), len(examples))
-        if out_path is not None:
-            _write_jsonl(out_path / PREDICTIONS_DIR / f"{lang}.jsonl", rows)
-    if extras:
-        settings["per_language"] = extras
+    for lang in _progress(run.languages, f"{run.spec.name} languages"):
+        _evaluate_language(run, lang, report, out_path)
+    _require_scores(run, report)
     report.average = average_scores(report.per_language)
     report.wall_time_s = round(time.perf_counter() - t0, 2)
     if out_path is not None:
@@ -417,14 +388,6 @@ def zero_shot_eval(
 
 def _fmt_scores(scores: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.2f}" for k, v in scores.items())
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -446,6 +409,7 @@ def write_report(report: EvalReport, out_dir: Path | str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------- rescoring
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
     from xstilts.errors import DataError
     from xstilts.tasks.readers import iter_jsonl
@@ -458,6 +422,47 @@ def _read_predictions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_metrics(out_dir: Path) -> EvalReport:
+    from xstilts.errors import DataError
+
+    mpath = out_dir / METRICS_FILE
+    if not mpath.is_file():
+        raise DataNotFoundError(f"{mpath} not found: rescore needs the output directory of an evaluation (xstilts eval --out)")
+    try:
+        return EvalReport.from_json(json.loads(mpath.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(mpath, f"not a metrics file of xstilts eval ({exc})") from None
+
+
+def _gold_examples(spec: Any, old: EvalReport, lang: str, root: Path | None, path: Path) -> list[Any]:
+    """The examples an evaluation scored in ``lang`` (same split, subsample and seed)."""
+    from xstilts.tasks.loading import load_examples
+
+    st = old.settings
+    try:
+        return load_examples(spec, lang, old.split, data_dir=root, max_examples=st.get("max_examples"),
+                             seed=st.get("seed", 0))
+    except (DataNotFoundError, UnknownNameError) as exc:
+        raise XStiltsError(f"{path}: predictions for language '{lang}' of {spec.name}/{old.split}, but no gold data: {exc}") from None
+
+
+def _rescore_language(spec: Any, fmt: Any, examples: list[Any], rows: list[dict[str, Any]], lang: str,
+                      path: Path) -> dict[str, float]:
+    """Scores of one predictions file (formats scored by embeddings: the retrieval decoder's rows)."""
+    from xstilts.tasks.formats._common import check_coverage
+
+    if fmt.head_kind is None:
+        from xstilts.tasks.formats.retrieval import Retrieval
+
+        try:
+            return fmt.score_retrieval(examples, Retrieval.from_rows(spec.metric, rows))
+        except XStiltsError as exc:
+            raise XStiltsError(f"{path}: {exc}") from None
+    preds = {str(r["id"]): fmt.prediction_from_json(r["prediction"]) for r in rows}
+    check_coverage(examples, preds, f"{path}")
+    return fmt.score(examples, preds, spec.metric, language=lang)
+
+
 def rescore(out_dir: Path | str, *, data_dir: str | Path | None = None, write: bool = False) -> EvalReport:
     """Recompute every score of an evaluation from ``out_dir/predictions/*.jsonl`` and the gold data.
 
@@ -465,54 +470,23 @@ def rescore(out_dir: Path | str, *, data_dir: str | Path | None = None, write: b
     recorded in ``metrics.json``. Raises XStiltsError for predictions of a language with no
     gold data, or a predictions file that misses ids. ``write=True`` rewrites metrics.json.
     """
-    from xstilts.metrics import prf
     from xstilts.paths import resolve_data_dir
     from xstilts.tasks.catalog import get_task
     from xstilts.tasks.formats import get_format
-    from xstilts.tasks.formats._common import check_coverage
-    from xstilts.tasks.loading import load_examples
 
     out_dir = Path(out_dir)
-    mpath = out_dir / METRICS_FILE
-    if not mpath.is_file():
-        raise DataNotFoundError(f"{mpath} not found: rescore needs the output directory of an evaluation (xstilts eval --out)")
-    try:
-        old = EvalReport.from_json(json.loads(mpath.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as exc:
-        from xstilts.errors import DataError
-
-        raise DataError(mpath, f"not a metrics file of xstilts eval ({exc})") from None
+    old = _read_metrics(out_dir)
     spec = get_task(old.task)
     fmt = get_format(spec.format)
-    st = old.settings
-    root = resolve_data_dir(data_dir if data_dir is not None else st.get("data_dir"))
+    root = resolve_data_dir(data_dir if data_dir is not None else old.settings.get("data_dir"))
     pred_files = sorted((out_dir / PREDICTIONS_DIR).glob("*.jsonl"))
     if not pred_files:
         raise DataNotFoundError(f"no predictions in {out_dir / PREDICTIONS_DIR}")
-    report = EvalReport(task=old.task, split=old.split, settings=st, skipped=dict(old.skipped), model=old.model)
+    report = EvalReport(task=old.task, split=old.split, settings=old.settings, skipped=dict(old.skipped), model=old.model)
     for path in pred_files:
-        lang = path.stem
-        try:
-            examples = load_examples(spec, lang, old.split, data_dir=root, max_examples=st.get("max_examples"),
-                                     seed=st.get("seed", 0))
-        except (DataNotFoundError, UnknownNameError) as exc:
-            raise XStiltsError(f"{path}: predictions for language '{lang}' of {spec.name}/{old.split}, but no gold data: {exc}") from None
-        rows = _read_predictions(path)
-        preds = {str(r["id"]): r["prediction"] for r in rows}
-        if spec.metric == "bucc":
-            gold = {(ex.id, ex.id) for ex in examples}
-            scores = prf([(str(r["id"]), str(r["prediction"])) for r in rows], gold)
-        else:
-            check_coverage(examples, preds, f"{path}")
-            if spec.format == "multiple_choice":
-                preds = {k: int(v) for k, v in preds.items()}
-            scores = fmt.score(examples, preds, spec.metric, language=lang)
-            if spec.format == "retrieval" and all("prediction_reverse" in r for r in rows) and rows:
-                rev = {str(r["id"]): r["prediction_reverse"] for r in rows}
-                scores["accuracy_reverse"] = fmt.score(examples, rev, spec.metric, language=lang)["accuracy"]
-                scores["accuracy_both"] = (scores["accuracy"] + scores["accuracy_reverse"]) / 2
-        report.per_language[lang] = scores
-        report.n_examples[lang] = len(examples)
+        examples = _gold_examples(spec, old, path.stem, root, path)
+        report.per_language[path.stem] = _rescore_language(spec, fmt, examples, _read_predictions(path), path.stem, path)
+        report.n_examples[path.stem] = len(examples)
     report.average = average_scores(report.per_language)
     if write:
         write_report(report, out_dir)
