@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from xstilts.tasks.catalog import TaskSpec
 
 tasks_app = typer.Typer(
     help="The task catalog: formats, roles, languages, metrics, local data.",
@@ -75,8 +80,6 @@ def tasks_show(
     as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
 ) -> None:
     """Show one task's catalog entry and which of its languages/splits are found locally."""
-    from rich.table import Table
-
     from xstilts.paths import resolve_data_dir
     from xstilts.tasks import get_task, local_availability
 
@@ -88,44 +91,65 @@ def tasks_show(
         payload["local_found"] = {f"{lang}/{split}": str(path) for (lang, split), path in sorted(found.items())}
         typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
         return
+    console.print(_task_grid(spec))
+    if found:
+        console.print(_local_table(spec, found, directory))
+    else:
+        console.print(f"[dim]no local data for {spec.name} in {directory or '(no data dir)'}[/]")
+
+
+def _task_rows(spec: TaskSpec) -> list[tuple[str, str]]:
+    """(field, value) rows describing one catalog entry."""
+    rows = [
+        ("name", spec.name + (f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else "")),
+        ("format", spec.format),
+        ("role", spec.role),
+        ("metric", f"{spec.metric} (primary: {spec.primary_metric})"),
+        ("splits", f"{', '.join(spec.splits)} (zero-shot: {spec.eval_split})"),
+        ("train languages", ", ".join(spec.train_languages)),
+        *([("trained on", spec.train_task)] if spec.train_task else []),
+        ("labels", ", ".join(spec.label_list) if spec.label_list else "—"),
+        ("domain", spec.domain or "—"),
+        (f"languages ({len(spec.languages)})", ", ".join(spec.languages)),
+        *[(f"{bench} ({len(langs)})", ", ".join(langs)) for bench, langs in spec.benchmarks.items()],
+        ("hub", _hub_text(spec)),
+    ]
+    if spec.local:
+        paths = "; ".join(f"{s}: {', '.join(spec.local.templates(s))}" for s in spec.local.paths)
+        rows.append(("local", f"reader {spec.local.reader}  {paths}"))
+    rows.append(("description", spec.description))
+    if spec.citation:
+        rows.append(("citation", spec.citation))
+    return rows
+
+
+def _hub_text(spec: TaskSpec) -> str:
+    if not spec.hub:
+        return "—"
+    cfg = spec.hub.config or ("per language" if spec.hub.configs else "—")
+    extra = "".join(f" + {h.id}" for h in spec.hub.also)
+    return f"{spec.hub.id}{extra}  config: {cfg}"
+
+
+def _task_grid(spec: TaskSpec) -> Table:
+    from rich.table import Table
+
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
     info.add_column()
-    info.add_row("name", spec.name + (f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""))
-    info.add_row("format", spec.format)
-    info.add_row("role", spec.role)
-    info.add_row("metric", f"{spec.metric} (primary: {spec.primary_metric})")
-    info.add_row("splits", f"{', '.join(spec.splits)} (zero-shot: {spec.eval_split})")
-    info.add_row("train languages", ", ".join(spec.train_languages))
-    if spec.train_task:
-        info.add_row("trained on", spec.train_task)
-    info.add_row("labels", ", ".join(spec.label_list) if spec.label_list else "—")
-    info.add_row("domain", spec.domain or "—")
-    info.add_row(f"languages ({len(spec.languages)})", ", ".join(spec.languages))
-    for bench, langs in spec.benchmarks.items():
-        info.add_row(f"{bench} ({len(langs)})", ", ".join(langs))
-    if spec.hub:
-        cfg = spec.hub.config or ("per language" if spec.hub.configs else "—")
-        extra = "".join(f" + {h.id}" for h in spec.hub.also)
-        info.add_row("hub", f"{spec.hub.id}{extra}  config: {cfg}")
-    else:
-        info.add_row("hub", "—")
-    if spec.local:
-        paths = "; ".join(f"{s}: {', '.join(spec.local.templates(s))}" for s in spec.local.paths)
-        info.add_row("local", f"reader {spec.local.reader}  {paths}")
-    info.add_row("description", spec.description)
-    if spec.citation:
-        info.add_row("citation", spec.citation)
-    console.print(info)
-    if found:
-        table = Table(title=f"local data in {directory}")
-        table.add_column("language")
-        for split in spec.splits:
-            table.add_column(split)
-        for lang in spec.languages:
-            cells = ["[green]✓[/]" if (lang, split) in found else "[dim]—[/]" for split in spec.splits]
-            if any("✓" in c for c in cells):
-                table.add_row(lang, *cells)
-        console.print(table)
-    else:
-        console.print(f"[dim]no local data for {spec.name} in {directory or '(no data dir)'}[/]")
+    for key, value in _task_rows(spec):
+        info.add_row(key, value)
+    return info
+
+
+def _local_table(spec: TaskSpec, found: dict[tuple[str, str], Path], directory: Path | None) -> Table:
+    from rich.table import Table
+
+    table = Table(title=f"local data in {directory}")
+    table.add_column("language")
+    for split in spec.splits:
+        table.add_column(split)
+    for lang in spec.languages:
+        if any((lang, split) in found for split in spec.splits):
+            table.add_row(lang, *["[green]✓[/]" if (lang, split) in found else "[dim]—[/]" for split in spec.splits])
+    return table
