@@ -41,7 +41,16 @@ import pandas as pd
 
 from xstilts.analysis.metadata import LanguageInfo, find_task, language_info
 from xstilts.analysis.stats import rank_correlation
+from xstilts.errors import XStiltsError
 from xstilts.tasks.catalog import TaskSpec
+from xstilts.tasks.types import (
+    BitextExample,
+    ClassificationExample,
+    Example,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +92,19 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # --------------------------------------------------------------------------- text
 
 
-def example_text(example: Any) -> str:
-    """The input text of one example of any format, as one string."""
+def example_text(example: Example) -> str:
+    """The input text of one example of any format, as one string (a bitext pair: its English side)."""
     parts: list[str | None]
-    if hasattr(example, "text_a"):
+    if isinstance(example, ClassificationExample):
         parts = [example.text_a, example.text_b]
-    elif hasattr(example, "choices"):
+    elif isinstance(example, MultipleChoiceExample):
         parts = [example.context, example.question, *example.choices]
-    elif hasattr(example, "answers"):
+    elif isinstance(example, QAExample):
         parts = [example.question, example.context]
-    elif hasattr(example, "tokens"):
+    elif isinstance(example, TaggingExample):
         parts = [" ".join(example.tokens)]
-    elif hasattr(example, "source"):
-        parts = [example.target]  # the English side
+    elif isinstance(example, BitextExample):
+        parts = [example.target]
     else:
         raise TypeError(f"cannot take text from {type(example).__name__}")
     return " ".join(p for p in parts if p)
@@ -129,12 +138,12 @@ def load_task_texts(
     return [example_text(ex) for ex in examples]
 
 
-def _pick_split(spec: Any, language: str, data_dir: str | Path | None, availability: Callable) -> str:
+def _pick_split(spec: TaskSpec, language: str, data_dir: str | Path | None, availability: Callable) -> str:
     """Prefer a split that exists locally (train, then the eval split, then any); else train/eval (hub)."""
     order = ["train", spec.eval_split, *spec.splits]
     try:
         local = {s for (lang, s) in availability(spec, data_dir) if lang == language}
-    except Exception as exc:  # availability is best-effort here; loading reports real errors
+    except (XStiltsError, OSError) as exc:  # best-effort here; loading reports real errors
         log.debug("local availability of %s unknown: %s", spec.name, exc)
         local = set()
     for s in order:
@@ -287,7 +296,7 @@ def fisher_task_embedding(
     model_dir: str | Path,
     task: str,
     *,
-    examples: Sequence[Any] | None = None,
+    examples: Sequence[Example] | None = None,
     max_examples: int = 100,
     max_length: int = 128,
     seed: int = 0,
