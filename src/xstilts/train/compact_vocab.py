@@ -78,12 +78,16 @@ class CompactVocabulary:
         return int(self.ids.numel())
 
     def apply(self) -> nn.Embedding:
-        """Install the compact embedding (rows copied from the full one) and return it."""
+        """Install the compact embedding (rows copied from the full one) and return it.
+
+        Draws nothing from any random generator (a dense and a compact run stay in step).
+        """
         w = self.full.weight
-        compact = nn.Embedding(self.size, w.shape[1], padding_idx=None, device=w.device, dtype=w.dtype)
+        # built from the trained rows (``_weight``): no random initialisation, so the global RNG,
+        # and every dropout mask drawn from it later, is the same as in the dense run
         with torch.no_grad():
-            compact.weight.copy_(w[self.ids.to(w.device)])
-        compact.weight.requires_grad_(w.requires_grad)
+            rows = w[self.ids.to(w.device)].clone()
+        compact = nn.Embedding(self.size, w.shape[1], padding_idx=None, _weight=rows, _freeze=not w.requires_grad)
         self.compact = compact
         self.encoder.set_input_embeddings(compact)
         self.remap_table = self.remap_table.to(w.device)
@@ -110,7 +114,7 @@ class CompactVocabulary:
             out = self.full.weight.detach().clone()
             if self.decay_factor != 1.0:
                 out[~self._present] *= self.decay_factor
-            out[self.ids.to(out.device)] = self.compact.weight.detach().to(out.dtype)
+            out[self.ids.to(out.device)] = self.compact.weight.detach().to(out.device, out.dtype)
         return out
 
     def sync_full(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 
 from xstilts.errors import ConfigError, DataError, DataNotFoundError
 from xstilts.train.config import TaskMixture, TrainConfig
+from xstilts.train.sampling import MLM_TASK, BatchStream, TaskSampler, task_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +63,44 @@ def mix_extra(base: Sequence[Any], extra: Sequence[Any], ratio: float, seed: int
     return list(base) + [extra[i] for i in pick]
 
 
+def check_trainable(name: str, format_name: str, head: str | None, index: int) -> str:
+    """The head kind task ``name`` trains; ConfigError (naming ``tasks.<index>``) when its format
+    has no head or the config asks for a head that does not fit."""
+    from xstilts.tasks.formats import get_format
+
+    kind = get_format(format_name).head_kind
+    if kind is None:
+        raise ConfigError(f"task '{name}' has format '{format_name}' (no head): it cannot be trained",
+                          key=f"tasks.{index}.task")
+    if head is not None and head != kind:
+        raise ConfigError(f"head '{head}' does not fit task '{name}' (format '{format_name}' needs '{kind}')",
+                          key=f"tasks.{index}.head")
+    return kind
+
+
+def resolve_tasks(config: TrainConfig, task_data: dict[str, TaskData] | None = None) -> list[TaskData]:
+    """The tasks of a stage, validated before any model is loaded.
+
+    A task named in ``task_data`` is taken from there, any other is resolved through the
+    catalog (:func:`load_task_data`). Raises ConfigError / UnknownNameError / DataError.
+    """
+    tasks = []
+    for i, mix in enumerate(config.tasks):
+        td = task_data[mix.task] if task_data is not None and mix.task in task_data else load_task_data(mix, config, i)
+        check_trainable(td.name, td.format, mix.head, i)
+        check_nonempty(td)
+        tasks.append(td)
+    return tasks
+
+
 def load_task_data(mix: TaskMixture, config: TrainConfig, index: int) -> TaskData:
     """Resolve a :class:`TaskMixture` through the catalog: train examples (all languages + extra), English dev."""
     from xstilts.tasks.catalog import get_task
-    from xstilts.tasks.formats import get_format
     from xstilts.tasks.loading import load_examples
 
     spec = get_task(mix.task)  # UnknownNameError lists the valid names
-    fmt = get_format(spec.format)
     key = f"tasks.{index}"
-    if fmt.head_kind is None:
-        raise ConfigError(f"task '{spec.name}' has format '{spec.format}', which has no head and cannot be trained",
-                          key=f"{key}.task")
-    if mix.head is not None and mix.head != fmt.head_kind:
-        raise ConfigError(f"head '{mix.head}' does not fit task '{spec.name}' (format '{spec.format}' needs a "
-                          f"'{fmt.head_kind}' head)", key=f"{key}.head")
+    check_trainable(spec.name, spec.format, mix.head, index)
     train: list[Any] = []
     for lang in mix.languages:
         train.extend(load_examples(spec, lang, mix.split, data_dir=config.data_dir,
@@ -103,12 +128,9 @@ def featurize_task(td: TaskData, examples: Sequence[Any], tokenizer: Any, option
     from xstilts.tasks.formats import get_format
 
     if td.spec is not None:
-        try:
-            from xstilts.tasks.cache import featurize_cached
-        except ImportError:  # pragma: no cover
-            featurize_cached = None
-        if featurize_cached is not None:
-            return featurize_cached(td.spec, list(examples), tokenizer, options)
+        from xstilts.tasks.cache import featurize_cached
+
+        return featurize_cached(td.spec, list(examples), tokenizer, options)
     return get_format(td.format).featurize(examples, tokenizer, options, label_list=td.label_list)
 
 
@@ -144,5 +166,95 @@ def rows(features: Any, indices: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def check_nonempty(td: TaskData) -> None:
+    """DataError when a task has no training examples."""
     if not td.train:
         raise DataError(td.name, "no training examples")
+
+
+@dataclass
+class StageData:
+    """Everything a stage trains and evaluates on, featurised, with its data order and length.
+
+    ``train`` / ``dev``: features per task; ``mlm``: MLM features (None without an MLM
+    auxiliary); ``streams``: one resumable batch stream per task (and ``MLM_TASK``);
+    ``sampler``: the task of every micro-batch; ``total_steps``: optimizer steps of the stage.
+    """
+
+    tasks: list[TaskData]
+    formats: dict[str, Any]
+    train: dict[str, Any]
+    dev: dict[str, list[dict[str, Any]]]
+    mlm: list[dict[str, Any]] | None
+    streams: dict[str, BatchStream]
+    sampler: TaskSampler
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def by_name(self) -> dict[str, TaskData]:
+        return {td.name: td for td in self.tasks}
+
+    def sizes(self) -> dict[str, int]:
+        """Training features per task."""
+        return {name: len(feats) for name, feats in self.train.items()}
+
+
+def _featurize_tasks(tasks: Sequence[TaskData], tokenizer: Any, config: TrainConfig
+                     ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    from xstilts.tasks.formats.base import FeaturizeOptions
+
+    options = FeaturizeOptions(max_length=config.max_length, doc_stride=config.doc_stride,
+                               max_query_length=config.max_query_length)
+    train, dev = {}, {}
+    for td in tasks:
+        feats = featurize_task(td, td.train, tokenizer, options)
+        if not has_labels(feats):
+            raise DataError(td.name, "training examples carry no gold labels")
+        train[td.name] = feats
+        if td.dev:
+            dev[td.name] = list(featurize_task(td, td.dev, tokenizer, options))
+    return train, dev
+
+
+def _mlm_features(config: TrainConfig, tokenizer: Any) -> list[dict[str, Any]] | None:
+    if config.mlm is None:
+        return None
+    from xstilts.train.mlm import read_mlm_lines, tokenize_mlm
+
+    if tokenizer.mask_token_id is None:
+        raise ConfigError("the model's tokenizer has no mask token: MLM is not possible", key="mlm")
+    lines = read_mlm_lines(config.mlm.files, config.mlm.max_examples, config.seed)
+    return tokenize_mlm(lines, tokenizer, config.mlm.max_length or config.max_length)
+
+
+def _schedule(config: TrainConfig, tasks: Sequence[TaskData], streams: dict[str, BatchStream]) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of the stage."""
+    mlm_p = config.mlm.probability if config.mlm else 0.0
+    if tasks:
+        n_task_batches = sum(streams[td.name].batches_per_epoch() for td in tasks)
+        micro_per_epoch = math.ceil(n_task_batches / (1.0 - mlm_p))
+    else:
+        micro_per_epoch = streams[MLM_TASK].batches_per_epoch()
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
+    total = config.max_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
+    return steps_per_epoch, total
+
+
+def build_stage_data(config: TrainConfig, tasks: Sequence[TaskData], tokenizer: Any) -> StageData:
+    """Featurise every task (and the MLM text) and set up the stage's data order."""
+    from xstilts.tasks.formats import get_format
+
+    train, dev = _featurize_tasks(tasks, tokenizer, config)
+    streams = {td.name: BatchStream(feature_lengths(train[td.name]), config.batch_size, config.seed, s,
+                                    config.group_by_length) for s, td in enumerate(tasks)}
+    mlm = _mlm_features(config, tokenizer)
+    if mlm is not None:
+        streams[MLM_TASK] = BatchStream([len(f["input_ids"]) for f in mlm], config.batch_size, config.seed,
+                                        len(tasks), config.group_by_length)
+    sizes = {name: len(feats) for name, feats in train.items()}
+    sampler = TaskSampler(task_probabilities(sizes, config.sampler), config.seed,
+                          config.mlm.probability if config.mlm else 0.0)
+    steps_per_epoch, total = _schedule(config, tasks, streams)
+    return StageData(tasks=list(tasks), formats={td.name: get_format(td.format) for td in tasks}, train=train,
+                     dev=dev, mlm=mlm, streams=streams, sampler=sampler, steps_per_epoch=steps_per_epoch,
+                     total_steps=total)

@@ -1,4 +1,10 @@
-"""The training loop of one stage, on ``accelerate``.
+"""The training of one stage on ``accelerate``, as a recipe class (:class:`StageTrainer`).
+
+``setup`` builds everything (tasks, model and heads, features and data order, the MLM head,
+the compact vocabulary, optimizer, scheduler, accelerator) and restores the newest usable
+checkpoint; ``train`` runs the loop (``train_step``; evaluation, best-model selection and
+checkpoints when due) and ``finish`` writes the final model and the ``DONE`` record.
+Everything a resumed run needs besides tensors is one :class:`~xstilts.train.checkpoint.TrainState`.
 
 Data order is a pure function of the seed and counters (see :mod:`xstilts.train.sampling`),
 so a stage killed at any moment and started again with the same config resumes from its
@@ -6,17 +12,15 @@ last checkpoint and ends with the same weights as an uninterrupted run (CPU, sam
 
 Distribution: every process computes the same global batch order and takes a strided shard
 of every batch (``batch_size`` is the global micro-batch size); DDP averages gradients.
-Evaluation shards the dev set through an accelerate-prepared DataLoader and gathers the
-outputs with ``gather_for_metrics``.
+Dev evaluation runs through the shared inference loop (:func:`xstilts.models.predict.predict`),
+which shards the dev batches over the processes and gathers the outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,27 +29,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from xstilts.errors import CheckpointError, ConfigError, DataError, XStiltsError
-from xstilts.tasks.formats._common import stack_in_order
+from xstilts.errors import CheckpointError, XStiltsError
+from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
 from xstilts.train import checkpoint as ckpt
+from xstilts.train.checkpoint import Checkpoint, TrainState
 from xstilts.train.config import TrainConfig
-from xstilts.train.data import (
-    TaskData,
-    check_nonempty,
-    feature_lengths,
-    featurize_task,
-    has_labels,
-    load_task_data,
-    rows,
+from xstilts.train.data import TaskData, build_stage_data, resolve_tasks, rows
+from xstilts.train.evaluation import dev_predictions, primary_score, score_dev
+from xstilts.train.modeling import (
+    StageModule,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    freeze_embeddings,
+    load_weights,
+    make_accelerator,
+    max_positions,
+    resolve_start,
 )
-from xstilts.train.sampling import MLM_TASK, BatchStream, StreamState, TaskSampler, shard_batch, task_probabilities
+from xstilts.train.records import StageLog, StageRecord, read_done, write_done
+from xstilts.train.sampling import MLM_TASK, shard_batch
 
 logger = logging.getLogger(__name__)
 
-_LABEL_KEYS = ("labels", "start_positions", "end_positions")
-_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+__all__ = ["StageTrainer", "TrainResult", "max_positions", "resolve_start", "train_stage"]
 
 
 @dataclass
@@ -64,155 +72,369 @@ class TrainResult:
     task_batches: dict[str, int] = field(default_factory=dict)  # micro-batches drawn per task ("__mlm__" for MLM)
 
 
-class _StageModule(nn.Module):
-    """The multi-task model plus training-only modules (the MLM head); one forward for DDP."""
+@dataclass
+class StepStats:
+    """One optimizer step: its loss (on the device: reading it is a host sync), LR and examples."""
 
-    def __init__(self, model: nn.Module, mlm_head: nn.Module | None):
-        super().__init__()
-        self.model = model
-        self.mlm_head = mlm_head
-
-    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if task != MLM_TASK:
-            return self.model(task, **batch)
-        labels = batch["labels"]
-        hidden = self.model.encode(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        chosen = labels != -100
-        logits = self.mlm_head(hidden[chosen])
-        loss = nn.functional.cross_entropy(logits.float(), labels[chosen])
-        return {"loss": loss}
+    loss: torch.Tensor
+    lr: float
+    examples: int
 
 
-def max_positions(encoder: nn.Module) -> int | None:
-    """Longest sequence the encoder's position embeddings allow (None: relative positions, no limit)."""
-    cfg = encoder.config
-    n = getattr(cfg, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert"):
-        n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1  # RoBERTa position ids start after the padding index
-    return int(n)
+class _LossMeter:
+    """Running loss between log records, kept on the device; throughput since the loop started."""
 
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = time.time()
+        self.examples = 0
+        self._reset()
 
-def resolve_start(model: str) -> str:
-    """Where a stage starts: a stage output dir or checkpoint dir maps to its ``model/``.
+    def _reset(self) -> None:
+        self.total, self.n = torch.zeros((), device=self.device), 0
 
-    A directory that is none of an xstilts model dir, a stage/checkpoint dir or a
-    ``save_pretrained`` directory is a :class:`CheckpointError`.
-    """
-    p = Path(model).expanduser()
-    if not p.is_dir():
-        return model
-    if (p / "xstilts_model.json").is_file() or (p / "config.json").is_file():
-        return str(p)
-    if (p / "model" / "xstilts_model.json").is_file():
-        return str(p / "model")
-    if (p / "checkpoints").is_dir():
-        steps = ckpt.list_checkpoints(p / "checkpoints")
-        if steps:
-            return str(steps[-1] / "model")
-        raise CheckpointError(f"{p} is a stage directory with no finished model and no checkpoint")
-    raise CheckpointError(f"{p} is not a model or checkpoint directory (no xstilts_model.json, config.json, model/ or checkpoints/)")
+    def add(self, stats: StepStats) -> None:
+        self.total += stats.loss
+        self.n += 1
+        self.examples += stats.examples
 
-
-def _adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where torch has one for these parameters (CPU and CUDA in
-    torch >= 2.4): the same update maths in one kernel, ~5x faster than the multi-tensor path
-    on CPU for e5-small's 25M dense parameters; else the default implementation."""
-    groups = list(groups)
-    try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError) as err:  # device/dtype without a fused kernel
-        logger.debug("fused AdamW unavailable (%s); using the default implementation", err)
-        return torch.optim.AdamW(groups, lr=lr)
-
-
-def _named_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay, seen = [], [], set()
-    for name, p in module.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        low = name.lower()
-        (no_decay if name.endswith("bias") or "norm" in low else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    def record(self, step: int, lr: float, steps_per_epoch: int) -> dict[str, Any]:
+        """The log record of ``step`` (reads the loss: one host sync); starts a new window."""
+        elapsed = max(time.time() - self.start, 1e-9)
+        rec = {"step": step, "loss": float(self.total) / self.n, "lr": lr, "epoch": step / steps_per_epoch,
+               "examples_per_s": self.examples / elapsed}
+        self._reset()
+        return rec
 
 
 def _seed_int(*words: int) -> int:
     return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
 
 
-def _make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) -> Any:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.state import AcceleratorState, GradientState
+class StageTrainer:
+    """One training stage: ``setup()``, then ``train()`` (which calls ``finish()``).
 
-    mp = _PRECISION[config.precision]
-    if config.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("fp16 mixed precision needs a GPU; use bf16 or fp32 on CPU", key="precision")
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, mp):
-        # a previous stage in this process used another precision: accelerate's state is a
-        # process-wide singleton, so start it afresh (the process group itself is kept)
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
-    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=find_unused)]
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    # accelerate only sets up multi-process CPU (gloo) when asked for the CPU explicitly
-    cpu = world > 1 and not torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=mp, log_with=config.trackers or None, project_dir=str(output_dir),
-                      kwargs_handlers=kwargs, cpu=cpu)
-    if acc.num_processes != world:
-        raise XStiltsError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es); "
-                           "use `accelerate launch` or `torchrun` with a matching configuration")
-    return acc
+    The loop control (when to log, evaluate, save) lives in :meth:`train` and
+    :meth:`_after_step`; the work in :meth:`train_step`, :meth:`evaluate`,
+    :meth:`save_checkpoint`, :meth:`save_best` and :meth:`finish`.
+    """
 
+    def __init__(self, config: TrainConfig, output_dir: str | Path, *, task_data: dict[str, TaskData] | None = None):
+        self.config = config
+        self.output_dir = Path(output_dir).expanduser()
+        self.ckpt_dir = self.output_dir / CHECKPOINTS_DIR
+        self.config_hash = config.hash()
+        self.task_data = task_data
+        self.t_start = time.time()
+        self.state = TrainState(config_hash=self.config_hash)
+        self.compact: Any = None
+        self._saved_step = -1
+        self._last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
+        self._batch_shape = (config.batch_size, config.max_length)  # for the out-of-memory message
 
-def _read_done(output_dir: Path) -> dict[str, Any] | None:
-    f = output_dir / "DONE"
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{f} is unreadable ({exc}); delete it to finish the stage again") from None
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Build the stage and restore its newest usable checkpoint. Bad input fails here,
+        before any training: ConfigError, UnknownNameError, DataError, CheckpointError, ModelLoadError."""
+        from xstilts.train.mlm import build_mlm_head
 
+        tasks = resolve_tasks(self.config, self.task_data)
+        ckpt.check_owner(self.ckpt_dir, self.config_hash)
+        self.model, self.tokenizer = build_model(self.config, tasks)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.data = build_stage_data(self.config, tasks, self.tokenizer)
+        self.module = StageModule(self.model, build_mlm_head(self.model.encoder) if self.data.mlm is not None else None)
+        resume = ckpt.load_newest(self.ckpt_dir, self.config_hash, lambda c: load_weights(self.module, c),
+                                  extra_modules=self.module.mlm_head is not None)
+        if self.config.freeze_embeddings:
+            freeze_embeddings(self.model)
+        self.compact = self._compact_vocabulary()
+        self.optimizer = build_optimizer(self.module, self.config)
+        self.scheduler = build_scheduler(self.optimizer, self.config, self.data.total_steps)
+        self._setup_accelerator()
+        self._restore_state(resume)
+        if self.config.trackers:
+            hp = {k: v for k, v in self.config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers("xstilts", config=hp)
 
-class _Logger:
-    """Appends JSON lines to output_dir/log.jsonl (main process) and to accelerate trackers."""
+    def _compact_vocabulary(self) -> Any:
+        """Train only the embedding rows the stage's data uses (exact; see train/compact_vocab.py)."""
+        cfg = self.config
+        if not cfg.compact_vocab or self.module.mlm_head is not None or cfg.freeze_embeddings or not self.data.tasks:
+            return None
+        from xstilts.train.compact_vocab import CompactVocabulary, collect_token_ids
 
-    def __init__(self, path: Path, accelerator: Any, enabled: bool):
-        self.path, self.acc, self.enabled = path, accelerator, enabled
+        ids: set[int] = set(self.tokenizer.all_special_ids)
+        for feats in [*self.data.train.values(), *self.data.dev.values()]:
+            ids |= collect_token_ids(feats)
+        compact = CompactVocabulary(self.model.encoder, ids)
+        compact.apply()
+        return compact
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records a killed run wrote after its last checkpoint (they are redone)."""
-        if not self.enabled or not self.path.is_file():
+    def _setup_accelerator(self) -> None:
+        n_tasks = len(self.data.tasks)
+        find_unused = n_tasks > 1 or self.module.mlm_head is not None or len(self.model.heads) > n_tasks
+        self.accelerator = acc = make_accelerator(self.config, self.output_dir, find_unused)
+        self.is_main, self.rank, self.world = acc.is_main_process, acc.process_index, acc.num_processes
+        if self.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.clean_temporaries(self.ckpt_dir)
+        acc.wait_for_everyone()
+        self.prepared, self.optimizer = acc.prepare(self.module, self.optimizer)
+        self.device = acc.device
+        self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
+
+    def _restore_state(self, resume: Checkpoint | None) -> None:
+        """Optimizer, scheduler, data streams, counters and RNGs of the checkpoint ``resume``."""
+        if resume is None:
+            self.log.start_fresh()
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-            if rec.get("step", 0) <= step:
-                kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        self.optimizer.load_state_dict(resume.optimizer)
+        self.scheduler.load_state_dict(resume.scheduler)
+        self.state = resume.state
+        for name, stream_state in self.state.streams.items():
+            self.data.streams[name].state = stream_state
+        if self.compact is not None:
+            self.compact.decay_factor = self.state.compact_decay_factor
+        self._saved_step = self.state.step
+        self.log.truncate_after(self.state.step)
+        ckpt.set_rng_state(resume.rng_for(self.rank))
+        logger.info("resuming %s from %s (step %d of %d)", self.output_dir, resume.path, self.state.step,
+                    self.data.total_steps)
 
-    def log(self, record: dict[str, Any], step: int) -> None:
-        if self.enabled:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
-        flat: dict[str, float] = {}
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and k != "step":
-                flat[k] = v
-            elif isinstance(v, dict):
-                for task, scores in v.items():
-                    if isinstance(scores, dict):
-                        flat.update({f"{k}/{task}/{m}": s for m, s in scores.items() if isinstance(s, (int, float))})
-        if self.acc.trackers and flat:
-            self.acc.log(flat, step=step)
+    # ------------------------------------------------------------------ one step
+    def _unwrapped(self) -> StageModule:
+        return self.accelerator.unwrap_model(self.prepared)
+
+    def _task_batch(self, task: str, idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.data.formats[task].collate(rows(self.data.train[task], idx), self.pad_id)
+        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if self.compact is not None:
+            batch["input_ids"] = self.compact.remap(batch["input_ids"])
+        return batch
+
+    def _mlm_batch(self, idx: list[int], index: int) -> dict[str, torch.Tensor]:
+        from xstilts.train.mlm import collate_mlm, mask_tokens
+
+        b = collate_mlm([self.data.mlm[i] for i in idx], self.pad_id)
+        gen = torch.Generator().manual_seed(_seed_int(self.config.seed, 3, index, self.rank))
+        ids, labels = mask_tokens(b["input_ids"], b["special_tokens_mask"], self.tokenizer.mask_token_id,
+                                  len(self.tokenizer), gen, self.config.mlm.mask_prob)
+        return {"input_ids": ids, "attention_mask": b["attention_mask"], "labels": labels}
+
+    def _next_batch(self, task: str, index: int) -> tuple[dict[str, torch.Tensor], int]:
+        """This process's share of micro-batch ``index`` (on the device) and the global batch size."""
+        global_idx = self.data.streams[task].next()
+        idx = shard_batch(global_idx, self.rank, self.world)
+        batch = self._mlm_batch(idx, index) if task == MLM_TASK else self._task_batch(task, idx)
+        self._batch_shape = (len(global_idx), int(batch["input_ids"].shape[-1]))
+        return {k: v.to(self.device) for k, v in batch.items()}, len(global_idx)
+
+    def _optimizer_step(self) -> float:
+        """Clip, step the optimizer and the scheduler; returns the LR the step used."""
+        if self.config.max_grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        if self.compact is not None and not self.optimizer.step_was_skipped:
+            self.compact.record_step(lr, self.config.weight_decay)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    def train_step(self) -> StepStats:
+        """One optimizer step over ``grad_accum`` micro-batches (gradients synchronised on the last)."""
+        cfg, acc = self.config, self.accelerator
+        step_loss = torch.zeros((), device=self.device)
+        examples = 0
+        for k in range(cfg.grad_accum):
+            task = self.data.sampler.task_at(self.state.micro_batches)
+            batch, n = self._next_batch(task, self.state.micro_batches)
+            sync = k == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.prepared):
+                loss = self.prepared(task, batch)["loss"] / cfg.grad_accum
+                acc.backward(loss)
+            step_loss += loss.detach()
+            self.state.micro_batches += 1
+            examples += n
+        lr = self._optimizer_step()
+        self.state.step += 1
+        return StepStats(loss=acc.reduce(step_loss, reduction="mean"), lr=lr, examples=examples)
+
+    # ------------------------------------------------------------------ evaluation
+    def dev_predictions(self) -> dict[str, dict[str, Any]]:
+        """``{task: {example id: prediction}}`` of the current weights on every task's dev set
+        (the shared inference loop of zero-shot evaluation; sharded over the processes)."""
+        compact = self.compact
+        transform = (lambda b: {**b, "input_ids": compact.remap(b["input_ids"])}) if compact is not None else None
+        return dev_predictions(self._unwrapped().model, self.data, pad_token_id=self.pad_id,
+                               batch_size=self.config.eval_batch_size, precision=self.config.precision,
+                               accelerator=self.accelerator, transform=transform)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` on every task's dev set."""
+        return score_dev(self.data, self.dev_predictions())
+
+    def _evaluate_and_select(self, *, final: bool = False) -> dict[str, dict[str, float]]:
+        """Evaluate (or reuse this step's evaluation at the end), log it, keep the best model."""
+        step = self.state.step
+        if final and self._last_eval is not None and self._last_eval[0] == step:
+            metrics = self._last_eval[1]
+        else:
+            metrics = self.evaluate()
+            self._last_eval = (step, metrics)
+        score = primary_score(self.data, metrics)
+        self.log.log({"step": step, "eval": metrics, "score": score, **({"final": True} if final else {})}, step)
+        if score is not None and (self.state.best_score is None or score > self.state.best_score):
+            self.state.best_score, self.state.best_step = score, step
+            self.save_best(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ saving
+    def _save_model(self, directory: Path) -> None:
+        current = self.ckpt_dir / f"step-{self.state.step}" / MODEL_DIR
+        if current.is_dir() and directory.parent != current.parent:
+            # the checkpoint of this very step holds these weights: hard-link it instead of writing again
+            ckpt.link_tree(current, directory)
+            return
+        with self.compact.full_view() if self.compact is not None else contextlib.nullcontext():
+            self._unwrapped().model.save(directory, with_heads=True, tokenizer=self.tokenizer)
+
+    def _state_to_save(self) -> TrainState:
+        state = self.state
+        state.total_steps, state.world_size = self.data.total_steps, self.world
+        state.streams = {name: stream.state for name, stream in self.data.streams.items()}
+        state.compact_decay_factor = self.compact.decay_factor if self.compact is not None else 1.0
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoints/step-N`` atomically (every process its RNG file) and prune old ones."""
+        step, acc = self.state.step, self.accelerator
+        if self.compact is not None:
+            self.compact.sync_full()
+        tmp = self.ckpt_dir / f".tmp-step-{step}"
+        if self.is_main:
+            ckpt.fresh_dir(tmp)
+        acc.wait_for_everyone()
+        ckpt.write_rng(tmp, self.rank)
+        acc.wait_for_everyone()
+        if self.is_main:
+            self._save_model(tmp / MODEL_DIR)
+            head = self._unwrapped().mlm_head
+            extra = {"mlm_head": head.own_state_dict()} if head is not None else None
+            ckpt.write_checkpoint_files(tmp, self._state_to_save(), self.optimizer.state_dict(),
+                                        self.scheduler.state_dict(), extra)
+            ckpt.commit_dir(tmp, self.ckpt_dir / f"step-{step}")
+            ckpt.prune_checkpoints(self.ckpt_dir, self.config.keep_last)
+        acc.wait_for_everyone()
+        self._saved_step = step
+
+    def save_best(self, metrics: dict[str, dict[str, float]]) -> None:
+        """Write ``checkpoints/best`` (model + its dev metrics) atomically."""
+        if self.is_main:
+            tmp = ckpt.fresh_dir(self.ckpt_dir / f".tmp-{ckpt.BEST_DIR}")
+            self._save_model(tmp / MODEL_DIR)
+            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {"step": self.state.step, "dev_metrics": metrics,
+                                                          "score": self.state.best_score,
+                                                          "config_hash": self.config_hash})
+            ckpt.commit_dir(tmp, self.ckpt_dir / ckpt.BEST_DIR)
+        self.accelerator.wait_for_everyone()
+
+    def _write_final_model(self) -> Path:
+        model_dir = self.output_dir / MODEL_DIR
+        tmp = self.output_dir / f".tmp-{MODEL_DIR}"
+        best = self.ckpt_dir / ckpt.BEST_DIR / MODEL_DIR
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.config.final_model == "best" and best.is_dir():
+            ckpt.link_tree(best, tmp)
+        else:
+            self._save_model(tmp)
+        ckpt.commit_dir(tmp, model_dir)
+        return model_dir
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        """Train from the restored step to the end, then :meth:`finish`."""
+        from tqdm.auto import tqdm
+
+        cfg, data = self.config, self.data
+        bar = tqdm(total=data.total_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.is_main and cfg.progress))
+        logger.info("training %s for %d steps (%d per epoch; %d process(es); tasks %s%s)", self.output_dir,
+                    data.total_steps, data.steps_per_epoch, self.world, ", ".join(data.sizes()) or "-",
+                    " + MLM" if self.module.mlm_head is not None else "")
+        self.prepared.train()
+        meter = _LossMeter(self.device)
+        try:
+            while self.state.step < data.total_steps:
+                self._after_step(self.train_step(), meter, bar)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise self._out_of_memory() from exc
+        finally:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # queued kernels belong to the loop's time
+        return self.finish(loop_seconds=time.time() - meter.start)
+
+    def _after_step(self, stats: StepStats, meter: _LossMeter, bar: Any) -> None:
+        """Log, evaluate and save when due after an optimizer step."""
+        cfg, step, total = self.config, self.state.step, self.data.total_steps
+        meter.add(stats)
+        if step % cfg.log_every == 0 or step == total:
+            rec = meter.record(step, stats.lr, self.data.steps_per_epoch)
+            self.log.log(rec, step)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.1f}")
+        bar.update(1)
+        if self.data.dev and cfg.eval_every and step % cfg.eval_every == 0:
+            self._evaluate_and_select()
+        if cfg.save_every and step % cfg.save_every == 0 and step < total:
+            self.save_checkpoint()
+
+    def _out_of_memory(self) -> XStiltsError:
+        cfg = self.config
+        n, length = self._batch_shape
+        return XStiltsError(
+            f"out of GPU memory at batch size {n} ({math.ceil(n / self.world)} per process) and sequence length "
+            f"{length} (max_length {cfg.max_length}). Lower batch_size and raise grad_accum to keep the effective "
+            f"batch (e.g. batch_size: {max(1, cfg.batch_size // 2)}, grad_accum: {cfg.grad_accum * 2}), or lower "
+            f"max_length.")
+
+    def finish(self, loop_seconds: float = 0.0) -> TrainResult:
+        """Last checkpoint, final dev evaluation, final model (last or best) and the ``DONE`` record."""
+        if self.state.step != self._saved_step:
+            self.save_checkpoint()
+        dev_metrics = self._evaluate_and_select(final=True) if self.data.dev else {}
+        st = self.state
+        task_batches = {k: s.state.batches_drawn for k, s in self.data.streams.items()}
+        model_dir = self.output_dir / MODEL_DIR
+        if self.is_main:
+            self._write_final_model()
+            write_done(self.output_dir, StageRecord(
+                steps=st.step, config_hash=self.config_hash, dev_metrics=dev_metrics, best_score=st.best_score,
+                best_step=st.best_step, world_size=self.world, task_batches=task_batches,
+                seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json")))
+        self.accelerator.wait_for_everyone()
+        if self.config.trackers:
+            self.accelerator.end_training()
+        if self.compact is not None:
+            self.compact.restore()
+        seconds = time.time() - self.t_start
+        logger.info("stage finished: %d steps in %.1fs; dev %s", st.step, seconds, dev_metrics)
+        return TrainResult(model_dir=model_dir, steps=st.step, dev_metrics=dev_metrics, skipped=False,
+                           best_score=st.best_score, best_step=st.best_step, output_dir=self.output_dir,
+                           seconds=seconds, loop_seconds=loop_seconds, task_batches=task_batches)
+
+
+def _finished(config: TrainConfig, output_dir: Path, done: StageRecord) -> TrainResult:
+    config_hash = config.hash()
+    if done.config_hash != config_hash:
+        raise CheckpointError(f"{output_dir} holds a finished stage trained with another config (hash "
+                              f"{done.config_hash}, this config {config_hash}); use another output dir")
+    logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.steps)
+    return TrainResult(model_dir=output_dir / MODEL_DIR, steps=int(done.steps), dev_metrics=done.dev_metrics,
+                       skipped=True, best_score=done.best_score, best_step=done.best_step, output_dir=output_dir,
+                       task_batches=done.task_batches)
 
 
 def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[str, TaskData] | None = None) -> TrainResult:
@@ -226,392 +448,10 @@ def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[
     (``TrainResult.skipped``). Raises :class:`ConfigError`, :class:`UnknownNameError`,
     :class:`CheckpointError`, :class:`ModelLoadError` before any training on bad input.
     """
-    t_start = time.time()
     output_dir = Path(output_dir).expanduser()
-    config_hash = config.hash()
-    done = _read_done(output_dir)
+    done = read_done(output_dir)
     if done is not None:
-        if done.get("config_hash") != config_hash:
-            raise CheckpointError(f"{output_dir} holds a finished stage trained with another config (hash "
-                                  f"{done.get('config_hash')}, this config {config_hash}); use another output dir")
-        logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.get("steps"))
-        return TrainResult(model_dir=output_dir / "model", steps=int(done.get("steps", 0)),
-                           dev_metrics=done.get("dev_metrics", {}), skipped=True, best_score=done.get("best_score"),
-                           best_step=done.get("best_step"), output_dir=output_dir,
-                           task_batches=done.get("task_batches", {}))
-
-    from transformers import get_linear_schedule_with_warmup
-
-    from xstilts.models import HeadSpec, MultiTaskModel
-    from xstilts.tasks.formats import get_format
-    from xstilts.tasks.formats.base import FeaturizeOptions
-
-    # ---------------------------------------------------------------- tasks (validated before any model load)
-    tds: list[TaskData] = []
-    for i, mix in enumerate(config.tasks):
-        if task_data is not None and mix.task in task_data:
-            td = task_data[mix.task]
-        else:
-            td = load_task_data(mix, config, i)
-        fmt = get_format(td.format)
-        if fmt.head_kind is None:
-            raise ConfigError(f"task '{td.name}' has format '{td.format}' (no head): it cannot be trained", key=f"tasks.{i}.task")
-        if mix.head is not None and mix.head != fmt.head_kind:
-            raise ConfigError(f"head '{mix.head}' does not fit task '{td.name}' (format '{td.format}' needs "
-                              f"'{fmt.head_kind}')", key=f"tasks.{i}.head")
-        check_nonempty(td)
-        tds.append(td)
-    ckpt_dir = output_dir / "checkpoints"
-    existing = ckpt.list_checkpoints(ckpt_dir)  # CheckpointError on a step-N dir that is not a checkpoint
-    resume_state = ckpt.read_state(existing[-1], config_hash) if existing else None
-
-    # ---------------------------------------------------------------- model
-    start = resolve_start(config.model)
-    if config.init_heads and not (Path(start) / "xstilts_model.json").is_file():
-        raise ConfigError(f"init_heads needs an xstilts model directory, but '{config.model}' has no heads", key="init_heads")
-    from accelerate.utils import set_seed
-
-    set_seed(config.seed)  # head / MLM-head initialisation and dropout are seeded (restored on resume)
-    mtm, tokenizer = MultiTaskModel.from_pretrained(start, heads=config.init_heads)
-    limit = max_positions(mtm.encoder)
-    for key, length in (("max_length", config.max_length), ("mlm.max_length", config.mlm.max_length if config.mlm else None)):
-        if length is not None and limit is not None and length > limit:
-            raise ConfigError(f"{length} is above the model's maximum sequence length {limit}", key=key)
-    for i, td in enumerate(tds):
-        kind = get_format(td.format).head_kind
-        num_labels = len(td.label_list) if td.label_list else 2
-        if td.name in mtm.head_specs:
-            have = mtm.head_specs[td.name]
-            if have.kind != kind or (kind in ("classification", "tagging") and have.num_labels != num_labels):
-                raise ConfigError(f"the model's head '{td.name}' is a {have.kind} head with {have.num_labels} labels; "
-                                  f"the task needs {kind} with {num_labels}", key=f"tasks.{i}.task")
-        else:
-            mtm.add_head(HeadSpec(task=td.name, kind=kind, num_labels=num_labels, pooling=config.pooling))
-    trained = {td.name for td in tds}
-    for name, head in mtm.heads.items():  # heads carried over from an earlier stage but not trained here
-        if name not in trained:
-            head.requires_grad_(False)
-
-    # ---------------------------------------------------------------- features
-    options = FeaturizeOptions(max_length=config.max_length, doc_stride=config.doc_stride,
-                               max_query_length=config.max_query_length)
-    train_feats, dev_feats, streams = {}, {}, {}
-    for s, td in enumerate(tds):
-        feats = featurize_task(td, td.train, tokenizer, options)
-        if not has_labels(feats):
-            raise DataError(td.name, "training examples carry no gold labels")
-        train_feats[td.name] = feats
-        if td.dev:
-            dev_feats[td.name] = list(featurize_task(td, td.dev, tokenizer, options))
-        streams[td.name] = BatchStream(feature_lengths(feats), config.batch_size, config.seed, s, config.group_by_length)
-    mlm_feats, mlm_head = None, None
-    if config.mlm is not None:
-        from xstilts.train.mlm import build_mlm_head, read_mlm_lines, tokenize_mlm
-
-        if tokenizer.mask_token_id is None:
-            raise ConfigError("the model's tokenizer has no mask token: MLM is not possible", key="mlm")
-        lines = read_mlm_lines(config.mlm.files, config.mlm.max_examples, config.seed)
-        mlm_feats = tokenize_mlm(lines, tokenizer, config.mlm.max_length or config.max_length)
-        streams[MLM_TASK] = BatchStream([len(f["input_ids"]) for f in mlm_feats], config.batch_size, config.seed,
-                                        len(tds), config.group_by_length)
-        mlm_head = build_mlm_head(mtm.encoder)
-
-    sizes = {td.name: len(train_feats[td.name]) for td in tds}
-    sampler = TaskSampler(task_probabilities(sizes, config.sampler), config.seed,
-                          config.mlm.probability if config.mlm else 0.0)
-    n_task_batches = sum(streams[td.name].batches_per_epoch() for td in tds)
-    if tds:
-        micro_per_epoch = math.ceil(n_task_batches / (1.0 - (config.mlm.probability if config.mlm else 0.0)))
-    else:
-        micro_per_epoch = streams[MLM_TASK].batches_per_epoch()
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * steps_per_epoch))
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-
-    module = _StageModule(mtm, mlm_head)
-    if resume_state is not None:
-        last = existing[-1]
-        loaded, _ = MultiTaskModel.load(last / "model", heads=True)
-        mtm.load_state_dict(loaded.state_dict())
-        del loaded
-        if mlm_head is not None:
-            mlm_head.load_state_dict(ckpt.load_torch(last / "extra_modules.pt")["mlm_head"], strict=False)
-    if config.freeze_embeddings:
-        emb = getattr(mtm.encoder, "embeddings", None) or mtm.encoder.get_input_embeddings()
-        emb.requires_grad_(False)
-
-    compact = None
-    if config.compact_vocab and mlm_head is None and not config.freeze_embeddings and tds:
-        from xstilts.train.compact_vocab import CompactVocabulary, collect_token_ids
-
-        ids: set[int] = set(tokenizer.all_special_ids)
-        for name in train_feats:
-            ids |= collect_token_ids(train_feats[name])
-        for name in dev_feats:
-            ids |= collect_token_ids(dev_feats[name])
-        compact = CompactVocabulary(mtm.encoder, ids)
-        compact.apply()
-
-    optimizer = _adamw(_named_param_groups(module, config.weight_decay), config.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-    accelerator = _make_accelerator(config, output_dir, find_unused=len(tds) > 1 or mlm_head is not None or
-                                    len(mtm.heads) > len(tds))
-    is_main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_temporaries(ckpt_dir)
-    accelerator.wait_for_everyone()
-    prepared_module, optimizer = accelerator.prepare(module, optimizer)
-    device = accelerator.device
-
-    step, micro = 0, 0
-    best_score, best_step = None, None
-    log = _Logger(output_dir / "log.jsonl", accelerator, is_main)
-    if resume_state is not None:
-        last = existing[-1]
-        optimizer.load_state_dict(ckpt.load_torch(last / "optimizer.pt"))
-        scheduler.load_state_dict(ckpt.load_torch(last / "scheduler.pt"))
-        step, micro = int(resume_state["step"]), int(resume_state["micro_batches"])
-        for name, st in resume_state["streams"].items():
-            streams[name].state = StreamState(**st)
-        if compact is not None:
-            compact.decay_factor = float(resume_state.get("compact_decay_factor", 1.0))
-        best_score, best_step = resume_state.get("best_score"), resume_state.get("best_step")
-        log.truncate_after(step)
-        rng_file = last / f"rng-{rank}.pt"
-        ckpt.set_rng_state(ckpt.load_torch(rng_file if rng_file.is_file() else last / "rng-0.pt"))
-        logger.info("resuming %s from %s (step %d of %d)", output_dir, last, step, total_steps)
-    else:
-        if is_main and (output_dir / "log.jsonl").exists():
-            (output_dir / "log.jsonl").unlink()
-    if config.trackers:
-        hp = {k: v for k, v in config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("xstilts", config=hp)
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    formats = {td.name: get_format(td.format) for td in tds}
-    by_name = {td.name: td for td in tds}
-
-    def unwrapped() -> _StageModule:
-        return accelerator.unwrap_model(prepared_module)
-
-    def next_batch(task: str, index: int) -> tuple[dict[str, torch.Tensor], int, int]:
-        global_idx = streams[task].next()
-        idx = shard_batch(global_idx, rank, world)
-        if task == MLM_TASK:
-            from xstilts.train.mlm import collate_mlm, mask_tokens
-
-            b = collate_mlm([mlm_feats[i] for i in idx], pad_id)
-            gen = torch.Generator().manual_seed(_seed_int(config.seed, 3, index, rank))
-            ids, labels = mask_tokens(b["input_ids"], b["special_tokens_mask"], tokenizer.mask_token_id,
-                                      len(tokenizer), gen, config.mlm.mask_prob)
-            batch = {"input_ids": ids, "attention_mask": b["attention_mask"], "labels": labels}
-        else:
-            batch = formats[task].collate(rows(train_feats[task], idx), pad_id)
-            batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            if compact is not None:
-                batch["input_ids"] = compact.remap(batch["input_ids"])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        return batch, len(global_idx), int(batch["input_ids"].shape[-1])
-
-    def evaluate() -> dict[str, dict[str, float]]:
-        results: dict[str, dict[str, float]] = {}
-        net = prepared_module
-        net.eval()
-        for name, feats in dev_feats.items():
-            td, fmt = by_name[name], formats[name]
-
-            def collate(idx: list[int], feats=feats, fmt=fmt) -> dict[str, torch.Tensor]:
-                b = fmt.collate([feats[i] for i in idx], pad_id)
-                b = {k: v for k, v in b.items() if isinstance(v, torch.Tensor) and k not in _LABEL_KEYS}
-                b["_index"] = torch.tensor(idx, dtype=torch.long)
-                return b
-
-            loader = accelerator.prepare_data_loader(
-                torch.utils.data.DataLoader(list(range(len(feats))), batch_size=config.eval_batch_size,
-                                            shuffle=False, collate_fn=collate))
-            collected: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-            with torch.no_grad(), accelerator.autocast():
-                for b in loader:
-                    index = accelerator.gather_for_metrics(b.pop("_index")).cpu().numpy()
-                    if compact is not None:
-                        b["input_ids"] = compact.remap(b["input_ids"])
-                    out = unwrapped().model(name, **b)
-                    for k, v in out.items():
-                        if k == "loss":
-                            continue
-                        v = v.float()
-                        if v.dim() >= 2 and td.format in ("tagging", "extractive_qa"):
-                            v = accelerator.pad_across_processes(v, dim=1, pad_index=-1e4)
-                        collected.setdefault(k, []).append((index, accelerator.gather_for_metrics(v).cpu().numpy()))
-            outputs = {k: stack_in_order(parts, len(feats), -1e4) for k, parts in collected.items()}
-            preds = fmt.decode(td.dev, feats, outputs, label_list=td.label_list)
-            results[name] = fmt.score(td.dev, preds, td.metric, language="en")
-        net.train()
-        return results
-
-    def primary(metrics: dict[str, dict[str, float]]) -> float | None:
-        vals = [m[by_name[t].primary_metric] for t, m in metrics.items() if by_name[t].primary_metric in m]
-        return float(np.mean(vals)) if vals else None
-
-    def save_model(directory: Path) -> None:
-        current = ckpt_dir / f"step-{step}" / "model"
-        if current.is_dir() and directory.parent != current.parent:
-            # the checkpoint of this very step holds these weights: hard-link it instead of writing again
-            ckpt.link_tree(current, directory)
-            return
-        ctx = compact.full_view() if compact is not None else contextlib.nullcontext()
-        with ctx:
-            unwrapped().model.save(directory, with_heads=True, tokenizer=tokenizer)
-
-    def save_checkpoint() -> None:
-        if compact is not None:
-            compact.sync_full()
-        tmp = ckpt_dir / f".tmp-step-{step}"
-        if is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        torch.save(ckpt.rng_state(), tmp / f"rng-{rank}.pt")
-        accelerator.wait_for_everyone()
-        if is_main:
-            save_model(tmp / "model")
-            if mlm_head is not None:
-                torch.save({"mlm_head": unwrapped().mlm_head.own_state_dict()}, tmp / "extra_modules.pt")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            state = {"step": step, "micro_batches": micro, "total_steps": total_steps, "config_hash": config_hash,
-                     "streams": {k: s.state.to_dict() for k, s in streams.items()}, "best_score": best_score,
-                     "best_step": best_step, "world_size": world,
-                     "compact_decay_factor": compact.decay_factor if compact is not None else 1.0}
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
-            ckpt.commit_dir(tmp, ckpt_dir / f"step-{step}")
-            ckpt.prune_checkpoints(ckpt_dir, config.keep_last)
-        accelerator.wait_for_everyone()
-
-    def save_best(metrics: dict[str, dict[str, float]]) -> None:
-        if is_main:
-            tmp = ckpt_dir / ".tmp-best"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_model(tmp / "model")
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {"step": step, "dev_metrics": metrics, "score": best_score,
-                                                          "config_hash": config_hash})
-            ckpt.commit_dir(tmp, ckpt_dir / "best")
-        accelerator.wait_for_everyone()
-
-    # ---------------------------------------------------------------- loop
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (is_main and config.progress))
-    logger.info("training %s for %d steps (%d per epoch; %d process(es); tasks %s%s)", output_dir, total_steps,
-                steps_per_epoch, world, ", ".join(sizes) or "-", " + MLM" if mlm_head is not None else "")
-    prepared_module.train()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    # the running loss stays on the device; it is read (a host sync) only when it is logged
-    loss_sum, loss_n, examples_seen, t0 = torch.zeros((), device=device), 0, 0, time.time()
-    last_eval: dict[str, dict[str, float]] | None = None
-    last_eval_step = -1
-    saved_step = int(resume_state["step"]) if resume_state else -1
-    batch_size_now, length_now = config.batch_size, config.max_length
-    try:
-        while step < total_steps:
-            step_loss = torch.zeros((), device=device)
-            for k in range(config.grad_accum):
-                task = sampler.task_at(micro)
-                batch, n_ex, length_now = next_batch(task, micro)
-                batch_size_now = n_ex
-                sync = k == config.grad_accum - 1
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(prepared_module)
-                with ctx:
-                    out = prepared_module(task, batch)
-                    loss = out["loss"] / config.grad_accum
-                    accelerator.backward(loss)
-                step_loss += loss.detach()
-                micro += 1
-                examples_seen += n_ex
-            if config.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            lr_now = scheduler.get_last_lr()[0]
-            optimizer.step()
-            if compact is not None and not optimizer.step_was_skipped:
-                compact.record_step(lr_now, config.weight_decay)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_sum += accelerator.reduce(step_loss, reduction="mean")
-            loss_n += 1
-            elapsed = max(time.time() - t0, 1e-9)
-            if step % config.log_every == 0 or step == total_steps:
-                rec = {"step": step, "loss": float(loss_sum) / loss_n, "lr": lr_now, "epoch": step / steps_per_epoch,
-                       "examples_per_s": examples_seen / elapsed}
-                log.log(rec, step)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", ex_s=f"{rec['examples_per_s']:.1f}")
-                loss_sum, loss_n = torch.zeros((), device=device), 0
-            bar.update(1)
-            if dev_feats and config.eval_every and step % config.eval_every == 0:
-                last_eval, last_eval_step = evaluate(), step
-                score = primary(last_eval)
-                log.log({"step": step, "eval": last_eval, "score": score}, step)
-                if score is not None and (best_score is None or score > best_score):
-                    best_score, best_step = score, step
-                    save_best(last_eval)
-            if config.save_every and step % config.save_every == 0 and step < total_steps:
-                save_checkpoint()
-                saved_step = step
-    except torch.cuda.OutOfMemoryError as exc:
-        raise XStiltsError(
-            f"out of GPU memory at batch size {batch_size_now} ({math.ceil(batch_size_now / world)} per process) and "
-            f"sequence length {length_now} (max_length {config.max_length}). Lower batch_size and raise grad_accum "
-            f"to keep the effective batch (e.g. batch_size: {max(1, config.batch_size // 2)}, grad_accum: "
-            f"{config.grad_accum * 2}), or lower max_length."
-        ) from exc
-    finally:
-        bar.close()
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # queued kernels belong to the loop's time
-    loop_seconds = time.time() - t0
-    # ---------------------------------------------------------------- end
-    if step != saved_step:
-        save_checkpoint()
-    dev_metrics: dict[str, dict[str, float]] = {}
-    if dev_feats:
-        dev_metrics = last_eval if last_eval_step == step and last_eval else evaluate()
-        score = primary(dev_metrics)
-        log.log({"step": step, "eval": dev_metrics, "score": score, "final": True}, step)
-        if score is not None and (best_score is None or score > best_score):
-            best_score, best_step = score, step
-            save_best(dev_metrics)
-    model_dir = output_dir / "model"
-    task_batches = {k: s.state.batches_drawn for k, s in streams.items()}
-    if is_main:
-        if config.final_model == "best" and (ckpt_dir / "best" / "model").is_dir():
-            tmp = output_dir / ".tmp-model"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(ckpt_dir / "best" / "model", tmp)
-            ckpt.commit_dir(tmp, model_dir)
-        else:
-            tmp = output_dir / ".tmp-model"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_model(tmp)
-            ckpt.commit_dir(tmp, model_dir)
-        ckpt.write_json_atomic(output_dir / "DONE", {
-            "steps": step, "dev_metrics": dev_metrics, "config_hash": config_hash, "best_score": best_score,
-            "best_step": best_step, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "world_size": world,
-            "task_batches": task_batches, "seconds": time.time() - t_start,
-            "config": config.model_dump(mode="json")})
-    accelerator.wait_for_everyone()
-    if config.trackers:
-        accelerator.end_training()
-    if compact is not None:
-        compact.restore()
-    seconds = time.time() - t_start
-    logger.info("stage finished: %d steps in %.1fs; dev %s", step, seconds, dev_metrics)
-    return TrainResult(model_dir=model_dir, steps=step, dev_metrics=dev_metrics, skipped=False, best_score=best_score,
-                       best_step=best_step, output_dir=output_dir, seconds=seconds,
-                       loop_seconds=loop_seconds, task_batches=task_batches)
+        return _finished(config, output_dir, done)
+    trainer = StageTrainer(config, output_dir, task_data=task_data)
+    trainer.setup()
+    return trainer.train()
