@@ -18,7 +18,6 @@ from xstilts.cli import (  # noqa: F401,E402
     eval as eval_,
     run,
     report,
-    bench,
     store,
 )
 
