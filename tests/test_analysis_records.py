@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from xstilts.analysis.records import setup_languages, setup_tasks, stage_records, task_models
+from xstilts.analysis.records import setup_languages, setup_tasks, stage_uses, task_models
 from xstilts.analysis.taskemb import (
     TaskEmbSettings,
     compute_task_embedding,
@@ -42,7 +42,7 @@ def planned_stages(tmp_path) -> tuple[pd.DataFrame, object]:
 def test_records_say_what_each_stage_trained_and_where_its_model_is(tmp_path):
     stages, plan = planned_stages(tmp_path)
     out = tmp_path / "out"
-    records = stage_records(stages, out)
+    records = stage_uses(stages, out)
     inter = [r for r in records if r.kind == "intermediate"]
     assert len(inter) == 1 and inter[0].tasks == ("anli",) and inter[0].languages == ("en",)
     assert inter[0].splits == ("dev",)
@@ -63,7 +63,7 @@ def _fake_models(tmp_path):
     """Stage records of a finished store whose single-task stages have (fake) saved models."""
     stages, _ = planned_stages(tmp_path)
     out = tmp_path / "out"
-    for r in stage_records(stages, out):
+    for r in stage_uses(stages, out):
         if r.model_dir is not None:
             r.model_dir.mkdir(parents=True, exist_ok=True)
             (r.model_dir / XSTILTS_MODEL_FILE).write_text("{}")
@@ -79,7 +79,7 @@ def test_task_emb_is_computed_once_and_read_back(tmp_path, monkeypatch):
         return np.arange(4, dtype=np.float32) + len(task)
 
     monkeypatch.setattr("xstilts.analysis.similarity.fisher_task_embedding", fake_fisher)
-    models = find_task_models(stage_records(stages, out))
+    models = find_task_models(stage_uses(stages, out))
     assert set(models) == {"anli", "panx"}
     path = compute_task_embedding(models["anli"], TaskEmbSettings(max_examples=7))
     assert path == task_emb_path(models["anli"]) and path.parent.parent == models["anli"].model_dir.parent

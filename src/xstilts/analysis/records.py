@@ -1,11 +1,11 @@
-"""Typed stage records: what each stage of a results store trained or evaluated, and where.
+"""Stage records as analysis reads them: which cell each stage served, what it trained, where its model is.
 
 The analysis layer reads the experiment layer's records instead of guessing key names: a
-stage's ``settings`` are what :mod:`xstilts.experiments.plan` wrote (a
-:class:`~xstilts.train.config.TrainConfig` dump for training stages, the
-``zero_shot_eval`` arguments for eval stages), its state is one of the store's
-:data:`~xstilts.experiments.store.STATES`, and its model lives at
-``stage_dir(OUTPUT_DIR, id) / MODEL_DIR``.
+stage's :class:`~xstilts.experiments.plan.StageRecord` (tasks, splits, languages, model
+directory) is derived from its settings by the planner's own
+:meth:`~xstilts.experiments.plan.StageRecord.from_settings`, its state is one of the store's
+:data:`~xstilts.experiments.store.STATES`, and a stage row of ``ResultsStore.stages_frame()``
+(one per use of a stage) adds the (model, setup, target, seed) label.
 """
 
 from __future__ import annotations
@@ -13,26 +13,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from xstilts.experiments.plan import stage_dir
+from xstilts.experiments.plan import TRAIN_KINDS, StageRecord
 from xstilts.experiments.spec import BASELINE
 from xstilts.experiments.store import DONE
-from xstilts.paths import MODEL_DIR, XSTILTS_MODEL_FILE
+from xstilts.paths import XSTILTS_MODEL_FILE
 
 log = logging.getLogger(__name__)
 
-TRAIN_KINDS = ("intermediate", "target")
-
 
 @dataclass(frozen=True)
-class StageRecord:
-    """One stage of the store, typed: what it trained (or evaluated), on which languages and
-    splits, and its model directory (training stages of a known output dir)."""
+class StageUse:
+    """One row of the stages frame, typed: a stage's label, state and record (None when its
+    settings cannot be read as a record, e.g. a store written by another version)."""
 
     stage_id: str
     kind: str
@@ -41,11 +39,20 @@ class StageRecord:
     target: str | None = None
     model: str | None = None
     seed: int | None = None
-    tasks: tuple[str, ...] = ()
-    languages: tuple[str, ...] = ()
-    splits: tuple[str, ...] = ()
-    model_dir: Path | None = None
-    settings: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    record: StageRecord | None = None
+    model_dir: Path | None = None  # the record's model dir under a known output dir (training stages)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.record.tasks if self.record else ()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.record.languages if self.record else ()
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return self.record.splits if self.record else ()
 
     @property
     def trains(self) -> bool:
@@ -73,61 +80,41 @@ def parse_settings(raw: Any) -> dict[str, Any]:
     return {}
 
 
-def _trained(settings: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(tasks, languages, splits) of a training stage from its TrainConfig's ``tasks`` mixtures."""
-    from xstilts.train.config import TaskMixture
-
-    tasks: list[str] = []
-    langs: list[str] = []
-    splits: list[str] = []
-    for raw in settings.get("tasks") or []:
-        mix = TaskMixture.model_validate(raw)
-        tasks.append(mix.task)
-        langs += [lang for lang in mix.languages if lang not in langs]
-        if mix.split not in splits:
-            splits.append(mix.split)
-    return tuple(tasks), tuple(langs), tuple(splits)
-
-
-def _evaluated(settings: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(task, languages, split) of an eval stage from its ``zero_shot_eval`` arguments."""
-    task, split, langs = settings.get("task"), settings.get("split"), settings.get("languages")
-    return ((str(task),) if task else (), tuple(map(str, langs)) if isinstance(langs, list) else (),
-            (str(split),) if split else ())
-
-
 def _optional(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
 
-def stage_record(row: dict[str, Any], output_dir: str | Path | None = None) -> StageRecord:
-    """The typed record of one row of ``ResultsStore.stages_frame()``."""
-    settings = parse_settings(row.get("settings"))
-    kind = str(row.get("kind") or "")
+def _record(stage_id: str, kind: str, settings: dict[str, Any]) -> StageRecord | None:
     try:
-        tasks, langs, splits = _trained(settings) if kind in TRAIN_KINDS else _evaluated(settings)
-    except ValueError as exc:  # a settings dump of another version: keep the row, without its tasks
-        log.debug("stage %s: settings not readable as %s stage (%s)", row.get("stage_id"), kind, exc)
-        tasks, langs, splits = (), (), ()
-    sid = str(row.get("stage_id"))
-    model_dir = stage_dir(Path(output_dir), sid) / MODEL_DIR if output_dir is not None and kind in TRAIN_KINDS else None
+        return StageRecord.from_settings(stage_id, kind, settings)
+    except (KeyError, TypeError, AttributeError) as exc:
+        log.debug("stage %s: settings not readable as a %s stage record (%s)", stage_id, kind, exc)
+        return None
+
+
+def stage_use(row: dict[str, Any], output_dir: str | Path | None = None) -> StageUse:
+    """The typed form of one row of ``ResultsStore.stages_frame()``."""
+    sid, kind = str(row.get("stage_id")), str(row.get("kind") or "")
+    record = _record(sid, kind, parse_settings(row.get("settings")))
+    model_dir = None
+    if output_dir is not None and record is not None and record.model_dir is not None:
+        model_dir = Path(output_dir) / record.model_dir
     seed = _optional(row.get("seed"))
-    return StageRecord(
+    return StageUse(
         stage_id=sid, kind=kind, state=str(row.get("state") or ""), setup=_optional(row.get("setup")),
         target=_optional(row.get("target")), model=_optional(row.get("model")),
-        seed=int(seed) if seed is not None else None, tasks=tasks, languages=langs, splits=splits,
-        model_dir=model_dir, settings=settings,
+        seed=int(seed) if seed is not None else None, record=record, model_dir=model_dir,
     )
 
 
-def stage_records(stages: pd.DataFrame | None, output_dir: str | Path | None = None) -> list[StageRecord]:
-    """Typed records of every row of a stages frame (one per use of a stage)."""
+def stage_uses(stages: pd.DataFrame | None, output_dir: str | Path | None = None) -> list[StageUse]:
+    """Typed rows of a stages frame (one per use of a stage)."""
     if stages is None or stages.empty:
         return []
-    return [stage_record(r, output_dir) for r in stages.to_dict("records")]
+    return [stage_use(r, output_dir) for r in stages.to_dict("records")]
 
 
-def setup_tasks(records: Sequence[StageRecord], setups: Sequence[str],
+def setup_tasks(records: Sequence[StageUse], setups: Sequence[str],
                 override: dict[str, list[str]] | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """The intermediate task(s) of each setup, from its intermediate stages (or ``override``).
 
@@ -151,7 +138,7 @@ def setup_tasks(records: Sequence[StageRecord], setups: Sequence[str],
     return out, notes
 
 
-def setup_languages(records: Sequence[StageRecord], setup: str) -> list[str]:
+def setup_languages(records: Sequence[StageUse], setup: str) -> list[str]:
     """The languages of a setup's intermediate training data (English first)."""
     langs = ["en"]
     for r in records:
@@ -170,7 +157,7 @@ class TaskModel:
     stage_id: str
 
 
-def task_models(records: Sequence[StageRecord], tasks_by_setup: dict[str, list[str]]) -> dict[str, TaskModel]:
+def task_models(records: Sequence[StageUse], tasks_by_setup: dict[str, list[str]]) -> dict[str, TaskModel]:
     """A single-task model for each task: intermediate stages that trained only that task, and
     the baseline's target stages (a target fine-tuned from the base model)."""
     found: dict[str, TaskModel] = {}
@@ -188,6 +175,6 @@ def task_models(records: Sequence[StageRecord], tasks_by_setup: dict[str, list[s
     return found
 
 
-def unfinished(records: Sequence[StageRecord]) -> list[StageRecord]:
+def unfinished(records: Sequence[StageUse]) -> list[StageUse]:
     """Records of stages that are not done (waiting, running or failed)."""
     return [r for r in records if not r.finished]

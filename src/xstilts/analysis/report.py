@@ -22,7 +22,7 @@ import pandas as pd
 
 from xstilts.analysis.gains import compute_gains
 from xstilts.analysis.groupings import LOW_RESOURCE_CLASSES
-from xstilts.analysis.records import setup_tasks, stage_records
+from xstilts.analysis.records import setup_tasks, stage_uses
 from xstilts.analysis.render import SECTIONS, Section, render_sections, write_report
 from xstilts.analysis.sections import (
     FamilyResult,
@@ -180,7 +180,7 @@ def compute_report(metrics: pd.DataFrame, stages: pd.DataFrame, opts: ReportOpti
                    *, output_dir: str | Path | None = None) -> ReportData:
     """Every section of the report as typed results (no rendering)."""
     gt = compute_gains(metrics)
-    inp = prepare_inputs(metrics, stages, stage_records(stages, output_dir), gt, opts)
+    inp = prepare_inputs(metrics, stages, stage_uses(stages, output_dir), gt, opts)
     data = ReportData(overview=compute_overview(inp), settings=compute_settings(inp))
     if gt.gains.empty:
         msg = "No gains could be computed (see the notes above), so the gain analyses are empty."

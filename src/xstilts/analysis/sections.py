@@ -24,7 +24,7 @@ from xstilts.analysis.groupings import (
     flag_negative_groups,
     gains_by_group,
 )
-from xstilts.analysis.records import StageRecord, parse_settings, unfinished
+from xstilts.analysis.records import StageUse, parse_settings, unfinished
 
 if TYPE_CHECKING:  # pragma: no cover
     from xstilts.analysis.report import ReportOptions
@@ -38,7 +38,7 @@ class ReportInputs:
 
     metrics: pd.DataFrame
     stages: pd.DataFrame
-    records: list[StageRecord]
+    records: list[StageUse]
     gt: GainTable
     options: ReportOptions
     meta: pd.DataFrame = field(default_factory=pd.DataFrame)  # gains + language metadata columns
@@ -239,7 +239,7 @@ def compute_settings(inp: ReportInputs) -> SettingsResult | None:
     return SettingsResult(pd.DataFrame(rows), sorted({r.state for r in bad}), len(bad), targets)
 
 
-def prepare_inputs(metrics: pd.DataFrame, stages: pd.DataFrame, records: Sequence[StageRecord], gt: GainTable,
+def prepare_inputs(metrics: pd.DataFrame, stages: pd.DataFrame, records: Sequence[StageUse], gt: GainTable,
                    options: ReportOptions) -> ReportInputs:
     """The shared inputs of the sections (language metadata attached to the gains)."""
     inp = ReportInputs(metrics, stages, list(records), gt, options)

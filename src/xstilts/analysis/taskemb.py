@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xstilts.analysis.records import StageRecord, TaskModel, setup_tasks, stage_records, task_models
+from xstilts.analysis.records import StageUse, TaskModel, setup_tasks, stage_uses, task_models
 from xstilts.errors import XStiltsError
 from xstilts.paths import TASK_EMB_DIR
 
@@ -71,7 +71,7 @@ def compute_task_embedding(model: TaskModel, settings: TaskEmbSettings = TaskEmb
     return path
 
 
-def find_task_models(records: Sequence[StageRecord], setups: Sequence[str] | None = None,
+def find_task_models(records: Sequence[StageUse], setups: Sequence[str] | None = None,
                      override: dict[str, list[str]] | None = None) -> dict[str, TaskModel]:
     """The single-task models of a store's records, by task (finished stages with a saved model)."""
     names = sorted({r.setup for r in records if r.setup}) if setups is None else list(setups)
@@ -100,7 +100,7 @@ def compute_task_embeddings(output_dir: str | Path, *, settings: TaskEmbSettings
     if spec is not None:
         metrics, stages = restrict_to_spec(metrics, stages, spec, output_dir)
     run = TaskEmbRun({}, {})
-    for task, model in sorted(find_task_models(stage_records(stages, output_dir)).items()):
+    for task, model in sorted(find_task_models(stage_uses(stages, output_dir)).items()):
         try:
             run.computed[task] = compute_task_embedding(model, settings, data_dir=data_dir, force=force)
         except (XStiltsError, OSError, ValueError, KeyError) as exc:
