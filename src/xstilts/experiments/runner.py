@@ -31,6 +31,7 @@ from xstilts.experiments.executor import StageExecutor, StageOutcome, StageTask,
 from xstilts.experiments.faults import disk_full_error, is_disk_full
 from xstilts.experiments.plan import Plan
 from xstilts.experiments.store import DEFAULT_STALE_AFTER_S, Claim, ResultsStore, open_store
+from xstilts.paths import TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def pending_stages(plan: Plan, states: dict[str, str], stage_ids: Sequence[str])
 
 def read_progress(stage_dir: Path) -> dict[str, Any] | None:
     """The stage's own progress: the last record of its ``log.jsonl`` (train layer), if any."""
-    log = stage_dir / "log.jsonl"
+    log = stage_dir / TRAIN_LOG_FILE
     if not log.is_file():
         return None
     try:

@@ -43,11 +43,11 @@ from xstilts.models.loading import (
     load_encoder,
     read_xstilts_model_json,
 )
+from xstilts.paths import HEADS_FILE
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
-HEADS_FILE = "heads.safetensors"
 IGNORE_INDEX = -100
 _ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 _LABEL_KEYS = ("labels", "start_positions", "end_positions")
