@@ -321,8 +321,7 @@ class _Builder:
                finals: dict[str, str | None]) -> None:
         """The target-training and eval stages of one target, for every setup."""
         task = get_task(target.task)
-        split = target.split or task.eval_split
-        languages = resolve_target_languages(task, target.languages, split, self.data_dir)
+        splits = target.splits(task.eval_split)
         for setup_name, inter in finals.items():
             label = Label(model.name, setup_name, task.name, seed)
             ref = f"{STAGE_REF}{inter}" if inter else model.name_or_path
@@ -331,9 +330,11 @@ class _Builder:
             if task.trainable:
                 tid, config = self._target_training(index, target, task, ref, seed, deps, label)
                 ref, deps = f"{STAGE_REF}{tid}", (tid,)
-            settings = self._eval_settings(target, task, ref, languages, split, config)
-            self._add("eval", eval_stage_id(settings, deps), settings, deps, label,
-                      f"{task.name} × {len(languages)} languages")
+            for split in splits:  # one eval stage per split, all from the same trained model
+                languages = resolve_target_languages(task, target.languages, split, self.data_dir)
+                settings = self._eval_settings(target, task, ref, languages, split, config)
+                self._add("eval", eval_stage_id(settings, deps), settings, deps, label,
+                          f"{task.name}/{split} × {len(languages)} languages")
 
     def _target_training(self, index: int, target: TargetSpec, task: TaskSpec, ref: str, seed: int,
                          deps: tuple[str, ...], label: Label) -> tuple[str, TrainConfig]:

@@ -68,6 +68,19 @@ def primary_metric(task: str) -> str:
         return "f1"
 
 
+def summary_split(task: str, rows: pd.DataFrame) -> str:
+    """The one split a target is summarised on when it was evaluated on several (``eval_splits``):
+    the catalog's ``eval_split`` when present, else test, else the first."""
+    splits = sorted(rows["split"].astype(str).unique())
+    try:
+        from xstilts.tasks.catalog import get_task
+
+        wanted = get_task(task).eval_split
+    except UnknownNameError:
+        wanted = "test"
+    return next((s for s in (wanted, "test") if s in splits), splits[0])
+
+
 def summary_frame(store: ResultsStore, plan: Plan) -> pd.DataFrame:
     """Average zero-shot score (primary metric, mean over languages, then over seeds) per
     target (rows) × setup (columns); one block per model when there are several."""
@@ -77,6 +90,7 @@ def summary_frame(store: ResultsStore, plan: Plan) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     keep = df[df.apply(lambda r: r["metric"] == primary_metric(r["target"]), axis=1)]
+    keep = keep[keep["split"] == keep["target"].map(lambda t: summary_split(t, keep[keep["target"] == t]))]
     per_seed = keep.groupby(["model", "target", "setup", "seed"], as_index=False)["value"].mean()
     cell = per_seed.groupby(["model", "target", "setup"], as_index=False)["value"].mean()
     index = ["target"] if cell["model"].nunique() == 1 else ["model", "target"]

@@ -14,6 +14,7 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
       anli_mlm: {task: anli, mlm: {files: [wiki.de.txt], probability: 0.2}}
       anli_de: {task: anli, extra_files: [anli.de.jsonl], extra_ratio: 0.5}
     targets: [panx, {task: tatoeba, languages: all, split: test},
+              {task: xnli, eval_splits: [dev, test]},      # one eval stage per split
               {task: tydiqa, eval: {max_length: 256}}]     # eval: per-target eval options
     seeds: [0, 1]
     hyperparameters:
@@ -202,13 +203,33 @@ class EvalOptions(_Strict):
 
 
 class TargetSpec(_Strict):
-    """A target task, the languages evaluated zero-shot, the split, and its eval options."""
+    """A target task, the languages evaluated zero-shot, the split(s), and its eval options.
+
+    ``eval_splits`` lists every split the target is evaluated on (one eval stage each, e.g.
+    ``[dev, test]``: the grid on dev, headline numbers on test); ``split: X`` is short for
+    ``eval_splits: [X]``; neither: the catalog's ``eval_split`` (:meth:`splits`).
+    """
 
     task: str
     languages: str | list[str] = "all"   # "all" | "xtreme" | "xtreme-r" | explicit list
     split: str | None = None
+    eval_splits: list[str] | None = Field(default=None, min_length=1)
     train: TargetTrain | None = None
     eval: EvalOptions = Field(default_factory=EvalOptions)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_splits(self) -> TargetSpec:
+        if self.split is not None and self.eval_splits is not None:
+            raise ValueError("give either 'split' or 'eval_splits', not both")
+        if self.eval_splits is not None and len(set(self.eval_splits)) != len(self.eval_splits):
+            raise ValueError(f"eval_splits lists a split twice: {self.eval_splits}")
+        return self
+
+    def splits(self, catalog_eval_split: str) -> list[str]:
+        """The splits this target is evaluated on (the catalog's ``eval_split`` unless set)."""
+        if self.eval_splits is not None:
+            return list(self.eval_splits)
+        return [self.split or catalog_eval_split]
 
     @model_validator(mode="before")
     @classmethod

@@ -179,6 +179,8 @@ def _check_targets(spec: Spec) -> None:
         seen.add(task.name)
         if target.split is not None:
             _split(task, target.split, key=f"{key}.split", file=spec.file)
+        for j, split in enumerate(target.eval_splits or ()):
+            _split(task, split, key=f"{key}.eval_splits[{j}]", file=spec.file)
         if isinstance(target.languages, list):
             target.languages = _languages(task, target.languages, key=f"{key}.languages", file=spec.file)
         elif target.languages in ("xtreme", "xtreme-r") and not task.benchmarks.get(target.languages):

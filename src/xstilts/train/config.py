@@ -28,7 +28,13 @@ OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every"
 #: on how many dev examples the candidates are scored decides which checkpoint wins), not when
 #: it is "last" (dev evaluation runs without gradients or dropout and draws no random numbers,
 #: so the trained weights are the same).
-SELECTION_KEYS = frozenset({"eval_every", "eval_max_examples"})
+SELECTION_KEYS = frozenset({"eval_every", "eval_max_examples", "early_stopping_patience"})
+#: Settings added after stage ids were first published: left out of the identity while they hold
+#: their default (so every stage planned before them keeps its id), counted once they are set.
+LATE_KEYS = {"early_stopping_patience": None}
+#: Default number of examples held out of a task's training split for its dev evaluation when
+#: it trains on its own dev split (jiant's ``eval_subset_num`` is 500 dev examples).
+DEFAULT_DEV_HOLDOUT = 500
 
 
 class _Strict(BaseModel):
@@ -61,6 +67,11 @@ class TaskMixture(_Strict):
     extra_ratio: float = Field(default=0.0, ge=0.0)
     head: str | None = None  # a head kind of xstilts.models.head_kinds()
     dev_split: str | None = None  # None: the task's "dev" split when it has one, else its eval_split
+    #: examples held out of ``split`` for dev evaluation when ``split`` is the task's dev split
+    #: (so that dev scores and checkpoint selection never see training examples); None:
+    #: :data:`DEFAULT_DEV_HOLDOUT`; at most half of the split. ``eval_max_examples`` then
+    #: subsamples the held-out examples.
+    dev_holdout: int | None = Field(default=None, gt=0)
 
     @field_validator("head")
     @classmethod
@@ -148,6 +159,9 @@ class TrainConfig(_Strict):
     eval_max_examples: int | None = Field(default=None, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     final_model: Literal["last", "best"] = "last"
+    #: stop after this many dev evaluations in a row without a new best score (jiant's
+    #: ``no_improvements_for_n_evals``); needs ``eval_every`` and ``final_model: best``
+    early_stopping_patience: int | None = Field(default=None, gt=0)
     save_every: int = Field(default=0, ge=0)  # steps; 0: only at the end
     keep_last: int = Field(default=2, ge=1)
     log_every: int = Field(default=10, gt=0)
@@ -172,6 +186,9 @@ class TrainConfig(_Strict):
                 raise ValueError(f"sampler.caps names task(s) not in 'tasks': {', '.join(unknown)}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError("max_grad_norm must be > 0 (or null for no clipping)")
+        if self.early_stopping_patience is not None and (self.eval_every == 0 or self.final_model != "best"):
+            raise ValueError("early_stopping_patience needs dev evaluations during training and keeps the best of "
+                             "them: set eval_every > 0 and final_model: best (or early_stopping_patience: null)")
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -180,12 +197,46 @@ class TrainConfig(_Strict):
         This is the one definition of a training stage's identity: :meth:`hash`, the resume
         check and the experiment planner's stage ids all derive from it."""
         exclude = set(OPERATIONAL_KEYS) | (set(SELECTION_KEYS) if self.final_model == "last" else set())
-        return self.model_dump(mode="json", exclude=exclude)
+        exclude |= {k for k, default in LATE_KEYS.items() if getattr(self, k) == default}
+        out = self.model_dump(mode="json", exclude=exclude)
+        for mix, dumped in zip(self.tasks, out.get("tasks", []), strict=True):
+            if trains_on_dev_split(mix):  # dev examples are held out of its training data: other data
+                dumped["dev_holdout"] = self.dev_holdout_size(mix)
+            else:
+                dumped.pop("dev_holdout", None)
+        return out
+
+    def dev_holdout_size(self, mix: TaskMixture) -> int:
+        """How many examples task ``mix`` holds out of its training split for dev evaluation when
+        that split is its dev split (see :attr:`TaskMixture.dev_holdout`; capped at half the split
+        when the data is read)."""
+        return mix.dev_holdout or DEFAULT_DEV_HOLDOUT
 
     def hash(self) -> str:
         """Content hash (16 hex digits) of :meth:`identity`."""
         blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def dev_split_of(mix: TaskMixture) -> str:
+    """The split task ``mix`` is dev-evaluated on: its ``dev_split``, else the catalog task's "dev"
+    split when it has one, else its ``eval_split`` ("dev" for a task outside the catalog)."""
+    if mix.dev_split:
+        return mix.dev_split
+    from xstilts.errors import UnknownNameError
+    from xstilts.tasks.catalog import get_task
+
+    try:
+        spec = get_task(mix.task)
+    except UnknownNameError:
+        return "dev"
+    return "dev" if "dev" in spec.splits else spec.eval_split
+
+
+def trains_on_dev_split(mix: TaskMixture) -> bool:
+    """Whether ``mix`` trains on the split it is dev-evaluated on (its dev examples are then held
+    out of training, see :attr:`TaskMixture.dev_holdout`)."""
+    return mix.split == dev_split_of(mix)
 
 
 def make_train_config(data: dict[str, Any], file: str | Path | None = None) -> TrainConfig:
