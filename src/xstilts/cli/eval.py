@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
 
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
 
-def _print_report(report: Any, out: Path | None) -> None:
+    from xstilts.evaluate import EvalReport
+
+
+def _scores_table(report: EvalReport) -> Table:
+    """One row per language (and the average) of every metric of ``report``."""
     from rich.table import Table
 
     metrics = list(report.average) or sorted({m for s in report.per_language.values() for m in s})
@@ -25,7 +31,13 @@ def _print_report(report: Any, out: Path | None) -> None:
         table.add_section()
         table.add_row(f"average ({len(report.per_language)})", *(f"{report.average.get(m, float('nan')):.2f}" for m in metrics), "",
                       style="bold")
-    console.print(table)
+    return table
+
+
+def _print_report(report: EvalReport, out: Path | None) -> None:
+    from xstilts.paths import METRICS_FILE, PREDICTIONS_DIR
+
+    console.print(_scores_table(report))
     for lang, reason in report.skipped.items():
         console.print(f"[yellow]skipped[/] {lang}: {reason}", highlight=False, soft_wrap=True)
     ret = report.settings.get("retrieval")
@@ -35,7 +47,7 @@ def _print_report(report: Any, out: Path | None) -> None:
     if report.wall_time_s is not None:
         console.print(f"wall time: {report.wall_time_s:.1f} s", highlight=False)
     if out is not None:
-        console.print(f"wrote [bold]{out / 'metrics.json'}[/] and {out / 'predictions'}/<lang>.jsonl", highlight=False)
+        console.print(f"wrote [bold]{out / METRICS_FILE}[/] and {out / PREDICTIONS_DIR}/<lang>.jsonl", highlight=False)
 
 
 @app.command("eval")
