@@ -77,6 +77,21 @@ def language_average(task: str, per_language: Mapping[str, Mapping[str, float]],
     return {m: sum(per_language[lang][m] for lang in langs) / len(langs) for m in sorted(metrics)}
 
 
+def _benchmark_task_scores(per_task: Mapping[str, Mapping], known: set[str], benchmark: str) -> dict[str, dict[str, float]]:
+    """Each benchmark task's scores averaged over its languages (or as given when already averaged)."""
+    task_scores: dict[str, dict[str, float]] = {}
+    for raw_name, scores in per_task.items():
+        name = _ALIASES.get(raw_name, raw_name)
+        if name not in known:
+            logger.info("%s: task '%s' is not part of the benchmark; ignored", benchmark, raw_name)
+            continue
+        if scores and all(isinstance(v, Mapping) for v in scores.values()):
+            task_scores[name] = language_average(name, scores, benchmark)
+        else:
+            task_scores[name] = {k: float(v) for k, v in scores.items()}
+    return task_scores
+
+
 def xtreme_scores(per_task: Mapping[str, Mapping], benchmark: str = "xtreme") -> dict:
     """Aggregate task scores into XTREME / XTREME-R task, group and overall scores.
 
@@ -91,16 +106,7 @@ def xtreme_scores(per_task: Mapping[str, Mapping], benchmark: str = "xtreme") ->
         raise UnknownNameError("benchmark", benchmark, list(BENCHMARK_GROUPS))
     groups = BENCHMARK_GROUPS[benchmark]
     known = {t for ts in groups.values() for t in ts}
-    task_scores: dict[str, dict[str, float]] = {}
-    for raw_name, scores in per_task.items():
-        name = _ALIASES.get(raw_name, raw_name)
-        if name not in known:
-            logger.info("%s: task '%s' is not part of the benchmark; ignored", benchmark, raw_name)
-            continue
-        if scores and all(isinstance(v, Mapping) for v in scores.values()):
-            task_scores[name] = language_average(name, scores, benchmark)
-        else:
-            task_scores[name] = {k: float(v) for k, v in scores.items()}
+    task_scores = _benchmark_task_scores(per_task, known, benchmark)
     tasks = {t: task_metric(t, s) for t, s in task_scores.items()}
     group_scores = {g: sum(tasks[t] for t in ts) / len(ts) for g, ts in groups.items() if all(t in tasks for t in ts)}
     complete = known <= set(tasks)
