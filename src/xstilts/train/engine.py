@@ -70,6 +70,7 @@ class TrainResult:
     seconds: float = 0.0
     loop_seconds: float = 0.0  # the training loop alone (no set-up, final evaluation or saving)
     task_batches: dict[str, int] = field(default_factory=dict)  # micro-batches drawn per task ("__mlm__" for MLM)
+    stopped_early: bool = False  # early_stopping_patience ended training before its last step
 
 
 @dataclass
@@ -130,6 +131,7 @@ class StageTrainer:
         self.compact: Any = None
         self._saved_step = -1
         self._last_eval: tuple[int, dict[str, dict[str, float]]] | None = None
+        self._stop_logged = False
         self._batch_shape = (config.batch_size, config.max_length)  # for the out-of-memory message
 
     # ------------------------------------------------------------------ setup
@@ -367,7 +369,7 @@ class StageTrainer:
         self.prepared.train()
         meter = _LossMeter(self.device)
         try:
-            while self.state.step < data.total_steps:
+            while self.state.step < data.total_steps and not self.patience_exhausted():
                 self._after_step(self.train_step(), meter, bar)
         except torch.cuda.OutOfMemoryError as exc:
             raise self._out_of_memory() from exc
@@ -391,6 +393,29 @@ class StageTrainer:
         if cfg.save_every and step % cfg.save_every == 0 and step < total:
             self.save_checkpoint()
 
+    def evals_since_best(self) -> int:
+        """Dev evaluations since the one that set the best score (0 when none has a score yet).
+        A pure function of the step, the best step and ``eval_every``, so a resumed run stops
+        where an uninterrupted one does (jiant's metarunner counts the same evaluations)."""
+        every, best = self.config.eval_every, self.state.best_step
+        if not every or best is None:
+            return 0
+        return self.state.step // every - best // every
+
+    def patience_exhausted(self) -> bool:
+        """Whether ``early_stopping_patience`` dev evaluations in a row brought no new best score."""
+        patience = self.config.early_stopping_patience
+        if patience is None or not self.data.dev or self.evals_since_best() < patience:
+            return False
+        if not self._stop_logged:
+            self._stop_logged = True
+            logger.info("early stopping at step %d of %d: %d dev evaluations without a new best (best %.4f at "
+                        "step %d)", self.state.step, self.data.total_steps, self.evals_since_best(),
+                        self.state.best_score, self.state.best_step)
+            self.log.log({"step": self.state.step, "early_stop": {"patience": patience, "best_step": self.state.best_step,
+                                                                 "best_score": self.state.best_score}}, self.state.step)
+        return True
+
     def _out_of_memory(self) -> XStiltsError:
         cfg = self.config
         n, length = self._batch_shape
@@ -413,7 +438,8 @@ class StageTrainer:
             write_done(self.output_dir, StageRecord(
                 steps=st.step, config_hash=self.config_hash, dev_metrics=dev_metrics, best_score=st.best_score,
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
-                seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json")))
+                seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json"),
+                stopped_early=st.step < self.data.total_steps))
         self.accelerator.wait_for_everyone()
         if self.config.trackers:
             self.accelerator.end_training()
@@ -423,7 +449,8 @@ class StageTrainer:
         logger.info("stage finished: %d steps in %.1fs; dev %s", st.step, seconds, dev_metrics)
         return TrainResult(model_dir=model_dir, steps=st.step, dev_metrics=dev_metrics, skipped=False,
                            best_score=st.best_score, best_step=st.best_step, output_dir=self.output_dir,
-                           seconds=seconds, loop_seconds=loop_seconds, task_batches=task_batches)
+                           seconds=seconds, loop_seconds=loop_seconds, task_batches=task_batches,
+                           stopped_early=st.step < self.data.total_steps)
 
 
 def _finished(config: TrainConfig, output_dir: Path, done: StageRecord) -> TrainResult:
@@ -434,7 +461,7 @@ def _finished(config: TrainConfig, output_dir: Path, done: StageRecord) -> Train
     logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.steps)
     return TrainResult(model_dir=output_dir / MODEL_DIR, steps=int(done.steps), dev_metrics=done.dev_metrics,
                        skipped=True, best_score=done.best_score, best_step=done.best_step, output_dir=output_dir,
-                       task_batches=done.task_batches)
+                       task_batches=done.task_batches, stopped_early=done.stopped_early)
 
 
 def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[str, TaskData] | None = None) -> TrainResult:

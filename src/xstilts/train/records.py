@@ -29,6 +29,7 @@ class StageRecord:
     task_batches: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False  # early stopping ended training before its last step
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageRecord:
