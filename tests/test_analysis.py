@@ -16,7 +16,7 @@ from xstilts.analysis.groupings import (
     flag_negative_groups,
     gains_by_group,
 )
-from xstilts.analysis.metadata import LanguageInfo
+from xstilts.languages import Language
 from xstilts.analysis.similarity import (
     correlate_with_gains,
     jaccard,
@@ -35,17 +35,22 @@ from xstilts.tasks.catalog import TaskSpec
 
 FAST = dict(n_boot=500, n_perm=500)
 
+def lang(code: str, name: str, family: str, genus: str, script: str, resource_class: int) -> Language:
+    """A row of the language table (what the analyses read of a language)."""
+    return Language(code, code, code, name, family, genus, script, resource_class)
+
+
 LANGS = {
-    "de": LanguageInfo("de", "German", "Indo-European", "Germanic", "Latin", 5),
-    "fr": LanguageInfo("fr", "French", "Indo-European", "Romance", "Latin", 5),
-    "sw": LanguageInfo("sw", "Swahili", "Niger-Congo", "Bantoid", "Latin", 2),
-    "yo": LanguageInfo("yo", "Yoruba", "Niger-Congo", "Defoid", "Latin", 2),
-    "ja": LanguageInfo("ja", "Japanese", "Japonic", "Japanese", "Japanese", 5),
+    "de": lang("de", "German", "Indo-European", "Germanic", "Latin", 5),
+    "fr": lang("fr", "French", "Indo-European", "Romance", "Latin", 5),
+    "sw": lang("sw", "Swahili", "Niger-Congo", "Bantoid", "Latin", 2),
+    "yo": lang("yo", "Yoruba", "Niger-Congo", "Defoid", "Latin", 2),
+    "ja": lang("ja", "Japanese", "Japonic", "Japanese", "Japanese", 5),
 }
 
 
-def lookup(code: str) -> LanguageInfo:
-    return LANGS.get(code, LanguageInfo(code))
+def lookup(code: str) -> Language | None:
+    return LANGS.get(code)
 
 
 def task_spec(name: str, primary_metric: str, fmt: str, eval_split: str = "test", *, domain: str | None = None,

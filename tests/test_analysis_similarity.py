@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from xstilts.analysis.metadata import LanguageInfo
 from xstilts.analysis.similarity import (
     SimilarityCache,
     cosine,
@@ -18,7 +17,7 @@ from xstilts.analysis.similarity import (
     mean_embedding,
     task_similarity_table,
 )
-from tests.test_analysis import task_spec
+from tests.test_analysis import lang, task_spec
 from xstilts.tasks.types import BitextExample, ClassificationExample, MultipleChoiceExample, TaggingExample
 
 TEXTS = {
@@ -107,10 +106,10 @@ def test_fisher_task_embedding_on_tiny_model(tiny, tmp_path):
 
 def test_language_similarity_table(tiny):
     _, tok = tiny
-    infos = {"en": LanguageInfo("en", "English", "Indo-European", "Germanic", "Latin", 5),
-             "de": LanguageInfo("de", "German", "Indo-European", "Germanic", "Latin", 5),
-             "ja": LanguageInfo("ja", "Japanese", "Japonic", "Japanese", "Japanese", 5)}
-    lookup = lambda c: infos.get(c, LanguageInfo(c))  # noqa: E731
+    infos = {"en": lang("en", "English", "Indo-European", "Germanic", "Latin", 5),
+             "de": lang("de", "German", "Indo-European", "Germanic", "Latin", 5),
+             "ja": lang("ja", "Japanese", "Japonic", "Japanese", "Japanese", 5)}
+    lookup = lambda c: infos.get(c)  # noqa: E731
     parallel = {"de": (["Der Hund ist in Berlin", "Hallo Welt"], ["The dog is in Berlin", "Hello world"]),
                 "ja": (["犬は公園にいます"], ["The dog is in the park"]),
                 "xx": (["the dog is in the park"], ["The dog is in the park"])}

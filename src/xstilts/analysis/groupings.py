@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pandas as pd
 
 from xstilts.analysis.gains import summarize_gains
-from xstilts.analysis.metadata import LanguageInfo, language_info
+from xstilts.languages import Language, find_language
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ GROUPINGS = ("family", "genus", "script", "resource_class")
 
 
 def attach_language_metadata(
-    frame: pd.DataFrame, *, lookup: Callable[[str], LanguageInfo] = language_info
+    frame: pd.DataFrame, *, lookup: Callable[[str], Language | None] = find_language
 ) -> tuple[pd.DataFrame, list[str]]:
     """Add ``language_name, family, genus, script, resource_class`` columns by language code.
 
@@ -32,18 +32,18 @@ def attach_language_metadata(
     """
     infos = {code: lookup(str(code)) for code in sorted(frame["language"].unique().tolist())} if len(frame) else {}
     out = frame.copy()
-    out["language_name"] = out["language"].map(lambda c: infos[c].name or str(c))
+    out["language_name"] = out["language"].map(lambda c: infos[c].name if infos[c] else str(c))
     for col in ("family", "genus", "script"):
-        out[col] = out["language"].map(lambda c, col=col: getattr(infos[c], col))
-    out["resource_class"] = out["language"].map(lambda c: infos[c].resource_class).astype("Int64")
+        out[col] = out["language"].map(lambda c, col=col: getattr(infos[c], col, None))
+    out["resource_class"] = out["language"].map(lambda c: getattr(infos[c], "resource_class", None)).astype("Int64")
     notes = []
-    unknown = sorted(c for c, i in infos.items() if not i.known)
+    unknown = sorted(c for c, i in infos.items() if i is None)
     if unknown:
         notes.append(
             f"no metadata for language(s) {', '.join(map(str, unknown))}: they are shown by code and grouped as '{UNKNOWN}'."
         )
     for col in ("family", "script", "resource_class"):
-        partial = sorted(c for c, i in infos.items() if i.known and getattr(i, col) is None)
+        partial = sorted(c for c, i in infos.items() if i is not None and getattr(i, col) is None)
         if partial:
             notes.append(f"{col.replace('_', ' ')} unknown for {', '.join(map(str, partial))} (grouped as '{UNKNOWN}').")
     return out, notes

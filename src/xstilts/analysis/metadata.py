@@ -1,17 +1,16 @@
 """Language and task metadata for the analyses, tolerant of unknown names.
 
 The analyses must not fail on a language or task the catalog does not know (a user's
-own data, a code typo in an old run): an unknown language gets ``None`` fields, an unknown
-task is ``None`` instead of its :class:`TaskSpec`, and the report says so.
+own data, a code typo in an old run): an unknown language is ``None`` instead of its
+:class:`~xstilts.languages.Language`, an unknown task ``None`` instead of its
+:class:`TaskSpec`, and the report says so.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from xstilts.errors import UnknownNameError
-from xstilts.languages import find_language
+from xstilts.languages import find_language  # noqa: F401 (the analyses' language lookup)
 from xstilts.tasks.catalog import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -19,40 +18,16 @@ log = logging.getLogger(__name__)
 LANGUAGE_FIELDS = ("language_name", "family", "genus", "script", "resource_class")
 
 
-@dataclass(frozen=True)
-class LanguageInfo:
-    """What the analyses need of a language; every field but ``code`` may be None."""
-
-    code: str
-    name: str | None = None
-    family: str | None = None
-    genus: str | None = None
-    script: str | None = None
-    resource_class: int | None = None
-
-    @property
-    def known(self) -> bool:
-        return self.name is not None
-
-    @property
-    def label(self) -> str:
-        """Human label for figures: "German (de)", or the bare code when unknown."""
-        return f"{self.name} ({self.code})" if self.name else self.code
-
-
-def language_info(code: str) -> LanguageInfo:
-    """Look ``code`` up in :mod:`xstilts.languages`; unknown codes give an all-None record."""
+def language_label(code: str) -> str:
+    """Human label for figures: "German (de)", or "xx (no metadata)" for a code the table lacks."""
     lang = find_language(code)
-    if lang is None:
-        return LanguageInfo(code)
-    return LanguageInfo(
-        code=code,
-        name=lang.name,
-        family=lang.family,
-        genus=lang.genus,
-        script=lang.script,
-        resource_class=lang.resource_class,
-    )
+    return f"{lang.name} ({code})" if lang is not None else f"{code} (no metadata)"
+
+
+def language_name(code: str) -> str:
+    """The language's name, or "(no metadata)"."""
+    lang = find_language(code)
+    return lang.name if lang is not None else "(no metadata)"
 
 
 def find_task(name: str) -> TaskSpec | None:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from xstilts.analysis import figures as figs
-from xstilts.analysis.metadata import language_info
+from xstilts.analysis.metadata import language_label, language_name
 from xstilts.analysis.sections import (
     FamilyResult,
     GainsResult,
@@ -115,14 +115,9 @@ def gain_label(metric_by_target: dict[str, str], targets: list[str] | None = Non
     return f"gain over baseline (points of {metric_unit(metric_by_target, targets)})"
 
 
-def lang_label(code: str) -> str:
-    info = language_info(code)
-    return info.label if info.known else f"{code} (no metadata)"
-
-
 def _with_language_names(frame: pd.DataFrame, position: int) -> pd.DataFrame:
     t = frame.copy()
-    t.insert(position, "language_name", t["language"].map(lambda c: language_info(c).name or "(no metadata)"))
+    t.insert(position, "language_name", t["language"].map(language_name))
     return t
 
 
@@ -198,7 +193,7 @@ def render_per_language(s: Section, r: PerLanguageResult, metric_by_target: dict
     for (model, target), g in r.per_language.groupby(["model", "target"], sort=True):
         g = g.copy()
         order_codes = g.groupby("language")["mean_gain"].mean().sort_values(ascending=False).index.tolist()
-        g["language_label"] = g["language"].map(lang_label)
+        g["language_label"] = g["language"].map(language_label)
         s.figures.append(Figure(
             f"per_language_{slug(model)}_{slug(target)}",
             f"Gain per language on {target} ({model}), sorted by mean gain; error bars: std across seeds"
@@ -206,7 +201,7 @@ def render_per_language(s: Section, r: PerLanguageResult, metric_by_target: dict
             partial(figs.grouped_bars, g, category="language_label", series="setup", value="mean_gain",
                     error="std_seeds", title=f"{target}: gain over baseline per language — {model}",
                     xlabel="target language", ylabel=gain_label(metric_by_target, [target]),
-                    category_order=[lang_label(c) for c in order_codes]),
+                    category_order=[language_label(c) for c in order_codes]),
         ))
     s.tables.append(("Gain per language (mean and std across seeds)", round_frame(_with_language_names(r.per_language, 4))))
 

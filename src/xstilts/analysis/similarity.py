@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from xstilts.analysis.metadata import LanguageInfo, find_task, language_info
+from xstilts.analysis.metadata import find_task
 from xstilts.analysis.stats import rank_correlation
 from xstilts.errors import XStiltsError
+from xstilts.languages import Language, find_language
 from xstilts.tasks.catalog import TaskSpec
 from xstilts.tasks.types import (
     BitextExample,
@@ -471,7 +472,7 @@ def language_similarity_table(
     *,
     tokenizer: Any | None = None,
     references: Sequence[str] = ("en",),
-    lookup: Callable[[str], LanguageInfo] = language_info,
+    lookup: Callable[[str], Language | None] = find_language,
 ) -> pd.DataFrame:
     """Similarity of each language to English and to the intermediate data's languages.
 
@@ -484,35 +485,39 @@ def language_similarity_table(
     refs = [lookup(r) for r in references]
     rows = []
     for code in languages:
-        info = lookup(code)
-        row: dict[str, Any] = {"language": code}
-        for attr in ("family", "script"):
-            mine = getattr(info, attr)
-            theirs = [getattr(r, attr) for r in refs]
-            row[f"same_{attr}"] = (
-                float(any(mine == t for t in theirs)) if mine is not None and all(t is not None for t in theirs) else math.nan
-            )
+        row: dict[str, Any] = {"language": code, **_shared_metadata(lookup(code), refs)}
         if code in parallel:
             src, eng = parallel[code]
             row["lexical_overlap"] = jaccard(word_counts(src), word_counts(eng))
-            if tokenizer is not None:
-                mine_c = subword_counts(src, tokenizer)
-                ref_counts = []
-                for r in references:
-                    if r == "en":
-                        ref_counts.append(subword_counts(eng, tokenizer))
-                    elif r in parallel:
-                        ref_counts.append(subword_counts(parallel[r][0], tokenizer))
-                row["subword_jaccard"] = max((jaccard(mine_c, rc) for rc in ref_counts), default=math.nan)
-                row["subword_weighted_jaccard"] = max((weighted_jaccard(mine_c, rc) for rc in ref_counts),
-                                                      default=math.nan)
-            else:
-                row["subword_jaccard"] = row["subword_weighted_jaccard"] = math.nan
+            row.update(_subword_overlap(src, eng, parallel, references, tokenizer))
         else:
             row["lexical_overlap"] = row["subword_jaccard"] = row["subword_weighted_jaccard"] = math.nan
         rows.append(row)
     return pd.DataFrame(rows, columns=["language", "same_family", "same_script", "lexical_overlap",
                                        "subword_jaccard", "subword_weighted_jaccard"])
+
+
+def _shared_metadata(lang: Language | None, refs: Sequence[Language | None]) -> dict[str, float]:
+    """``same_family`` / ``same_script``: 1 if shared with any reference, NaN when any of them is unknown."""
+    out = {}
+    for attr in ("family", "script"):
+        mine = getattr(lang, attr, None)
+        theirs = [getattr(r, attr, None) for r in refs]
+        known = mine is not None and all(t is not None for t in theirs)
+        out[f"same_{attr}"] = float(any(mine == t for t in theirs)) if known else math.nan
+    return out
+
+
+def _subword_overlap(src: Sequence[str], eng: Sequence[str], parallel: Mapping[str, tuple[Sequence[str], Sequence[str]]],
+                     references: Sequence[str], tokenizer: Any | None) -> dict[str, float]:
+    """Best sub-word (weighted) Jaccard of a language's side with any reference's side."""
+    if tokenizer is None:
+        return {"subword_jaccard": math.nan, "subword_weighted_jaccard": math.nan}
+    mine = subword_counts(src, tokenizer)
+    ref_counts = [subword_counts(eng if r == "en" else parallel[r][0], tokenizer)
+                  for r in references if r == "en" or r in parallel]
+    return {"subword_jaccard": max((jaccard(mine, rc) for rc in ref_counts), default=math.nan),
+            "subword_weighted_jaccard": max((weighted_jaccard(mine, rc) for rc in ref_counts), default=math.nan)}
 
 
 def correlate_with_gains(
