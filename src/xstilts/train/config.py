@@ -234,9 +234,9 @@ def dev_split_of(mix: TaskMixture) -> str:
 
 
 def trains_on_dev_split(mix: TaskMixture) -> bool:
-    """Whether ``mix`` trains on the split it is dev-evaluated on (its dev examples are then held
-    out of training, see :attr:`TaskMixture.dev_holdout`)."""
-    return mix.split == dev_split_of(mix)
+    """Whether ``mix`` trains on the English split it is dev-evaluated on (dev evaluation is in
+    English; those examples are then held out of training, see :attr:`TaskMixture.dev_holdout`)."""
+    return "en" in mix.languages and mix.split == dev_split_of(mix)
 
 
 def make_train_config(data: dict[str, Any], file: str | Path | None = None) -> TrainConfig:

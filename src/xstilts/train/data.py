@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 
 from xstilts.errors import ConfigError, DataError, DataNotFoundError
-from xstilts.train.config import TaskMixture, TrainConfig
+from xstilts.train.config import TaskMixture, TrainConfig, dev_split_of, trains_on_dev_split
 from xstilts.train.sampling import MLM_TASK, BatchStream, TaskSampler, task_probabilities
 
 logger = logging.getLogger(__name__)
+
+#: file in a stage's output dir listing, per task, the examples held out of its training split for
+#: dev evaluation (a task that trains on its own dev split: see :func:`hold_out_dev`)
+HELDOUT_FILE = "heldout.json"
 
 
 @dataclass
@@ -35,6 +39,9 @@ class TaskData:
     primary_metric: str = "accuracy"
     spec: Any = None  # the catalog TaskSpec, when there is one (enables the tokenised-feature cache)
     extra: list[Any] = field(default_factory=list)
+    #: ids of the examples held out of the training split for dev evaluation (None: nothing held
+    #: out, the task trains on another split than it is dev-evaluated on)
+    heldout_ids: list[str] | None = None
 
 
 def _read_extra_file(spec: Any, path: Path, language: str, key: str) -> list[Any]:
@@ -96,13 +103,19 @@ def resolve_tasks(config: TrainConfig, task_data: dict[str, TaskData] | None = N
 def load_task_data(mix: TaskMixture, config: TrainConfig, index: int) -> TaskData:
     """Resolve a :class:`TaskMixture` through the catalog: train examples (all languages + extra), English dev."""
     from xstilts.tasks.catalog import get_task
-    from xstilts.tasks.loading import load_examples
+    from xstilts.tasks.loading import load_examples, subsample
 
     spec = get_task(mix.task)  # UnknownNameError lists the valid names
     key = f"tasks.{index}"
     check_trainable(spec.name, spec.format, mix.head, index)
     train: list[Any] = []
+    heldout: list[Any] | None = None
     for lang in mix.languages:
+        if lang == "en" and trains_on_dev_split(mix):
+            pool, heldout = hold_out_dev(load_examples(spec, lang, mix.split, data_dir=config.data_dir),
+                                         config.dev_holdout_size(mix), config.seed, f"{spec.name}/{mix.split}")
+            train.extend(subsample(pool, mix.max_examples, config.seed))
+            continue
         train.extend(load_examples(spec, lang, mix.split, data_dir=config.data_dir,
                                    max_examples=mix.max_examples, seed=config.seed))
     extra: list[Any] = []
@@ -112,15 +125,38 @@ def load_task_data(mix: TaskMixture, config: TrainConfig, index: int) -> TaskDat
         extra.extend(_read_extra_file(spec, Path(ef.path).expanduser(), ef.language, f"{key}.extra_files"))
     if mix.extra_files:
         train = mix_extra(train, extra, mix.extra_ratio, config.seed)
-    dev_split = mix.dev_split or ("dev" if "dev" in spec.splits else spec.eval_split)
-    dev = None
+    dev_split = dev_split_of(mix)
+    dev = None if heldout is None else subsample(heldout, config.eval_max_examples, config.seed)
     try:
-        dev = load_examples(spec, "en", dev_split, data_dir=config.data_dir,
-                            max_examples=config.eval_max_examples, seed=config.seed)
+        if heldout is None:
+            dev = load_examples(spec, "en", dev_split, data_dir=config.data_dir,
+                                max_examples=config.eval_max_examples, seed=config.seed)
     except DataNotFoundError as exc:
         logger.warning("task %s: no English %s split (%s); training without dev evaluation", spec.name, dev_split, exc)
     return TaskData(name=spec.name, format=spec.format, train=train, dev=dev, label_list=spec.label_list,
-                    metric=spec.metric, primary_metric=spec.primary_metric, spec=spec)
+                    metric=spec.metric, primary_metric=spec.primary_metric, spec=spec,
+                    heldout_ids=None if heldout is None else [str(ex.id) for ex in heldout])
+
+
+def heldout_record(tasks: Sequence[TaskData]) -> dict[str, dict[str, Any]]:
+    """``{task: {"n": ..., "ids": [...]}}`` of the tasks that held dev examples out of training."""
+    return {td.name: {"n": len(td.heldout_ids), "ids": list(td.heldout_ids)}
+            for td in tasks if td.heldout_ids is not None}
+
+
+def hold_out_dev(examples: Sequence[Any], size: int, seed: int, what: str) -> tuple[list[Any], list[Any]]:
+    """Split ``examples`` (a task's whole English training split, which is also its dev split) into
+    (training pool, held-out dev examples): ``min(size, len // 2)`` examples drawn with ``seed``,
+    both parts in their original order. Drawn before any training subsample, so the held-out
+    examples are the same whatever ``max_examples`` is and never reach training."""
+    n = min(size, len(examples) // 2)
+    rng = np.random.default_rng([seed, 0x4E1D])
+    held = set(rng.choice(len(examples), n, replace=False).tolist()) if n else set()
+    pool = [ex for i, ex in enumerate(examples) if i not in held]
+    heldout = [ex for i, ex in enumerate(examples) if i in held]
+    logger.info("%s is also the dev split: %d of its %d examples held out for dev evaluation (seed %d), "
+                "%d left for training", what, n, len(examples), seed, len(pool))
+    return pool, heldout
 
 
 def featurize_task(td: TaskData, examples: Sequence[Any], tokenizer: Any, options: Any) -> Any:

@@ -35,7 +35,7 @@ from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
 from xstilts.train import checkpoint as ckpt
 from xstilts.train.checkpoint import Checkpoint, TrainState
 from xstilts.train.config import TrainConfig
-from xstilts.train.data import TaskData, build_stage_data, resolve_tasks, rows
+from xstilts.train.data import HELDOUT_FILE, TaskData, build_stage_data, heldout_record, resolve_tasks, rows
 from xstilts.train.evaluation import dev_predictions, primary_score, score_dev
 from xstilts.train.modeling import (
     StageModule,
@@ -154,6 +154,7 @@ class StageTrainer:
         self.optimizer = build_optimizer(self.module, self.config)
         self.scheduler = build_scheduler(self.optimizer, self.config, self.data.total_steps)
         self._setup_accelerator()
+        self._record_heldout()
         self._restore_state(resume)
         if self.config.trackers:
             hp = {k: v for k, v in self.config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
@@ -185,6 +186,12 @@ class StageTrainer:
         self.prepared, self.optimizer = acc.prepare(self.module, self.optimizer)
         self.device = acc.device
         self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
+
+    def _record_heldout(self) -> None:
+        """``heldout.json``: the examples each task held out of its training split for dev evaluation."""
+        self.heldout = heldout_record(self.data.tasks)
+        if self.heldout and self.is_main:
+            ckpt.write_json_atomic(self.output_dir / HELDOUT_FILE, self.heldout)
 
     def _restore_state(self, resume: Checkpoint | None) -> None:
         """Optimizer, scheduler, data streams, counters and RNGs of the checkpoint ``resume``."""
@@ -439,7 +446,8 @@ class StageTrainer:
                 steps=st.step, config_hash=self.config_hash, dev_metrics=dev_metrics, best_score=st.best_score,
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
                 seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json"),
-                stopped_early=st.step < self.data.total_steps))
+                stopped_early=st.step < self.data.total_steps,
+                dev_holdout={name: rec["n"] for name, rec in self.heldout.items()}))
         self.accelerator.wait_for_everyone()
         if self.config.trackers:
             self.accelerator.end_training()

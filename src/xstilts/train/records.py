@@ -30,6 +30,7 @@ class StageRecord:
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False  # early stopping ended training before its last step
+    dev_holdout: dict[str, int] = field(default_factory=dict)  # task -> examples held out of training (heldout.json)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageRecord:
