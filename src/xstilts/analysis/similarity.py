@@ -177,7 +177,7 @@ def jaccard(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 
 
 def _normalise(c: Mapping[str, float]) -> dict[str, float]:
-    total = float(sum(c.values()))
+    total = math.fsum(c.values())
     return {k: v / total for k, v in c.items()} if total > 0 else {}
 
 
@@ -187,8 +187,9 @@ def weighted_jaccard(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     keys = set(pa) | set(pb)
     if not keys:
         return math.nan
-    num = sum(min(pa.get(k, 0.0), pb.get(k, 0.0)) for k in keys)
-    den = sum(max(pa.get(k, 0.0), pb.get(k, 0.0)) for k in keys)
+    # fsum: exactly rounded whatever the (hash-seeded) set order, so equal overlaps tie exactly in every process
+    num = math.fsum(min(pa.get(k, 0.0), pb.get(k, 0.0)) for k in keys)
+    den = math.fsum(max(pa.get(k, 0.0), pb.get(k, 0.0)) for k in keys)
     return num / den
 
 
