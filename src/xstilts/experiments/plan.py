@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from xstilts.config_io import validate_model
 from xstilts.experiments.spec import FEATURIZE_KEYS, ModelSpec, Spec, StepSpec, TargetSpec, expand_setup
+from xstilts.paths import MODEL_DIR, STAGES_DIR
 from xstilts.tasks.catalog import TaskSpec, get_task
 from xstilts.train.config import TrainConfig
 
@@ -41,7 +42,7 @@ KINDS: tuple[str, ...] = ("intermediate", "target", "eval")
 TRAIN_KINDS: tuple[str, ...] = ("intermediate", "target")
 STAGE_REF = "stage:"
 #: where a stage writes its model, inside its stage directory
-MODEL_SUBDIR = "model"
+MODEL_SUBDIR = MODEL_DIR
 #: eval-stage settings that do not change its scores (kept in settings, not hashed)
 EVAL_OPERATIONAL_KEYS = frozenset({"batch_size", "data_dir"})
 DEFAULT_EVAL_BATCH_SIZE = 64
@@ -188,12 +189,12 @@ class Plan:
 
 def stage_dir(output_dir: Path, stage_id: str) -> Path:
     """Where stage ``stage_id`` writes: ``OUTPUT_DIR/stages/<id>/``."""
-    return Path(output_dir) / "stages" / stage_id
+    return Path(output_dir) / STAGES_DIR / stage_id
 
 
 def relative_model_dir(stage_id: str) -> str:
     """A stage's model directory relative to the output dir: ``stages/<id>/model``."""
-    return f"stages/{stage_id}/{MODEL_SUBDIR}"
+    return f"{STAGES_DIR}/{stage_id}/{MODEL_SUBDIR}"
 
 
 def stage_model_dir(output_dir: Path, ref: str) -> str:
