@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +236,54 @@ def test_truncated_encoder_equals_hidden_state_of_that_layer(model):
     assert applied
     torch.testing.assert_close(ref, fast)
     assert len(m.encoder.encoder.layer) == 2  # restored
+
+
+# --------------------------------------------------------------------------- real 2-process run (gloo)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ddp_model(model_dir: Path):
+    torch.manual_seed(0)  # the same head weights in every process and in the test
+    m, tok = MultiTaskModel.from_pretrained(str(model_dir))
+    m.add_head(HeadSpec(task="nli", kind="classification", num_labels=3))
+    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
+    return m, tok
+
+
+def _ddp_outputs(m, tok, accelerator=None) -> dict[str, np.ndarray]:
+    out = {}
+    for fmt_name, target in (("classification", "nli"), ("tagging", "ner")):
+        fmt, feats = _features(fmt_name, tok)
+        res = predict(m, target, fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, accelerator=accelerator)
+        out.update({f"{target}.{k}": v for k, v in res.items()})
+    return out
+
+
+def _ddp_worker(model_dir: Path, out_dir: Path) -> None:
+    """Run under torchrun: every rank predicts (3 batches over 2 ranks: uneven shards) and saves what it got."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    m, tok = _ddp_model(model_dir)
+    np.savez(out_dir / f"rank-{acc.process_index}.npz", **_ddp_outputs(m, tok, acc))
+
+
+@pytest.mark.slow
+def test_two_process_predict_gives_every_rank_the_one_process_outputs(tiny_model_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "tests.test_predict", str(tiny_model_dir), str(tmp_path)]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m, tok = _ddp_model(tiny_model_dir)
+    ref = _ddp_outputs(m, tok)
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank-{rank}.npz")
+        assert set(got.files) == set(ref)
+        for key, want in ref.items():
+            assert got[key].shape == want.shape, key
+            np.testing.assert_allclose(got[key], want, atol=1e-5, err_msg=key)
+
+
+if __name__ == "__main__":
+    _ddp_worker(Path(sys.argv[1]), Path(sys.argv[2]))
