@@ -116,3 +116,29 @@ def test_compute_task_embeddings_over_a_store_and_the_report_reads_them(tmp_path
     expected = np.dot([1, 2, 3], [1, 2, 2]) / (np.linalg.norm([1, 2, 3]) * 3)
     assert table.loc[("anli", "panx"), "task_emb"] == pytest.approx(expected)
     assert res.data.task_similarity.task_emb_missing == {}
+
+
+def test_cli_report_compute_taskemb_first(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from xstilts.cli import app
+
+    stages, out = _fake_models(tmp_path)
+    metrics = pd.DataFrame([("e5-small", setup, "panx", "de", 0, "dev", "f1", 50.0 + (setup == "anli"), "x")
+                            for setup in ("baseline", "anli")],
+                           columns=["model", "setup", "target", "language", "seed", "split", "metric", "value", "stage_id"])
+
+    class FakeStore:
+        def metrics_frame(self):
+            return metrics
+
+        def stages_frame(self):
+            return stages.assign(started_at=0.0, finished_at=0.0, host="h", error=None)
+
+    (out / "results.sqlite").write_bytes(b"")
+    monkeypatch.setattr("xstilts.analysis.store._open_store", lambda d: FakeStore())
+    monkeypatch.setattr("xstilts.analysis.similarity.fisher_task_embedding", lambda model_dir, task, **kw: np.ones(3))
+    r = CliRunner().invoke(app, ["report", str(out), "--compute-taskemb", "--no-similarity", "--n-boot", "50"])
+    assert r.exit_code == 0, r.output
+    assert "TaskEmb cached for 2 task(s): anli, panx" in r.output
+    assert all(task_emb_path(m).is_file() for m in find_task_models(stage_uses(stages, out)).values())
