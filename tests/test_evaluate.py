@@ -9,7 +9,6 @@ import pytest
 
 from xstilts.errors import XStiltsError
 from xstilts.evaluate import RetrievalSettings, default_retrieval_layer, rescore, zero_shot_eval
-from xstilts.evaluate.zero_shot import find_head
 
 
 def _same(a: dict, b: dict) -> None:
@@ -104,17 +103,24 @@ def test_model_without_the_needed_head_is_a_clear_error(pawsx_model_dir, shared_
         zero_shot_eval(pawsx_model_dir, "panx", "de", data_dir=shared_data, max_examples=4)
 
 
-def test_find_head_by_kind_and_ambiguity():
-    from types import SimpleNamespace
+def test_head_lookup_by_task_then_train_task_never_another_task():
+    """No silent fallback to "a head of the same kind" (issue 14): another task's head must be chosen."""
+    import torch
 
-    from xstilts.models import HeadSpec
+    from xstilts.models import HeadSpec, MultiTaskModel
 
-    task = SimpleNamespace(name="xquad", train_task="squad_v1")
-    assert find_head({"squad_v1": HeadSpec(task="squad_v1", kind="extractive_qa")}, task, "extractive_qa") == "squad_v1"
-    assert find_head({"qa": HeadSpec(task="qa", kind="extractive_qa")}, task, "extractive_qa") == "qa"
-    two = {n: HeadSpec(task=n, kind="extractive_qa") for n in ("a", "b")}
-    with pytest.raises(XStiltsError, match="several extractive_qa heads"):
-        find_head(two, task, "extractive_qa")
+    class _Encoder(torch.nn.Module):
+        config = type("C", (), {"hidden_size": 8, "hidden_dropout_prob": 0.0})()
+
+        def forward(self, input_ids=None, attention_mask=None):  # pragma: no cover - not run
+            raise AssertionError
+
+    qa = MultiTaskModel(_Encoder(), [HeadSpec(task="squad_v1", kind="extractive_qa")])
+    assert qa.head_for("xquad", "extractive_qa", also=["squad_v1"]).name == "squad_v1"
+    other = MultiTaskModel(_Encoder(), [HeadSpec(task=n, kind="extractive_qa") for n in ("a", "b")])
+    with pytest.raises(XStiltsError, match="no extractive_qa head for task 'xquad'.*head=NAME"):
+        other.head_for("xquad", "extractive_qa", also=["squad_v1"])
+    assert other.head_for("xquad", "extractive_qa", head="b").name == "b"
 
 
 def test_tagging_qa_and_multiple_choice_heads_end_to_end(tiny_model_dir, shared_data, tmp_path):
@@ -124,7 +130,7 @@ def test_tagging_qa_and_multiple_choice_heads_end_to_end(tiny_model_dir, shared_
     model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
     model.add_head(HeadSpec(task="panx", kind="tagging", num_labels=len(get_task("panx").label_list)))
     model.add_head(HeadSpec(task="squad_v1", kind="extractive_qa"))  # xquad's train_task
-    model.add_head(HeadSpec(task="copa", kind="multiple_choice", num_labels=1))  # found by kind
+    model.add_head(HeadSpec(task="xcopa", kind="multiple_choice", num_labels=1))  # the task's own head
     d = tmp_path / "model"
     model.save(d, tokenizer=tok)
     for task, lang, keys in [("panx", "de", {"f1", "precision", "recall"}), ("xquad", "zh", {"exact_match", "f1"}),

@@ -131,26 +131,6 @@ def resolve_languages(spec: Any, languages: Sequence[str] | str) -> list[str]:
     return out
 
 
-def find_head(head_specs: dict[str, Any], task_spec: Any, head_kind: str) -> str:
-    """The name of the head to use for ``task_spec``: by task name (or its ``train_task``), else the
-    single head of kind ``head_kind``; XStiltsError naming what is missing otherwise."""
-    for name in (task_spec.name, getattr(task_spec, "train_task", None)):
-        if name and name in head_specs:
-            if head_specs[name].kind != head_kind:
-                raise XStiltsError(f"the model's head '{name}' is a {head_specs[name].kind} head, but task "
-                                   f"'{task_spec.name}' needs a {head_kind} head")
-            return name
-    same_kind = [n for n, s in head_specs.items() if s.kind == head_kind]
-    if len(same_kind) == 1:
-        return same_kind[0]
-    have = ", ".join(f"{n} ({s.kind})" for n, s in head_specs.items()) or "none"
-    if not same_kind:
-        raise XStiltsError(f"the model has no {head_kind} head for task '{task_spec.name}' (heads: {have}); "
-                           f"fine-tune it on the task first (xstilts train) or pass a model directory that has one")
-    raise XStiltsError(f"the model has several {head_kind} heads ({', '.join(same_kind)}) and none is named "
-                       f"'{task_spec.name}'; cannot tell which one to use")
-
-
 def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
     from tqdm.auto import tqdm
 
@@ -175,6 +155,7 @@ class _Run:
     model: Any = None
     tokenizer: Any = None
     target: Any = None  # a head name or a models.predict.SentenceEmbedding
+    labels: list[str] | None = None  # the head's label names, in the order of its outputs
     retrieval: RetrievalSettings | None = None
     options: Any = None  # FeaturizeOptions
     settings: dict[str, Any] = field(default_factory=dict)
@@ -235,11 +216,15 @@ def _retrieval_target(run: _Run, retrieval: RetrievalSettings | None, max_length
         "direction": "source->english" + (" and english->source" if rs.both_directions else "")}
 
 
-def _head_target(run: _Run, featurize: dict[str, int]) -> None:
+def _head_target(run: _Run, featurize: dict[str, int], head: str | None = None) -> None:
     """The head to run and the featurisation (the format's eval length unless ``max_length`` is given)."""
+    from xstilts.tasks.catalog import task_labels
     from xstilts.tasks.formats import FeaturizeOptions
 
-    run.target = find_head(run.model.head_specs, run.spec, run.fmt.head_kind)
+    spec = run.spec
+    choice = run.model.head_for(spec.name, run.fmt.head_kind, spec.label_list, head=head, known_labels=task_labels,
+                                also=[spec.train_task] if spec.train_task else [])
+    run.target, run.labels = choice.name, choice.labels
     defaults = {"max_length": run.fmt.eval_max_length or FeaturizeOptions().max_length}
     run.options = FeaturizeOptions(**{**defaults, **featurize})
     run.settings["head"] = run.target
@@ -298,7 +283,7 @@ def _decode_and_score(run: _Run, lang: str, examples: list[Any], features: list[
         if found.threshold is not None:
             run.settings.setdefault("per_language", {})[lang] = {"threshold": found.threshold}
         return fmt.score_retrieval(examples, found), found.to_rows()
-    preds = fmt.decode(examples, features, outputs, spec.label_list)
+    preds = fmt.decode(examples, features, outputs, run.labels or spec.label_list)  # labels by name
     scores = fmt.score(examples, preds, spec.metric, language=lang)
     return scores, [{"id": ex.id, "prediction": fmt.prediction_to_json(preds[ex.id])} for ex in examples]
 
@@ -347,12 +332,15 @@ def zero_shot_eval(
     device: str | None = None,
     doc_stride: int | None = None,
     max_query_length: int | None = None,
+    head: str | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` zero-shot on every requested language of ``task`` (see module docstring).
 
-    ``model``: an xstilts model directory (heads are looked up by task name, then its
-    ``train_task``, then the single head of the right kind), or for retrieval tasks anything
-    :func:`~xstilts.models.load_encoder` accepts (``e5-small``, a hub id, a directory).
+    ``model``: an xstilts model directory (the head is ``head`` when given, else the one named
+    after the task, else after its ``train_task``; never another task's head, and its labels
+    must be the task's, mapped by name: :meth:`~xstilts.models.MultiTaskModel.head_for`), or for
+    retrieval tasks anything :func:`~xstilts.models.load_encoder` accepts (``e5-small``, a hub
+    id, a directory).
     Languages whose data is missing are reported in ``EvalReport.skipped``; the others run;
     DataNotFoundError (naming the data dir and the files looked for) when none can run.
     ``max_length`` / ``doc_stride`` / ``max_query_length``: featurisation (default: the
@@ -370,7 +358,7 @@ def zero_shot_eval(
         _retrieval_target(run, retrieval, max_length)
     else:
         given = {"max_length": max_length, "doc_stride": doc_stride, "max_query_length": max_query_length}
-        _head_target(run, {k: v for k, v in given.items() if v is not None})
+        _head_target(run, {k: v for k, v in given.items() if v is not None}, head)
     run.settings["featurize"] = asdict(run.options)
     report = EvalReport(task=run.spec.name, split=run.split, settings=run.settings, model=str(model))
     out_path = Path(out_dir) if out_dir is not None else None
