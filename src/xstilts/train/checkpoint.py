@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from xstilts.errors import CheckpointError, XStiltsError
 from xstilts.paths import BEST_CHECKPOINT, MODEL_DIR, TRAINER_STATE_FILE
@@ -358,7 +359,7 @@ def load_newest(checkpoints_dir: Path, config_hash: str, load_weights: Callable[
             load_weights(ckpt)
         except ForeignCheckpointError:
             raise
-        except (XStiltsError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        except (XStiltsError, SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             # XStiltsError covers CheckpointError and ModelLoadError; the others are what
             # safetensors / torch / transformers raise on a truncated or inconsistent file
             logger.warning("checkpoint %s cannot be used (%s); trying an older one", path, str(exc)[:300])
