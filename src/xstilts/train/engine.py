@@ -145,7 +145,10 @@ class StageTrainer:
         self.model, self.tokenizer = build_model(self.config, tasks)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.data = build_stage_data(self.config, tasks, self.tokenizer)
-        self.module = StageModule(self.model, build_mlm_head(self.model.encoder) if self.data.mlm is not None else None)
+        mlm_head = None
+        if self.data.mlm is not None:
+            mlm_head = build_mlm_head(self.model.encoder, resolve_start(self.config.model))
+        self.module = StageModule(self.model, mlm_head)
         resume = ckpt.load_newest(self.ckpt_dir, self.config_hash, lambda c: load_weights(self.module, c),
                                   extra_modules=self.module.mlm_head is not None)
         if self.config.freeze_embeddings:
@@ -419,8 +422,8 @@ class StageTrainer:
             logger.info("early stopping at step %d of %d: %d dev evaluations without a new best (best %.4f at "
                         "step %d)", self.state.step, self.data.total_steps, self.evals_since_best(),
                         self.state.best_score, self.state.best_step)
-            self.log.log({"step": self.state.step, "early_stop": {"patience": patience, "best_step": self.state.best_step,
-                                                                 "best_score": self.state.best_score}}, self.state.step)
+            stop = {"patience": patience, "best_step": self.state.best_step, "best_score": self.state.best_score}
+            self.log.log({"step": self.state.step, "early_stop": stop}, self.state.step)
         return True
 
     def _out_of_memory(self) -> XStiltsError:

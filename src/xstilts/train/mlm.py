@@ -128,8 +128,11 @@ class PretrainedLMHead(nn.Module):
         return dict(self.state_dict())
 
 
-def build_mlm_head(encoder: nn.Module) -> nn.Module:
-    """The encoder's tied LM head if it has one, else a new :class:`MLMHead` tied to its input embeddings."""
+def build_mlm_head(encoder: nn.Module, source: str | None = None) -> nn.Module:
+    """The MLM head of the stage: the encoder's own tied LM head if the loaded module has one;
+    else an :class:`MLMHead` tied to the input embeddings, holding the pretrained LM head of the
+    checkpoint ``source`` when it has one (XLM-R's ``lm_head.*``, BERT's ``cls.predictions.*``;
+    an xstilts model dir: its base model's), freshly initialised only where none exists (logged)."""
     out = encoder.get_output_embeddings() if hasattr(encoder, "get_output_embeddings") else None
     lm_head = getattr(encoder, "lm_head", None)
     if out is not None and lm_head is not None:
@@ -138,5 +141,27 @@ def build_mlm_head(encoder: nn.Module) -> nn.Module:
     cfg = encoder.config
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model")
     eps = getattr(cfg, "layer_norm_eps", None) or getattr(cfg, "layer_norm_epsilon", 1e-5)
-    logger.info("MLM auxiliary: new LM head with decoder tied to the input embeddings")
-    return MLMHead(encoder.get_input_embeddings(), hidden, eps)
+    head = MLMHead(encoder.get_input_embeddings(), hidden, eps)
+    if source is not None and _load_pretrained_head(head, source):
+        return head
+    logger.warning("MLM auxiliary: %s has no pretrained LM head; a new LM head is initialised (decoder tied to the "
+                   "input embeddings)", source or "the encoder")
+    return head
+
+
+def _load_pretrained_head(head: MLMHead, source: str) -> bool:
+    """Load the pretrained LM head of ``source`` into ``head``; False when there is none that fits."""
+    from xstilts.train.lm_head import pretrained_lm_head_state
+
+    found = pretrained_lm_head_state(source)
+    if found is None:
+        return False
+    state, where = found
+    own = head.own_state_dict()
+    misfit = sorted(k for k, v in state.items() if own[k].shape != v.shape)
+    if misfit:
+        logger.warning("MLM auxiliary: the LM head of %s does not fit this encoder (%s)", where, ", ".join(misfit))
+        return False
+    head.load_state_dict(state, strict=False)
+    logger.info("MLM auxiliary: the pretrained LM head of %s (decoder tied to the input embeddings)", where)
+    return True
