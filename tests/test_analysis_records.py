@@ -129,6 +129,9 @@ def test_cli_report_compute_taskemb_first(tmp_path, monkeypatch):
                            columns=["model", "setup", "target", "language", "seed", "split", "metric", "value", "stage_id"])
 
     class FakeStore:
+        def close(self):
+            pass
+
         def metrics_frame(self):
             return metrics
 

@@ -117,6 +117,9 @@ def test_cli_report_through_the_store(tmp_path, monkeypatch):
     m, st = frames()
 
     class FakeStore:
+        def close(self):
+            pass
+
         def metrics_frame(self):
             return m
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -27,9 +28,9 @@ def load_frames(output_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = store_path(output_dir)
     if not path.is_file():
         raise DataNotFoundError(f"{output_dir}: no results store ({path.name}) here; pass the OUTPUT_DIR of `xstilts run`.")
-    store = _open_store(output_dir)
-    metrics = store.metrics_frame()
-    stages = store.stages_frame()
+    with closing(_open_store(output_dir)) as store:
+        metrics = store.metrics_frame()
+        stages = store.stages_frame()
     for name, frame, cols in (("metrics", metrics, METRIC_COLUMNS), ("stages", stages, STAGE_COLUMNS)):
         missing = [c for c in cols if c not in frame.columns]
         if missing:
