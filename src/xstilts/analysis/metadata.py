@@ -8,13 +8,11 @@ own data, a code typo in an old run): an unknown language is ``None`` instead of
 
 from __future__ import annotations
 
-import logging
 from xstilts.errors import UnknownNameError
-from xstilts.languages import find_language  # noqa: F401 (the analyses' language lookup)
+from xstilts.languages import find_language
 from xstilts.tasks.catalog import TaskSpec, get_task
 
-log = logging.getLogger(__name__)
-
+#: the columns groupings.attach_language_metadata adds
 LANGUAGE_FIELDS = ("language_name", "family", "genus", "script", "resource_class")
 
 
