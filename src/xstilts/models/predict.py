@@ -28,7 +28,7 @@ feature order, each feature exactly once.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -266,6 +266,7 @@ def predict(
     Returns ``{"logits"}`` / ``{"start_logits", "end_logits"}`` (as the head returns them, no
     loss) or ``{"embeddings"}``, float32 numpy arrays with one row per feature.
     """
+    check_precision(precision)
     if device is None:
         device = accelerator.device if accelerator is not None else _model_device(model)
     device = torch.device(device)
@@ -273,26 +274,47 @@ def predict(
     batches = length_sorted_batches(features, batch_size)
     if not batches:
         return {}
-    chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    show = progress and (accelerator is None or accelerator.is_main_process)
+    step = _Step(fmt, features, pad_token_id, device, transform)
     was_training = model.training
     model.eval()
     try:
-        with contextlib.ExitStack() as stack:
-            forward = _forward_fn(model, target, stack)
-            stack.enter_context(torch.inference_mode())
-            stack.enter_context(_precision_context(model, precision, device))
-            show = progress and (accelerator is None or accelerator.is_main_process)
-            for idx in _progress(_shard(batches, accelerator), desc, show):
-                batch = _to_device(fmt.collate([features[i if i >= 0 else -1 - i] for i in idx], pad_token_id),
-                                   device)
-                out = forward(transform(batch) if transform is not None else batch)
-                for key, val in out.items():
-                    chunks.setdefault(key, []).append((np.asarray(idx), val.float().cpu().numpy()))
+        chunks = _run_batches(model, target, step, _progress(_shard(batches, accelerator), desc, show), precision)
     finally:
         model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
         chunks = {k: _gather(v, accelerator, device) for k, v in chunks.items()}
     return {k: _in_feature_order(v, len(features)) for k, v in chunks.items()}
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How one batch of feature indices becomes model inputs on the device."""
+
+    fmt: Collator
+    features: Sequence[dict[str, Any]]
+    pad_token_id: int
+    device: torch.device
+    transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None
+
+    def inputs(self, idx: list[int]) -> dict[str, Tensor]:
+        rows = [self.features[i if i >= 0 else -1 - i] for i in idx]  # i < 0: a rerun batch, dropped later
+        batch = _to_device(self.fmt.collate(rows, self.pad_token_id), self.device)
+        return self.transform(batch) if self.transform is not None else batch
+
+
+def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step, batches: Iterable[list[int]],
+                 precision: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(feature indices, outputs) of every batch, per output key, without gradients."""
+    chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    with contextlib.ExitStack() as stack:
+        forward = _forward_fn(model, target, stack)
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(_precision_context(model, precision, step.device))
+        for idx in batches:
+            for key, val in forward(step.inputs(idx)).items():
+                chunks.setdefault(key, []).append((np.asarray(idx), val.float().cpu().numpy()))
+    return chunks
 
 
 def _progress(items: list[list[int]], desc: str, enabled: bool) -> Any:
