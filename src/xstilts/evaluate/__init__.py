@@ -3,7 +3,9 @@
 Public API::
 
     zero_shot_eval(model, task, languages="all", split=None, data_dir=None, max_examples=None,
-                   seed=0, batch_size=64, out_dir=None, retrieval=None) -> EvalReport
+                   seed=0, batch_size=64, out_dir=None, retrieval=None, head=None, max_length=None,
+                   doc_stride=None, max_query_length=None, precision="fp32", device=None) -> EvalReport
+        (forward passes: xstilts.models.predict.predict; retrieval decoding: RetrievalFormat.retrieve)
     rescore(out_dir) -> EvalReport
     RetrievalSettings, EvalReport, default_retrieval_layer
     xtreme_scores(per_task, benchmark="xtreme") -> dict
