@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.train import TrainResult
+    from xstilts.train.config import TrainConfig
 
 
 @app.command("train")
@@ -27,28 +32,40 @@ def train(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data directory."),
 ) -> None:
     """Train one stage: single task, multi-task, +MLM, or a step of a sequential chain."""
-    from rich.table import Table
-
-    from xstilts.errors import ConfigError
-    from xstilts.train import load_train_config, make_train_config, train_stage
+    from xstilts.train import train_stage
 
     overrides = {"model": model, "max_steps": max_steps, "num_epochs": epochs, "batch_size": batch_size,
                  "learning_rate": lr, "max_length": max_length, "seed": seed, "precision": precision,
                  "data_dir": str(data_dir) if data_dir else None}
-    if task:
-        overrides["tasks"] = [{"task": t, **({"max_examples": max_examples} if max_examples else {})} for t in task]
-    if config is not None:
-        cfg = load_train_config(config, overrides)
-        if max_examples and not task:
-            cfg = make_train_config({**cfg.model_dump(), "tasks": [{**t.model_dump(), "max_examples": max_examples}
-                                                                   for t in cfg.tasks]}, file=config)
-    else:
-        if not model or not task:
-            raise ConfigError("give a CONFIG file, or at least --model and --task", key="config")
-        cfg = make_train_config({k: v for k, v in overrides.items() if v is not None})
+    cfg = _stage_config(config, overrides, task, max_examples)
     result = train_stage(cfg, out)
     if result.skipped:
         console.print(f"[yellow]already finished[/]: {out} ({result.steps} steps); nothing to do")
+    _print_result(result)
+
+
+def _stage_config(config: Path | None, overrides: dict[str, Any], task: list[str] | None,
+                  max_examples: int | None) -> TrainConfig:
+    """The stage's TrainConfig: the CONFIG file with the options over it, or the options alone."""
+    from xstilts.errors import ConfigError
+    from xstilts.train import load_train_config, make_train_config
+
+    if task:
+        overrides["tasks"] = [{"task": t, **({"max_examples": max_examples} if max_examples else {})} for t in task]
+    if config is None:
+        if not overrides.get("model") or not task:
+            raise ConfigError("give a CONFIG file, or at least --model and --task", key="config")
+        return make_train_config({k: v for k, v in overrides.items() if v is not None})
+    cfg = load_train_config(config, overrides)
+    if max_examples and not task:
+        cfg = make_train_config({**cfg.model_dump(), "tasks": [{**t.model_dump(), "max_examples": max_examples}
+                                                               for t in cfg.tasks]}, file=config)
+    return cfg
+
+
+def _print_result(result: TrainResult) -> None:
+    from rich.table import Table
+
     table = Table(title=f"English dev metrics after {result.steps} steps")
     table.add_column("task")
     table.add_column("metric")
