@@ -30,6 +30,12 @@ def hierarchical_mean(blocks: Sequence[np.ndarray]) -> float:
     return float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else math.nan
 
 
+def per_seed_means(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """The gain of each seed (one training run of the grid): languages averaged within a block,
+    blocks (e.g. targets) with equal weight; NaN for a seed with no cell. Shape [seeds]."""
+    return _per_seed_means(blocks)
+
+
 def _per_seed_means(blocks: Sequence[np.ndarray]) -> np.ndarray:
     with np.errstate(all="ignore"), _quiet_nan():
         per_block = np.stack([np.nanmean(b, axis=1) for b in blocks])  # [blocks, seeds]
@@ -138,9 +144,25 @@ def sign_flip_greater(differences: Sequence[float], *, n_perm: int = 10_000, see
     return float((1 + np.count_nonzero(perm >= observed - tol)) / (1 + n_perm))
 
 
+#: fewest pairs for a correlation's confidence interval (the bootstrap of a rank correlation
+#: on fewer pairs has too few distinct resamples to mean anything)
+MIN_PAIRS_FOR_CORRELATION_CI = 5
+#: up to this many pairs the permutation p-value enumerates every pairing (8! = 40,320)
+EXACT_PERMUTATION_MAX_N = 8
+
+
 @dataclass
 class Correlation:
-    """Spearman and Kendall rank correlations with percentile-bootstrap CIs."""
+    """Spearman and Kendall rank correlations with permutation p-values and bootstrap CIs.
+
+    ``ci_method`` says how the intervals were made: ``"BCa bootstrap"`` (paired resamples
+    of the points, :func:`scipy.stats.bootstrap`), ``"Fisher z"`` (Bonett & Wright's
+    standard errors, used when the BCa interval is undefined or would not contain the
+    estimate, which happens when nearly every resample falls on one side of it) or a
+    sentence saying why there is none. ``n_degenerate`` counts the bootstrap resamples in
+    which one variable came out constant: their coefficient is counted as 0 (no measurable
+    association), never dropped.
+    """
 
     n: int
     spearman: float
@@ -151,18 +173,111 @@ class Correlation:
     kendall_p: float
     kendall_ci_low: float
     kendall_ci_high: float
+    ci_method: str = ""
+    p_method: str = ""
+    n_degenerate: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def rank_correlation(
-    x: Sequence[float], y: Sequence[float], *, n_boot: int = 2_000, confidence: float = 0.95, seed: int = 0
-) -> Correlation:
-    """Spearman's rho and Kendall's tau-b of ``x`` vs ``y`` (scipy), with bootstrap CIs over pairs.
+def spearman_vectorized(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho along ``axis`` (ties get average ranks); 0 where x or y is constant there."""
+    from scipy.stats import rankdata
 
-    Pairs with a NaN are dropped. With fewer than three pairs, or a constant input, the
-    coefficients are NaN. Bootstrap resamples that come out constant are skipped.
+    rx = rankdata(x, axis=axis)
+    ry = rankdata(y, axis=axis)
+    rx = rx - rx.mean(axis=axis, keepdims=True)
+    ry = ry - ry.mean(axis=axis, keepdims=True)
+    num = (rx * ry).sum(axis=axis)
+    den = np.sqrt((rx**2).sum(axis=axis) * (ry**2).sum(axis=axis))
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def kendall_vectorized(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Kendall's tau-b along ``axis``; 0 where x or y is constant there."""
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, -1)
+    y = np.moveaxis(np.asarray(y, dtype=float), axis, -1)
+    sx = np.sign(x[..., :, None] - x[..., None, :])
+    sy = np.sign(y[..., :, None] - y[..., None, :])
+    num = (sx * sy).sum(axis=(-2, -1))
+    den = np.sqrt((sx**2).sum(axis=(-2, -1)) * (sy**2).sum(axis=(-2, -1)))
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _fisher_z_ci(r: float, n: int, kind: str, confidence: float) -> tuple[float, float]:
+    """Fisher-z interval with Bonett & Wright (2000) standard errors (always contains ``r``)."""
+    from scipy.stats import norm
+
+    if abs(r) >= 1.0:
+        return (float(r), float(r))
+    if kind == "spearman":
+        se = math.sqrt((1.0 + r * r / 2.0) / max(n - 3, 1))
+    else:
+        se = math.sqrt(0.437 / max(n - 4, 1))
+    z = math.atanh(r)
+    q = norm.ppf(0.5 + confidence / 2.0)
+    return (math.tanh(z - q * se), math.tanh(z + q * se))
+
+
+def _correlation_ci(x: np.ndarray, y: np.ndarray, fn, estimate: float, *, n_boot: int, confidence: float,
+                    rng: np.random.Generator) -> tuple[float, float, str]:
+    """BCa bootstrap CI of a correlation ``fn``, with the Fisher-z fallback (see :class:`Correlation`)."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on degenerate (all-equal) bootstrap distributions
+        res = bootstrap((x, y), fn, paired=True, vectorized=True, n_resamples=n_boot, method="BCa",
+                        confidence_level=confidence, rng=rng)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    dist = np.asarray(res.bootstrap_distribution)
+    if np.all(np.abs(dist - estimate) < 1e-12):
+        return (estimate, estimate, "bootstrap, degenerate: every resample gives the estimate")
+    if np.isfinite(lo) and np.isfinite(hi) and lo - 1e-12 <= estimate <= hi + 1e-12:
+        return (lo, hi, "BCa bootstrap")
+    kind = "spearman" if fn is spearman_vectorized else "kendall"
+    lo, hi = _fisher_z_ci(estimate, x.size, kind, confidence)
+    return (lo, hi, "Fisher z")
+
+
+def _permutation_p(x: np.ndarray, y: np.ndarray, fn, *, n_perm: int, rng: np.random.Generator) -> float:
+    """Two-sided permutation p-value of a correlation (exact up to :data:`EXACT_PERMUTATION_MAX_N` pairs)."""
+    from scipy.stats import permutation_test
+
+    n_res = math.factorial(x.size) if x.size <= EXACT_PERMUTATION_MAX_N else n_perm
+    res = permutation_test((x, y), fn, permutation_type="pairings", vectorized=True, n_resamples=n_res,
+                           alternative="two-sided", rng=rng)
+    return float(res.pvalue)
+
+
+def _count_degenerate(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> int:
+    """How many of ``n_boot`` paired resamples leave x or y constant (counted as 0, see Correlation)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    return int(np.count_nonzero((np.ptp(x[idx], axis=1) == 0) | (np.ptp(y[idx], axis=1) == 0)))
+
+
+def rank_correlation(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    n_boot: int = 2_000,
+    n_perm: int = 5_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Correlation:
+    """Spearman's rho and Kendall's tau-b of ``x`` vs ``y`` with permutation p-values and CIs.
+
+    Pairs with a NaN are dropped (``n`` counts the rest). With fewer than three pairs, or a
+    constant input, everything is NaN. p-values: two-sided permutation tests over pairings
+    (exact up to :data:`EXACT_PERMUTATION_MAX_N` pairs, else ``n_perm`` random ones); with
+    ``n_perm <= 0``, scipy's asymptotic p-values. CIs (see :class:`Correlation`) need
+    :data:`MIN_PAIRS_FOR_CORRELATION_CI` pairs and ``n_boot > 0``; the interval always
+    contains the estimate.
     """
     from scipy.stats import kendalltau, spearmanr
 
@@ -173,54 +288,22 @@ def rank_correlation(
     n = int(xa.size)
     nan = math.nan
     if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return Correlation(n, nan, nan, nan, nan, nan, nan, nan, nan)
-    rho, rho_p = spearmanr(xa, ya)
-    tau, tau_p = kendalltau(xa, ya)
-    if n_boot <= 0:
-        return Correlation(n, float(rho), float(rho_p), nan, nan, float(tau), float(tau_p), nan, nan)
+        why = "n < 3" if n < 3 else "a constant variable"
+        return Correlation(n, nan, nan, nan, nan, nan, nan, nan, nan, f"none ({why})", f"none ({why})", 0)
+    rho = float(spearmanr(xa, ya)[0])
+    tau = float(kendalltau(xa, ya)[0])
     rng = np.random.default_rng(seed)
-    rhos, taus = _bootstrap_rank_correlations(xa, ya, n_boot=n_boot, rng=rng)
-    alpha = (1.0 - confidence) / 2.0
-
-    def ci(vals: np.ndarray) -> tuple[float, float]:
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
-        if v.size == 0:
-            return (nan, nan)
-        lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-        return (float(lo), float(hi))
-
-    s_lo, s_hi = ci(rhos)
-    k_lo, k_hi = ci(taus)
-    return Correlation(n, float(rho), float(rho_p), s_lo, s_hi, float(tau), float(tau_p), k_lo, k_hi)
-
-
-def _bootstrap_rank_correlations(
-    x: np.ndarray, y: np.ndarray, *, n_boot: int, rng: np.random.Generator, chunk: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Spearman rho and Kendall tau-b over ``n_boot`` resamples of the pairs.
-
-    Resamples in which x or y is constant give NaN (and are ignored by the CI).
-    """
-    from scipy.stats import rankdata
-
-    n = x.size
-    rhos: list[np.ndarray] = []
-    taus: list[np.ndarray] = []
-    # keep the [chunk, n, n] sign tensors of Kendall's tau near 50M entries
-    chunk = max(1, min(chunk, 50_000_000 // max(1, n * n)))
-    with np.errstate(all="ignore"):
-        for start in range(0, n_boot, chunk):
-            b = min(chunk, n_boot - start)
-            idx = rng.integers(0, n, size=(b, n))
-            bx, by = x[idx], y[idx]
-            rx, ry = rankdata(bx, axis=1), rankdata(by, axis=1)
-            rx = rx - rx.mean(axis=1, keepdims=True)
-            ry = ry - ry.mean(axis=1, keepdims=True)
-            rhos.append((rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1)))
-            sx = np.sign(bx[:, :, None] - bx[:, None, :])
-            sy = np.sign(by[:, :, None] - by[:, None, :])
-            num = (sx * sy).sum(axis=(1, 2))
-            den = np.sqrt((sx**2).sum(axis=(1, 2)) * (sy**2).sum(axis=(1, 2)))
-            taus.append(num / den)
-    return np.concatenate(rhos), np.concatenate(taus)
+    if n_perm > 0:
+        rho_p = _permutation_p(xa, ya, spearman_vectorized, n_perm=n_perm, rng=rng)
+        tau_p = _permutation_p(xa, ya, kendall_vectorized, n_perm=n_perm, rng=rng)
+        p_method = "exact permutation" if n <= EXACT_PERMUTATION_MAX_N else f"permutation ({n_perm:,} resamples)"
+    else:
+        rho_p, tau_p, p_method = float(spearmanr(xa, ya)[1]), float(kendalltau(xa, ya)[1]), "asymptotic (scipy)"
+    if n_boot <= 0 or n < MIN_PAIRS_FOR_CORRELATION_CI:
+        why = f"none (n < {MIN_PAIRS_FOR_CORRELATION_CI})" if n_boot > 0 else "none (no bootstrap asked)"
+        return Correlation(n, rho, rho_p, nan, nan, tau, tau_p, nan, nan, why, p_method, 0)
+    s_lo, s_hi, s_how = _correlation_ci(xa, ya, spearman_vectorized, rho, n_boot=n_boot, confidence=confidence, rng=rng)
+    k_lo, k_hi, k_how = _correlation_ci(xa, ya, kendall_vectorized, tau, n_boot=n_boot, confidence=confidence, rng=rng)
+    how = s_how if s_how == k_how else f"Spearman: {s_how}; Kendall: {k_how}"
+    degenerate = _count_degenerate(xa, ya, n_boot, seed)
+    return Correlation(n, rho, rho_p, s_lo, s_hi, tau, tau_p, k_lo, k_hi, how, p_method, degenerate)

@@ -1,0 +1,210 @@
+"""Simulation checks of the report's statistics: intervals, error rates, power (seconds, fixed seeds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xstilts.analysis.inference import (
+    adjust_pvalues,
+    adjust_tables,
+    binomial_item_variance,
+    design_spread,
+    difference_in_mean_gain,
+    format_p,
+    infer_gains,
+    minimal_detectable_effect,
+    paired_item_variance,
+    seed_level_test,
+    significance_mark,
+    t_test_power,
+)
+from xstilts.analysis.stats import rank_correlation
+
+
+def _random_dataset(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n = int(rng.integers(3, 26))
+    kind = rng.integers(0, 5)
+    x = rng.normal(size=n)
+    if kind == 1:
+        x = rng.integers(0, 2, size=n).astype(float)  # binary measure
+    elif kind == 2:
+        x = rng.integers(0, 3, size=n).astype(float)  # heavy ties
+    y = rng.uniform(-1, 2) * x + rng.normal(size=n) * rng.uniform(0, 1.5)
+    if kind == 3:
+        y = np.exp(x)  # perfectly monotone
+    if kind == 4:
+        y = np.round(y)  # ties in y
+    return x, y
+
+
+def test_rank_correlation_ci_contains_its_estimate_on_1000_random_data_sets():
+    rng = np.random.default_rng(2026)
+    checked = 0
+    for i in range(1000):
+        x, y = _random_dataset(rng)
+        c = rank_correlation(x, y, n_boot=99, n_perm=0, seed=i)
+        if not np.isfinite(c.spearman) or not np.isfinite(c.spearman_ci_low):
+            continue
+        checked += 1
+        assert c.spearman_ci_low - 1e-9 <= c.spearman <= c.spearman_ci_high + 1e-9, (i, c)
+        assert c.kendall_ci_low - 1e-9 <= c.kendall <= c.kendall_ci_high + 1e-9, (i, c)
+        assert c.ci_method
+    assert checked > 700
+
+
+def test_rank_correlation_counts_degenerate_resamples_and_uses_exact_permutation():
+    x = np.array([0, 0, 0, 0, 1, 1.0])
+    y = np.array([1, 2, 3, 4, 5, 6.0])
+    c = rank_correlation(x, y, n_boot=500, n_perm=1000)
+    assert c.n == 6 and c.n_degenerate > 0  # resamples with x constant are counted, not dropped
+    assert c.spearman_ci_low <= c.spearman <= c.spearman_ci_high
+    assert c.p_method == "exact permutation"
+    # all 720 pairings enumerated: the two 1s get the top two ranks in 2 * 4! of them (one-sided 1/15);
+    # two-sided about twice that, not the asymptotic t-test's
+    assert 0.1 < c.spearman_p < 0.2
+
+
+def _null_grids(rng, n_sims, n_tests, n_seeds, n_langs, effect=None):
+    """Per-seed gains of n_tests (setup, target) groups: run effect + language noise, mean 0 (+ effect)."""
+    run = rng.normal(0, 1.0, size=(n_sims, n_tests, n_seeds, 1))
+    lang = rng.normal(0, 2.0, size=(n_sims, n_tests, n_seeds, n_langs))
+    gains = run + lang
+    if effect is not None:
+        gains = gains + np.asarray(effect)[None, :, None, None]
+    return gains.mean(axis=-1)  # [sims, tests, seeds]
+
+
+@pytest.mark.parametrize("method", ["holm", "fdr_bh"])
+def test_corrected_false_positive_rate_is_at_most_five_percent(method):
+    rng = np.random.default_rng(7)
+    n_sims, n_tests = 2000, 12
+    per_seed = _null_grids(rng, n_sims, n_tests, n_seeds=3, n_langs=8)
+    p = seed_level_test(per_seed)["p"]
+    adjusted = adjust_pvalues(p, method)
+    family_wise = float(np.mean((adjusted < 0.05).any(axis=1)))
+    assert family_wise <= 0.065
+    # and uncorrected, each single test holds its level
+    assert abs(float(np.mean(p < 0.05)) - 0.05) < 0.01
+
+
+def test_a_planted_effect_of_twice_the_mde_is_found():
+    rng = np.random.default_rng(11)
+    n_sims, n_tests, n_seeds, n_langs = 2000, 12, 3, 8
+    sd_per_seed = math.sqrt(1.0 + 4.0 / n_langs)  # run sd 1, language sd 2 averaged over 8 languages
+    mde = minimal_detectable_effect(sd_per_seed, n_seeds, n_tests=n_tests)
+    effect = np.zeros(n_tests)
+    effect[0] = 2 * mde
+    per_seed = _null_grids(rng, n_sims, n_tests, n_seeds, n_langs, effect)
+    p = seed_level_test(per_seed)["p"]
+    adjusted = adjust_pvalues(p, "holm")
+    assert float(np.mean(adjusted[:, 0] < 0.05)) >= 0.8
+    # the MDE is calibrated: at 1x the MDE a single uncorrected test at alpha/m has about 80 % power
+    effect[0] = mde
+    single = seed_level_test(_null_grids(rng, n_sims, 1, n_seeds, n_langs, effect[:1]))["p"][:, 0]
+    assert abs(float(np.mean(single < 0.05 / n_tests)) - 0.8) < 0.04
+    assert t_test_power(mde, sd_per_seed / math.sqrt(n_seeds), n_seeds - 1, alpha=0.05 / n_tests) == pytest.approx(0.8)
+
+
+def _gains_frame(rng, n_seeds, effect=0.0, setups=("a", "b"), targets=("x", "y"), langs="abcdef"):
+    rows = []
+    for s in setups:
+        for t in targets:
+            for seed in range(n_seeds):
+                run = rng.normal(0, 1.0)
+                for lang in langs:
+                    g = run + rng.normal(0, 2.0) + (effect if s == "a" else 0.0)
+                    rows.append(("m", s, t, lang, seed, g))
+    return pd.DataFrame(rows, columns=["model", "setup", "target", "language", "seed", "gain"])
+
+
+def test_infer_gains_null_grids_through_the_frames():
+    rng = np.random.default_rng(3)
+    p = []
+    for _ in range(50):
+        g = _gains_frame(rng, 3)
+        tables = [infer_gains(g, ("model", "setup", "target")), infer_gains(g, ("model", "setup"))]
+        p.append(np.concatenate([t["p_value"].to_numpy(float) for t in tables]))
+    hits = int((adjust_pvalues(np.stack(p), "holm") < 0.05).any(axis=1).sum())
+    assert hits <= 6  # 5 % expected; binomial(50, 0.05) exceeds 6 with probability ~1 %
+
+
+def test_two_seeds_are_descriptive_only_and_three_give_intervals():
+    rng = np.random.default_rng(0)
+    two = infer_gains(_gains_frame(rng, 2, effect=3.0), ("model", "setup"))
+    assert two["p_value"].isna().all() and two["ci_low"].isna().all()
+    assert two["inference"].str.startswith("descriptive only").all()
+    assert (two["seed_min"] <= two["mean_gain"]).all() and (two["mean_gain"] <= two["seed_max"]).all()
+    three = infer_gains(_gains_frame(rng, 3, effect=3.0), ("model", "setup"))
+    assert three["p_value"].notna().all()
+    assert ((three["ci_low"] <= three["mean_gain"]) & (three["mean_gain"] <= three["ci_high"])).all()
+    assert (three["df"] == 2).all()
+
+
+def test_seed_level_test_matches_scipy_and_item_variance_widens_it():
+    from scipy.stats import ttest_1samp
+
+    x = np.array([1.0, 2.5, 0.5, 1.8])
+    r = seed_level_test(x)
+    ref = ttest_1samp(x, 0.0)
+    assert float(r["p"]) == pytest.approx(ref.pvalue) and float(r["t"]) == pytest.approx(ref.statistic)
+    ci = ref.confidence_interval(0.95)
+    assert float(r["ci_low"]) == pytest.approx(ci.low) and float(r["ci_high"]) == pytest.approx(ci.high)
+    wide = seed_level_test(x, item_var=0.5)
+    assert float(wide["se"]) > float(r["se"]) and float(wide["p"]) > float(r["p"]) and float(wide["df"]) > 3
+    # a constant gain: zero spread, p = 0 (printed "< 0.001"), not NaN
+    assert float(seed_level_test(np.array([2.0, 2.0, 2.0]))["p"]) == 0.0
+
+
+def test_item_variance_helpers_and_frames():
+    assert float(binomial_item_variance(50.0, 50.0, 25)) == pytest.approx((0.25 + 0.25) / 25 * 1e4)
+    assert math.isnan(float(binomial_item_variance(50.0, 50.0, 0)))
+    assert paired_item_variance([100, 0, 100, 100], [100, 0, 0, 100]) == pytest.approx(np.var([0, 0, 100, 0], ddof=1) / 4)
+    rng = np.random.default_rng(1)
+    g = _gains_frame(rng, 3, langs="ab")
+    iv = pd.DataFrame({"language": ["a", "b"], "item_var": [4.0, 4.0]})
+    plain = infer_gains(g, ("model", "setup", "target"))
+    widened = infer_gains(g, ("model", "setup", "target"), item_var=iv)
+    assert (widened["se"] > plain["se"]).all()
+    assert widened["inference"].str.contains("item sampling").all()
+
+
+def test_corrections_and_p_formatting():
+    p = [0.01, 0.04, np.nan, 0.03]
+    holm = adjust_pvalues(p, "holm")
+    assert holm[0] == pytest.approx(0.03) and math.isnan(holm[2])
+    a, b = pd.DataFrame({"p_value": [0.01, 0.04]}), pd.DataFrame({"p_value": [np.nan, 0.03]})
+    assert adjust_tables([a, b], method="holm") == 3
+    assert a["p_adjusted"].tolist() == pytest.approx([0.03, 0.06]) and b["p_adjusted"].iloc[1] == pytest.approx(0.06)
+    rows = np.random.default_rng(0).uniform(size=(5, 9)) ** 3  # the vectorised form agrees with statsmodels
+    for method in ("holm", "fdr_bh"):
+        assert adjust_pvalues(rows, method) == pytest.approx(np.stack([adjust_pvalues(r, method) for r in rows]))
+    with pytest.raises(ValueError, match="holm"):
+        adjust_pvalues(p, "bonferonni")
+    assert [format_p(v) for v in (0.0, 0.0004, 0.0123, 0.456, np.nan)] == ["< 0.001", "< 0.001", "0.012", "0.46", "n/a"]
+    assert [significance_mark(v) for v in (0.0001, 0.005, 0.03, 0.2, np.nan)] == ["***", "**", "*", "", ""]
+
+
+def test_design_spread_and_mde_shrink_with_more_seeds():
+    rng = np.random.default_rng(5)
+    spread = design_spread(_gains_frame(rng, 5))
+    assert spread.df_seed == 4 * 4 and spread.n_seeds == 5 and spread.n_languages == 6
+    assert 0.8 < spread.sd_seed < 2.2 and spread.sd_language > 0
+    m3, m10 = (minimal_detectable_effect(spread.sd_seed, s) for s in (3, 10))
+    assert m3 > m10 > 0
+    assert math.isnan(minimal_detectable_effect(spread.sd_seed, 1))
+
+
+def test_difference_in_mean_gain_for_binary_measures():
+    rng = np.random.default_rng(4)
+    flag = np.r_[np.ones(12), np.zeros(12)]
+    gain = rng.normal(size=24) + 2.0 * flag
+    d = difference_in_mean_gain(gain, flag, n_boot=500, n_perm=2000)
+    assert d["n_1"] == 12 and d["n_0"] == 12
+    assert d["ci_low"] <= d["difference"] <= d["ci_high"] and d["difference"] == pytest.approx(gain[:12].mean() - gain[12:].mean())
+    assert d["p"] < 0.01
+    one_side = difference_in_mean_gain(gain, np.ones(24))
+    assert math.isnan(one_side["difference"]) and "one side" in one_side["note"]
