@@ -25,11 +25,10 @@ from typing import Any
 import numpy as np
 
 from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
+from xstilts.paths import METRICS_FILE, PREDICTIONS_DIR
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-PREDICTIONS_DIR = "predictions"
 POOLINGS = ("mean", "cls")
 #: fraction of the encoder depth used by default for retrieval: XTREME's
 #: ``scripts/run_tatoeba.sh`` / ``run_bucc2018.sh`` take ``--specific_layer 7`` of 12 for
