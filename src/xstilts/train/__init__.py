@@ -6,6 +6,13 @@ Public API::
     TrainConfig, TaskMixture, SamplerConfig, MLMConfig, load_train_config(path)
     train_stage(config, output_dir, *, task_data=None) -> TrainResult
     TaskData (a task given directly, e.g. synthetic), TrainResult
+
+Modules: ``engine`` (:class:`~xstilts.train.engine.StageTrainer`, the recipe behind
+``train_stage``), ``data`` (tasks, features, data order of a stage), ``modeling`` (model,
+heads, optimizer, accelerator), ``evaluation`` (dev evaluation through
+``models.predict``), ``checkpoint`` (atomic checkpoints, the typed ``TrainState``, safe
+loading and fallback), ``records`` (``log.jsonl`` and the ``DONE`` record), ``sampling``,
+``mlm``, ``compact_vocab``, ``config``.
 """
 
 from xstilts.train.config import MLMConfig, SamplerConfig, TaskMixture, TrainConfig, load_train_config, make_train_config
