@@ -669,7 +669,7 @@ def test_sigterm_cli_two_workers_real_model(tmp_path: Path, tiny_model_dir: Path
     """`xstilts run --workers 2` on a tiny model: SIGTERM while both train; every process ends (by
     PID), claims are released; the rerun finishes with the same metrics as an uninterrupted run."""
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(yaml.safe_dump(_tiny_spec(tmp_path, tiny_model_dir, shared_data, "out", steps=200)))
+    spec_file.write_text(yaml.safe_dump(_tiny_spec(tmp_path, tiny_model_dir, shared_data, "out", steps=60)))
     cmd = [sys.executable, "-m", "xstilts.cli", "run", str(spec_file), "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out_dir = tmp_path / "out"
@@ -694,7 +694,7 @@ def test_sigterm_cli_two_workers_real_model(tmp_path: Path, tiny_model_dir: Path
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     ref_file = tmp_path / "ref.yaml"
-    ref_file.write_text(yaml.safe_dump(_tiny_spec(tmp_path, tiny_model_dir, shared_data, "ref", steps=200)))
+    ref_file.write_text(yaml.safe_dump(_tiny_spec(tmp_path, tiny_model_dir, shared_data, "ref", steps=60)))
     ref = subprocess.run([sys.executable, "-m", "xstilts.cli", "run", str(ref_file)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=1800)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -743,7 +743,7 @@ def test_sigstop_real_training_stage(tmp_path: Path, tiny_model_dir: Path, share
     over and finishes it; the first stops within seconds of SIGCONT and never marks the stage."""
     from xstilts.experiments import TrainEvalExecutor
 
-    spec = _tiny_spec(tmp_path, tiny_model_dir, shared_data, "out", steps=300)
+    spec = _tiny_spec(tmp_path, tiny_model_dir, shared_data, "out", steps=150)
     plan = plan_stages(parse_spec(spec, tmp_path / "spec.yaml"))
     sid = plan.of_kind("intermediate")[0].id
     stale = 3.0
@@ -768,8 +768,8 @@ def test_sigstop_real_training_stage(tmp_path: Path, tiny_model_dir: Path, share
     assert summary.ran == [sid] and proc.exitcode == 0
     with open_store(plan.output_dir) as s:
         row = s.stage_rows([sid])[0]
-    assert row["state"] == "done" and row["attempts"] == 2 and json.loads(row["result"])["steps"] == 300
-    assert json.loads((plan.stage_dir(sid) / "DONE").read_text())["steps"] == 300
+    assert row["state"] == "done" and row["attempts"] == 2 and json.loads(row["result"])["steps"] == 150
+    assert json.loads((plan.stage_dir(sid) / "DONE").read_text())["steps"] == 150
 
 
 def _real_stalling_worker(plan, sid: str, stale: float) -> None:
