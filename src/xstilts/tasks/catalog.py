@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from xstilts.config_io import read_yaml, validate_model
 from xstilts.errors import ConfigError, UnknownNameError
+from xstilts.languages import find_language
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +84,8 @@ class LocalSource(BaseModel):
         """The code a file name uses for ``language`` (``{lang3}`` in templates)."""
         if language in self.lang_codes:
             return self.lang_codes[language]
-        try:
-            from xstilts.languages import get_language  # type: ignore[attr-defined]
-
-            return get_language(language).iso639_3
-        except Exception:  # languages table missing or code unknown: use the code itself
-            return language
+        lang = find_language(language)
+        return lang.iso639_3 if lang is not None else language  # an unknown code is used as it is
 
     def templates(self, split: str) -> list[str]:
         """The path templates of ``split`` (empty when the split has no local files)."""
@@ -285,14 +282,9 @@ def check_language(spec: TaskSpec, language: str) -> str:
     """Return ``language`` if ``spec`` has it; else raise :class:`UnknownNameError` listing them."""
     if language in spec.languages:
         return language
-    try:  # accept ISO 639-3 or other aliases when the languages table is there
-        from xstilts.languages import to_catalog_code  # type: ignore[attr-defined]
-
-        code = to_catalog_code(language)
-        if code in spec.languages:
-            return code
-    except Exception:
-        pass
+    lang = find_language(language)  # accept ISO 639-3 codes and other aliases
+    if lang is not None and lang.code in spec.languages:
+        return lang.code
     for code, file_code in (spec.local.lang_codes.items() if spec.local else []):
         if file_code == language:
             return code
