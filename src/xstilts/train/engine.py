@@ -113,11 +113,11 @@ def _seed_int(*words: int) -> int:
 
 
 class StageTrainer:
-    """One training stage: ``setup()``, then ``train()`` (which calls ``finish()``).
+    """One training stage: ``setup()`` (which calls ``restore()``), then ``train()`` (which calls ``finish()``).
 
-    The loop control (when to log, evaluate, save) lives in :meth:`train` and
-    :meth:`_after_step`; the work in :meth:`train_step`, :meth:`evaluate`,
-    :meth:`save_checkpoint`, :meth:`save_best` and :meth:`finish`.
+    The loop control (when to log, evaluate, save: jiant's metarunner) lives in :meth:`train`
+    and :meth:`_after_step`; the work in :meth:`train_step`, :meth:`evaluate`,
+    :meth:`save_checkpoint`, :meth:`save_best`, :meth:`save_final` and :meth:`finish`.
     """
 
     def __init__(self, config: TrainConfig, output_dir: str | Path, *, task_data: dict[str, TaskData] | None = None):
@@ -158,7 +158,7 @@ class StageTrainer:
         self.scheduler = build_scheduler(self.optimizer, self.config, self.data.total_steps)
         self._setup_accelerator()
         self._record_heldout()
-        self._restore_state(resume)
+        self.restore(resume)
         if self.config.trackers:
             hp = {k: v for k, v in self.config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("xstilts", config=hp)
@@ -187,6 +187,7 @@ class StageTrainer:
             ckpt.clean_temporaries(self.ckpt_dir)
         acc.wait_for_everyone()
         self.prepared, self.optimizer = acc.prepare(self.module, self.optimizer)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]  # clipped every step
         self.device = acc.device
         self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
 
@@ -196,7 +197,7 @@ class StageTrainer:
         if self.heldout and self.is_main:
             ckpt.write_json_atomic(self.output_dir / HELDOUT_FILE, self.heldout)
 
-    def _restore_state(self, resume: Checkpoint | None) -> None:
+    def restore(self, resume: Checkpoint | None) -> None:
         """Optimizer, scheduler, data streams, counters and RNGs of the checkpoint ``resume``."""
         if resume is None:
             self.log.start_fresh()
@@ -245,8 +246,7 @@ class StageTrainer:
     def _optimizer_step(self) -> float:
         """Clip, step the optimizer and the scheduler; returns the LR the step used."""
         if self.config.max_grad_norm is not None:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            self.accelerator.clip_grad_norm_(self._params, self.config.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         if self.compact is not None and not self.optimizer.step_was_skipped:
@@ -353,7 +353,8 @@ class StageTrainer:
             ckpt.commit_dir(tmp, self.ckpt_dir / ckpt.BEST_DIR)
         self.accelerator.wait_for_everyone()
 
-    def _write_final_model(self) -> Path:
+    def save_final(self) -> Path:
+        """Write ``model/``: the best model (``final_model: best``, when there is one) or the last."""
         model_dir = self.output_dir / MODEL_DIR
         tmp = self.output_dir / f".tmp-{MODEL_DIR}"
         best = self.ckpt_dir / ckpt.BEST_DIR / MODEL_DIR
@@ -444,7 +445,7 @@ class StageTrainer:
         task_batches = {k: s.state.batches_drawn for k, s in self.data.streams.items()}
         model_dir = self.output_dir / MODEL_DIR
         if self.is_main:
-            self._write_final_model()
+            self.save_final()
             write_done(self.output_dir, StageRecord(
                 steps=st.step, config_hash=self.config_hash, dev_metrics=dev_metrics, best_score=st.best_score,
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
