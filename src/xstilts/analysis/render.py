@@ -152,7 +152,7 @@ def _heatmap_matrix(pt: pd.DataFrame, setup_means: pd.Series, metric_by_target: 
     cols = list(mat.columns)
     mat.columns = [f"{t}\n({metric_by_target.get(t, '?')})" for t in cols]
     mat["average"] = setup_means.reindex(mat.index)
-    ann = mat.map(figs._fmt)
+    ann = mat.map(lambda v: "n/a" if _missing(v) else f"{v:+.1f}")
     lo = pt.pivot(index="setup", columns="target", values="ci_low")
     if lo.notna().any().any():
         lo = lo[cols]
