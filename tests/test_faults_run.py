@@ -784,3 +784,23 @@ def test_worker_error_class_crosses_processes(tmp_path: Path) -> None:
     with open_store(plan.output_dir) as s:
         assert "running" not in s.states().values()
 
+
+
+def test_slurm_worker_gives_its_stage_back_on_sigterm(tmp_path: Path) -> None:
+    """A Slurm job's SIGTERM (preemption, time limit) releases the claim at once instead of leaving
+    it to go stale after the SIGKILL."""
+    import threading
+
+    from xstilts.experiments.slurm import slurm_worker
+
+    plan = make_plan(tmp_path, SMALL)
+    hold = tmp_path / "hold"
+    hold.touch()
+    open_store(plan.output_dir).register_plan(plan)
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    out = slurm_worker(plan, list(plan.stages), RecordingExecutor(tmp_path / "rec", hold=hold), 600.0)
+    timer.join()
+    assert out["interrupted"] is True
+    with open_store(plan.output_dir) as s:
+        assert "running" not in s.states().values()

@@ -56,16 +56,25 @@ class SlurmSubmission:
 
 
 def slurm_worker(plan: Plan, stage_ids: list[str], executor: StageExecutor | None, stale_after: float) -> dict[str, Any]:
-    """The function each Slurm job runs: a store-claiming worker over one level's stages."""
+    """The function each Slurm job runs: a store-claiming worker over one level's stages.
+
+    Slurm's SIGTERM (preemption, time limit, ``scancel``) gives the running stage back at once
+    (submitit would only log it, and the claim would wait ``stale_after`` after the SIGKILL);
+    re-submitting resumes it from its checkpoints."""
     import os
 
-    from xstilts.experiments.runner import run_worker
+    from xstilts.experiments.runner import interrupt_signals, run_worker
 
     task = os.environ.get("SLURM_ARRAY_TASK_ID") or os.environ.get("SUBMITIT_LOCAL_GLOBAL_RANK") or "0"
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_DEBUG_JOB_ID") or str(os.getpid())
-    summary = run_worker(plan, executor=executor, worker=f"slurm-{job}-{task}", stage_ids=stage_ids,
-                         stale_after=stale_after)
-    return {"worker": summary.worker, "ran": summary.ran, "failed": summary.failed}
+    name = f"slurm-{job}-{task}"
+    try:
+        with interrupt_signals():
+            summary = run_worker(plan, executor=executor, worker=name, stage_ids=stage_ids, stale_after=stale_after)
+    except KeyboardInterrupt:
+        logger.warning("[%s] stopped by a signal; its stage went back to waiting", name)
+        return {"worker": name, "ran": [], "failed": [], "interrupted": True}
+    return {"worker": summary.worker, "ran": summary.ran, "failed": summary.failed, "lost": summary.lost}
 
 
 def submit_slurm(plan: Plan, *, executor: StageExecutor | None = None, folder: str | Path | None = None,
