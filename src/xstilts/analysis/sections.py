@@ -230,7 +230,7 @@ def compute_settings(inp: ReportInputs) -> SettingsResult | None:
     if inp.stages is None or inp.stages.empty:
         return None
     rows = [_stage_row(r) for r in inp.stages.to_dict("records")]
-    bad = unfinished(inp.records)
+    bad = unfinished(inp.records) if "state" in inp.stages.columns else []  # frames without states: unknown
     targets = pd.DataFrame()
     if len(inp.gt.scores):
         targets = inp.gt.scores.groupby(["target", "split", "metric"]).agg(
