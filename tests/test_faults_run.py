@@ -276,23 +276,30 @@ def test_sigterm_stops_every_worker_and_resumes_identically(tmp_path: Path) -> N
     assert _frame(plan.output_dir).equals(_frame(ref.output_dir))
 
 
+class SelfTerm(RecordingExecutor):
+    """Sends SIGTERM to its own process when a stage starts (so the signal always comes while the
+    worker's handler is installed), then works on for 30 s unless stopped."""
+
+    def __call__(self, task: StageTask) -> StageOutcome:
+        (self.record_dir).mkdir(parents=True, exist_ok=True)
+        (self.record_dir / f"start-{task.stage_id}-{os.getpid()}-{time.monotonic_ns()}").touch()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop the stage")
+
+
 def test_sigterm_in_process_releases_the_claim(tmp_path: Path) -> None:
     """Fast, one worker in this process: SIGTERM stops like Ctrl-C, the claim goes back to waiting."""
-    import threading
-
-    plan = make_plan(tmp_path, SMALL)
-    rec, hold = tmp_path / "rec", tmp_path / "hold"
-    hold.touch()
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
     from xstilts.experiments.runner import Terminated
 
+    plan = make_plan(tmp_path, SMALL)
+    rec = tmp_path / "rec"
+    t0 = time.time()
     with pytest.raises(Terminated):
-        run_local(plan, executor=RecordingExecutor(rec, hold=hold, hold_kind="intermediate"))
-    timer.join()
+        run_local(plan, executor=SelfTerm(rec))
+    assert time.time() - t0 < 20
     with open_store(plan.output_dir) as s:
         assert "running" not in s.states().values()
-    hold.unlink()
     assert set(run_local(plan, executor=RecordingExecutor(rec)).values()) == {"done"}
     assert records(rec, "done") == Counter({sid: 1 for sid in plan.stages})
 
@@ -789,18 +796,11 @@ def test_worker_error_class_crosses_processes(tmp_path: Path) -> None:
 def test_slurm_worker_gives_its_stage_back_on_sigterm(tmp_path: Path) -> None:
     """A Slurm job's SIGTERM (preemption, time limit) releases the claim at once instead of leaving
     it to go stale after the SIGKILL."""
-    import threading
-
     from xstilts.experiments.slurm import slurm_worker
 
     plan = make_plan(tmp_path, SMALL)
-    hold = tmp_path / "hold"
-    hold.touch()
     open_store(plan.output_dir).register_plan(plan)
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    out = slurm_worker(plan, list(plan.stages), RecordingExecutor(tmp_path / "rec", hold=hold), 600.0)
-    timer.join()
+    out = slurm_worker(plan, list(plan.stages), SelfTerm(tmp_path / "rec"), 600.0)
     assert out["interrupted"] is True
     with open_store(plan.output_dir) as s:
         assert "running" not in s.states().values()
