@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.test_runner import RecordingExecutor, make_plan, records
-from xstilts.errors import ConfigError, DiskFullError, StoreError, XStiltsError
+from xstilts.errors import ConfigError, DiskFullError, StoreError
 from xstilts.experiments import StageOutcome, StageTask, open_store, parse_spec, plan_stages, run_local, run_worker
 from xstilts.experiments.store import pid_alive
 
