@@ -180,3 +180,22 @@ def test_a_note_shared_by_every_row_is_shown_once():
     mixed = pd.DataFrame({"setup": ["a", "b"], "note": ["single seed (0)", ""]})
     df, common = hoist_common_note(mixed)
     assert common is None and "note" in df
+
+
+def test_sections_are_computed_as_typed_results_then_rendered(tmp_path):
+    from xstilts.analysis.render import render_sections, write_report
+    from xstilts.analysis.report import compute_report
+
+    m, st = frames()
+    opts = ReportOptions(similarity=False, **FAST)
+    data = compute_report(m, st, opts)  # no files, no figures drawn
+    assert set(data.gains.per_setup["setup"]) == {"anli", "cosmosqa", "commonsenseqa"}
+    assert data.families.by_family["family"].isin(["Indo-European", "Niger-Congo"]).any()
+    assert data.task_similarity is None and "task-similarity" in data.skipped
+    assert data.settings is not None and data.settings.n_unfinished == 0
+    sections = render_sections(data, opts)
+    assert [s.id for s in sections] == [sid for sid, _ in SECTIONS]
+    heatmap = next(f for s in sections for f in s.figures if f.name == "gain_heatmap_m")
+    assert "png" not in vars(heatmap)  # drawn only when written
+    md, figures = write_report(sections, tmp_path / "r.html", n_metric_rows=len(m), n_stage_rows=len(st))
+    assert md.read_text().count("## ") == len(SECTIONS) and (tmp_path / "figures" / "gain_heatmap_m.png") in figures
