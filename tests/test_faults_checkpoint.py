@@ -208,3 +208,22 @@ def test_checkpoint_of_another_config_is_still_an_error(tiny_model_dir, tmp_path
     other = stage_config(tiny_model_dir, **{**OVERRIDES, "learning_rate": 1e-3})
     with pytest.raises(CheckpointError, match="another config"):
         train_stage(other, out, task_data=synthetic("copycls"))
+
+
+def test_rng_file_of_an_earlier_version_still_restores(tmp_path):
+    """Earlier versions pickled numpy's RNG state as an array: such a file loads (plain numpy
+    arrays only) and restores every generator, so a stage interrupted before the upgrade resumes."""
+    import random
+
+    import numpy as np
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    (tmp_path / "step-3").mkdir()
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+               tmp_path / "step-3" / "rng-0.pt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    rng = ckpt.load_rng_states(tmp_path / "step-3")
+    ckpt.set_rng_state(rng[0])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected

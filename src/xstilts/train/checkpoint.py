@@ -209,12 +209,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states saved by :func:`rng_state`."""
+    """Restore states saved by :func:`rng_state` (or by versions that stored numpy's state as is)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
+    if isinstance(npy, dict):
+        npy = (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -225,13 +226,21 @@ def rng_file(directory: Path, rank: int) -> Path:
     return directory / f"rng-{rank}.pt"
 
 
-def _load_rng_files(directory: Path) -> dict[int, dict[str, Any]]:
+def _numpy_array_globals() -> list[Any]:
+    """What a plain numpy array needs to unpickle (RNG files of earlier versions hold numpy's
+    state as an array); an array of objects would need more and is still refused."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rng_states(directory: Path) -> dict[int, dict[str, Any]]:
     """Every process's RNG states in a checkpoint (rank 0's must be there)."""
     states = {}
     for f in directory.glob("rng-*.pt"):
         rank = f.stem.removeprefix("rng-")
         if rank.isdigit():
-            states[int(rank)] = load_torch(f)
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                states[int(rank)] = load_torch(f)
     if 0 not in states:
         raise CheckpointError(f"checkpoint file missing: {rng_file(directory, 0)}")
     return states
@@ -322,7 +331,7 @@ def load_checkpoint(path: Path, config_hash: str, *, extra_modules: bool = False
         path=path, state=state,
         optimizer=load_torch(path / OPTIMIZER_FILE),
         scheduler=load_torch(path / SCHEDULER_FILE),
-        rng=_load_rng_files(path),
+        rng=load_rng_states(path),
         extra_modules=load_torch(path / EXTRA_MODULES_FILE) if extra_modules else None,
     )
 

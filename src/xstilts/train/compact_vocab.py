@@ -72,6 +72,7 @@ class CompactVocabulary:
         self._present[self.ids] = True
         self.decay_factor = 1.0  # product of (1 - lr_t * wd) over the steps taken
         self.compact: nn.Embedding | None = None
+        self._tables: dict[torch.device, torch.Tensor] = {}  # remap_table on other devices
 
     @property
     def size(self) -> int:
@@ -91,15 +92,22 @@ class CompactVocabulary:
         self.compact = compact
         self.encoder.set_input_embeddings(compact)
         self.remap_table = self.remap_table.to(w.device)
+        self._tables = {}
         self._present = self._present.to(w.device)
         logger.info("compact vocabulary: training %d of %d embedding rows", self.size, self.full.num_embeddings)
         return compact
 
     def remap(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Map full-vocabulary ids to compact ids (every id must be in the compact set)."""
+        """Map full-vocabulary ids to compact ids (every id must be in the compact set).
+
+        The table is copied to another device once (training remaps on the host, dev
+        evaluation on the model's device), not for every batch.
+        """
         table = self.remap_table
         if table.device != input_ids.device:
-            table = table.to(input_ids.device)
+            table = self._tables.get(input_ids.device)
+            if table is None:
+                table = self._tables[input_ids.device] = self.remap_table.to(input_ids.device)
         return table[input_ids]
 
     def record_step(self, lr: float, weight_decay: float) -> None:
