@@ -144,7 +144,7 @@ def test_tagging_labels_on_first_subtoken(tokenizer):
     assert [feat_all["labels"][p] for p in pieces] == [NER.index("O")] * len(pieces)
 
 
-def test_tagging_decode_one_tag_per_word_and_truncation(tokenizer):
+def test_tagging_decode_one_tag_per_word_and_windows(tokenizer):
     fmt = get_format("tagging")
     long_words = ["Berlin"] + ["und"] * 40
     examples = [
@@ -153,11 +153,15 @@ def test_tagging_decode_one_tag_per_word_and_truncation(tokenizer):
         TaggingExample("s3", long_words, ["B-LOC"] + ["O"] * 40),
     ]
     feats = fmt.featurize(examples, tokenizer, FeaturizeOptions(max_length=16), NER)
-    assert len(feats[2]["input_ids"]) == 16  # truncated
+    # long sentences are split into windows of <= 16 tokens (XTREME), not truncated
+    per_example = [[f for f in feats if f["example_index"] == i] for i in range(3)]
+    assert len(per_example[1]) == 1 and len(per_example[2]) >= 3
+    assert max(len(f["input_ids"]) for f in feats) <= 16
     width = max(len(f["input_ids"]) for f in feats)
     # logits: the gold tag on every first sub-token, a wrong tag (I-LOC) on the other pieces
-    logits = np.zeros((3, width, len(NER)), dtype=np.float32)
-    for i, (f, ex) in enumerate(zip(feats, examples)):
+    logits = np.zeros((len(feats), width, len(NER)), dtype=np.float32)
+    for i, f in enumerate(feats):
+        ex = examples[f["example_index"]]
         prev = -1
         for p, w in enumerate(f["word_ids"]):
             if w != -1:
@@ -165,17 +169,17 @@ def test_tagging_decode_one_tag_per_word_and_truncation(tokenizer):
             prev = w
     preds = fmt.decode(examples, feats, {"logits": logits}, NER)
     assert preds["s1"] == TAGS and preds["s2"] == ["B-LOC", "O", "O"]
-    assert len(preds["s3"]) == len(long_words)  # truncated words get the fallback tag "O"
-    assert preds["s3"][0] == "B-LOC" and set(preds["s3"][1:]) == {"O"}
+    assert preds["s3"] == examples[2].tags  # every word scored, one tag per word
 
     batch = fmt.collate(feats, tokenizer.pad_token_id)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
-    n1 = len(feats[1]["input_ids"])
-    assert batch["labels"].shape == (3, width)
-    assert batch["labels"][1, n1:].eq(-100).all() and batch["attention_mask"][1, n1:].eq(0).all()
-    assert batch["input_ids"][1, n1:].eq(tokenizer.pad_token_id).all()
+    s2 = feats.index(per_example[1][0])
+    n1 = len(feats[s2]["input_ids"])
+    assert batch["labels"].shape == (len(feats), width)
+    assert batch["labels"][s2, n1:].eq(-100).all() and batch["attention_mask"][s2, n1:].eq(0).all()
+    assert batch["input_ids"][s2, n1:].eq(tokenizer.pad_token_id).all()
 
-    scores = fmt.score(examples[:2], preds, "ner_f1")
+    scores = fmt.score(examples, preds, "ner_f1")
     assert scores["f1"] == pytest.approx(100.0)
     assert fmt.score(examples[:2], preds, "pos")["accuracy"] == pytest.approx(100.0)
 
@@ -270,11 +274,6 @@ def test_tagging_round_trip_real_panx(shared_data, tokenizer, lang):
         assert sum(lab != -100 for lab in f["labels"]) == len({w for w in f["word_ids"] if w != -1})
     preds = get_format("tagging").decode(examples, feats, {"logits": logits}, labels)
     assert all(len(preds[ex.id]) == len(ex.tokens) for ex in examples)
-    # sentences longer than max_length are truncated: their lost words decode to "O"
-    seen = [len({w for w in f["word_ids"] if w != -1}) for f in feats]
-    whole = [ex for ex, n in zip(examples, seen) if n == len(ex.tokens)]
-    cut = [(ex, n) for ex, n in zip(examples, seen) if n < len(ex.tokens)]
-    assert len(whole) > 250
-    assert get_format("tagging").score(whole, preds, "ner_f1")["f1"] == pytest.approx(100.0)
-    for ex, n in cut:
-        assert preds[ex.id][:n] == ex.tags[:n] and set(preds[ex.id][n:]) == {"O"}
+    # sentences longer than max_length are split into windows: every word is scored
+    assert all(preds[ex.id] == ex.tags for ex in examples)
+    assert get_format("tagging").score(examples, preds, "ner_f1")["f1"] == pytest.approx(100.0)
