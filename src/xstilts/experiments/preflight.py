@@ -64,6 +64,7 @@ class _Checker:
     def __init__(self, plan: Plan, report: PreflightReport, cuda: bool | None):
         self.plan, self.report, self.cuda = plan, report, cuda
         self.files: dict[_FileCheck, list[Stage]] = {}
+        self.missing: dict[str, list[Stage]] = {}
         self._hub_reason: str | None | bool = False
 
     # ------------------------------------------------------------------ collecting
@@ -99,9 +100,19 @@ class _Checker:
         if reason is None:
             return  # not local, but the hub is reachable: loaded from there when the stage runs
         missing = [str(f) for f in files if not f.is_file()] or ["(no local file layout for this split)"]
-        self.report.add(stage, f"no data for {spec.name}/{language}/{split}: missing {', '.join(missing)} "
-                               f"(data dir {self.plan.data_dir}) and the hub cannot be used ({reason}). "
-                               "Fix data_dir / --data-dir or the target's languages.")
+        message = (f"no data for {spec.name}/{language}/{split}: missing {', '.join(missing)} (data dir "
+                   f"{self.plan.data_dir}) and the hub cannot be used ({reason}). Fix data_dir / --data-dir or "
+                   "the target's languages.")
+        self.missing.setdefault(message, []).append(stage)
+
+    def report_missing(self) -> None:
+        """One problem per missing (task, language, split), however many stages need it."""
+        for message, stages in self.missing.items():
+            if len(stages) == 1:
+                self.report.add(stages[0], message)
+            else:
+                self.report.add(None, f"{message} (needed by {len(stages)} stages, e.g. {stages[0].kind} stage "
+                                      f"{stages[0].id[:12]} ({stages[0].description}))")
 
     def train_stage(self, stage: Stage) -> None:
         s = stage.settings
@@ -250,6 +261,7 @@ def check_plan(plan: Plan, *, stage_ids: Iterable[str] | None = None, full: bool
         stage = plan.stages[sid]
         report.stages_checked += 1
         handlers[stage.kind](stage)
+    checker.report_missing()
     checker.check_files(full)
     return report
 
