@@ -112,8 +112,8 @@ def rebuild_store(output_dir: str | Path, plans: Sequence[Plan] = ()) -> Rebuild
     The old store file (damaged or not) is kept beside it as ``results.sqlite.old-<time>``.
     """
     output_dir = Path(output_dir)
-    if not (output_dir / STAGES_DIR).is_dir():
-        raise DataNotFoundError(f"{output_dir / STAGES_DIR}: no stage directories to rebuild the store from "
+    if not (output_dir / STAGES_DIR).is_dir() and not store_path(output_dir).exists():
+        raise DataNotFoundError(f"{output_dir}: neither a results store nor stage directories to rebuild it from "
                                 f"(is {output_dir} the run's output_dir?)")
     report = RebuildReport(store=store_path(output_dir))
     stages = _collect(output_dir, plans, report)
