@@ -157,6 +157,21 @@ def test_bf16_autocast_and_cast_model_are_close_to_fp32(model):
     assert cos.min() > 0.999
 
 
+def test_fp16_cast_keeps_the_modules_transformers_keeps_in_fp32(tmp_path):
+    from tests.helpers import tiny_encoder_dir
+
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_encoder_dir(tmp_path / "mt5", kind="mt5")))
+    ref = predict(m, SentenceEmbedding(), get_format("retrieval"), _features("retrieval", tok)[1],
+                  pad_token_id=tok.pad_token_id)["embeddings"]
+    cast_for_inference(m, "fp16")
+    dtypes = {name: p.dtype for name, p in m.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if ".wo." in n)
+    assert all(d == torch.float16 for n, d in dtypes.items() if ".wi." in n)
+    low = predict(m, SentenceEmbedding(), get_format("retrieval"), _features("retrieval", tok)[1],
+                  pad_token_id=tok.pad_token_id, precision="fp16")["embeddings"]
+    assert np.isfinite(low).all() and np.abs(low - ref).max() <= 0.05 * max(1.0, float(np.abs(ref).max()))
+
+
 def test_transform_sees_every_batch_on_the_device(model):
     m, tok = model
     fmt, feats = _features("classification", tok)

@@ -102,7 +102,21 @@ def cast_for_inference(model: nn.Module, precision: str) -> nn.Module:
     check_precision(precision)
     if precision != "fp32":
         model.to(dtype=DTYPES[precision])
+    if precision == "fp16":
+        _keep_fp32_modules(model)
     return model
+
+
+def _keep_fp32_modules(model: nn.Module) -> None:
+    """Back to fp32: the sub-modules a transformers model keeps in fp32 (``_keep_in_fp32_modules``;
+    T5/mT5's feed-forward output ``wo`` overflows in fp16, and casts its input to its own dtype)."""
+    for module in model.modules():
+        keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
+        if not keep:
+            continue
+        for name, sub in module.named_modules():
+            if keep & set(name.split(".")):
+                sub.float()
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype | None:
