@@ -208,3 +208,89 @@ def test_difference_in_mean_gain_for_binary_measures():
     assert d["p"] < 0.01
     one_side = difference_in_mean_gain(gain, np.ones(24))
     assert math.isnan(one_side["difference"]) and "one side" in one_side["note"]
+
+
+def test_mixed_model_cross_check_recovers_the_mean_and_needs_three_seeds():
+    from xstilts.analysis.inference import mixed_model_gain
+
+    rng = np.random.default_rng(8)
+    g = _gains_frame(rng, 4, effect=2.0, setups=("a",))
+    fit = mixed_model_gain(g)
+    assert fit["ci_low"] <= fit["estimate"] <= fit["ci_high"]
+    assert fit["estimate"] == pytest.approx(g["gain"].mean(), abs=0.05)  # balanced design: the grand mean
+    assert "fewer than 3 seeds" in mixed_model_gain(g[g.seed < 2])["note"]
+
+
+def _evidence_inputs(seeds, *, fail_baseline_seed=None):
+    from types import SimpleNamespace
+
+    from xstilts.analysis.gains import compute_gains
+    from xstilts.analysis.groupings import attach_language_metadata
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for t, metric in (("xnli", "accuracy"), ("panx", "f1")):
+        for lang in ("de", "fr", "sw", "hi"):
+            for seed in seeds:
+                base = 60 + rng.normal(0, 3)
+                if t == "panx" and seed == fail_baseline_seed:
+                    base = 0.0
+                for s, gain in (("baseline", 0.0), ("anli", 1.5), ("cosmosqa", 0.0)):
+                    rows.append(("m", s, t, lang, seed, "test", metric, base + gain + rng.normal(0, 0.3), f"{s}{t}{seed}"))
+    m = pd.DataFrame(rows, columns=["model", "setup", "target", "language", "seed", "split", "metric", "value",
+                                    "stage_id"])
+    gt = compute_gains(m)
+    meta, _ = attach_language_metadata(gt.gains)
+    opts = SimpleNamespace(confidence=0.95, seed=0, corr_boot=200, n_perm=500, low_resource_classes=(0, 1, 2),
+                           low_resource_languages=None)
+    return SimpleNamespace(metrics=m, gt=gt, meta=meta, options=opts), SimpleNamespace()
+
+
+def test_evidence_withholds_every_p_value_below_three_seeds():
+    from xstilts.analysis.evidence import compute_evidence
+
+    inp, data = _evidence_inputs((1, 2))
+    ev = compute_evidence(inp, data)
+    assert not ev.inferential and ev.n_tests == 0
+    for t in ev.gains.values():
+        assert t["p_value"].isna().all() and t["ci_low"].isna().all()
+    inp, data = _evidence_inputs((1, 2, 3))
+    ev = compute_evidence(inp, data)
+    assert ev.inferential and ev.n_tests == len(ev.gains["per_target"]) + len(ev.gains["per_setup"]) + 1 + \
+        len(ev.gains["family"]) + len(ev.gains["resource_class"])
+    ps = ev.gains["per_setup"].set_index("setup")
+    assert ps.loc["anli", "p_adjusted"] >= ps.loc["anli", "p_value"]
+    assert ev.gains["genus"]["p_value"].isna().all()  # described, not tested
+    assert ev.mde["per_target"]["mde"] > 0 and ev.mde["per_target"]["corrected"] > ev.mde["per_target"]["mde"]
+
+
+def test_failed_baseline_runs_are_flagged_for_every_setup():
+    from xstilts.analysis.evidence import compute_evidence
+
+    inp, data = _evidence_inputs((1, 2, 3), fail_baseline_seed=2)
+    ev = compute_evidence(inp, data)
+    # panx seed 2: baseline F1 0 -> every setup's panx gain in that seed is flagged; the setups themselves scored
+    # ~1.5 and ~0, so cosmosqa's own run is at chance too
+    assert {("m", "anli", "panx"), ("m", "cosmosqa", "panx")} <= ev.failed_cells()
+    assert set(ev.failed[ev.failed.role == "baseline"]["seed"]) == {2}
+    assert not any(t == "xnli" for _, _, t in ev.failed_cells())
+
+
+def test_similarity_correlations_use_one_point_per_language_within_a_setup():
+    from types import SimpleNamespace
+
+    from xstilts.analysis.evidence import compute_evidence
+
+    inp, data = _evidence_inputs((1, 2, 3))
+    langs = [f"l{i}" for i in range(10)]
+    pts = pd.DataFrame([{"model": m, "setup": s, "language": lang, "mean_gain": i + (s == "b"),
+                         "lexical_overlap": i / 10, "same_family": float(i % 2)}
+                        for m in ("m1", "m2") for s in ("a", "b") for i, lang in enumerate(langs)])
+    data.language_similarity = SimpleNamespace(points=pts, measures=["lexical_overlap", "same_family"])
+    ev = compute_evidence(inp, data)
+    corr = ev.correlations["language"].set_index("group")
+    assert corr.loc["all setups (mean gain per language)", "n"] == 10  # not 40 pooled (model, setup) points
+    assert corr.loc["setup a", "n"] == 10 and corr.loc["setup a", "spearman"] == pytest.approx(1.0)
+    diff = ev.differences["language"]
+    assert set(diff["measure"]) == {"same_family"} and (diff["n_1"] + diff["n_0"] == 10).all()
+    assert ev.correlations["language"]["p_adjusted"].notna().all()
