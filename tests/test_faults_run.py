@@ -268,7 +268,7 @@ def test_sigterm_stops_every_worker_and_resumes_identically(tmp_path: Path) -> N
         assert "running" not in s.states().values()  # claims released
     # resume (no hold): every stage finishes exactly once; results equal an uninterrupted run
     hold.unlink()
-    states = run_local(plan, workers=2, executor=RecordingExecutor(rec))
+    states = run_local(plan, executor=RecordingExecutor(rec))
     assert set(states.values()) == {"done"}
     assert records(rec, "done") == Counter({sid: 1 for sid in plan.stages})
     ref = plan_stages(parse_spec(_spec_dict(tmp_path, SMALL, "ref"), tmp_path / "spec.yaml"))
@@ -545,6 +545,7 @@ def test_eval_done_without_metrics_is_redone(tmp_path: Path) -> None:
     assert records(rec, "start")[ev] == 2
 
 
+@pytest.mark.slow
 def test_eval_with_a_wrong_data_dir_fails_then_runs_once_fixed(tmp_path: Path, tiny_model_dir: Path,
                                                                shared_data: Path) -> None:
     """The real executor: an eval-only target (Tatoeba, base model) with a data dir lacking its files
