@@ -119,7 +119,9 @@ class TrainEvalExecutor:
             stage_model_dir(task.output_dir, s["model"]), s["task"], languages=s["languages"], split=s["split"],
             data_dir=task.data_dir, max_examples=s.get("max_examples"), seed=s.get("seed", 0),
             batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval,
-            precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None)
+            precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None,
+            max_length=s.get("max_length"), doc_stride=s.get("doc_stride"), max_query_length=s.get("max_query_length"),
+            head=s.get("head"))
         rows = eval_rows(report)
         if not rows:
             why = "; ".join(f"{lang}: {reason}" for lang, reason in sorted(report.skipped.items())) or "no scores"
