@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from xstilts.analysis.records import setup_languages, setup_tasks, stage_uses, task_models
+from xstilts.analysis.records import model_sources, setup_languages, setup_tasks, stage_uses, task_models
 from xstilts.analysis.taskemb import (
     TaskEmbSettings,
     compute_task_embedding,
@@ -57,6 +57,8 @@ def test_records_say_what_each_stage_trained_and_where_its_model_is(tmp_path):
     assert setup_languages(records, "anli") == ["en"]
     models = task_models(records, tasks)
     assert set(models) == {"anli", "panx"} and models["panx"].head == "panx"
+    assert (models["anli"].split, models["panx"].split) == ("dev", "train")  # the data each was trained on
+    assert model_sources(records) == {"e5-small": "e5-small"}  # what the model label loads from
 
 
 def _fake_models(tmp_path):
@@ -75,7 +77,7 @@ def test_task_emb_is_computed_once_and_read_back(tmp_path, monkeypatch):
     calls = []
 
     def fake_fisher(model_dir, task, **kw):
-        calls.append((task, kw["max_examples"]))
+        calls.append((task, kw["max_examples"], kw["split"]))
         return np.arange(4, dtype=np.float32) + len(task)
 
     monkeypatch.setattr("xstilts.analysis.similarity.fisher_task_embedding", fake_fisher)
@@ -85,7 +87,7 @@ def test_task_emb_is_computed_once_and_read_back(tmp_path, monkeypatch):
     assert path == task_emb_path(models["anli"]) and path.parent.parent == models["anli"].model_dir.parent
     assert json.loads(path.with_suffix(".json").read_text())["max_examples"] == 7
     compute_task_embedding(models["anli"])  # cached: not recomputed
-    assert calls == [("anli", 7)]
+    assert calls == [("anli", 7, "dev")]
     vectors, missing = load_task_embeddings(models)
     assert list(vectors) == ["anli"] and np.allclose(vectors["anli"], np.arange(4) + 4)
     assert "panx" in missing and "not computed" in missing["panx"]

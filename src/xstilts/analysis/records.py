@@ -22,7 +22,7 @@ import pandas as pd
 from xstilts.experiments.plan import TRAIN_KINDS, StageRecord
 from xstilts.experiments.spec import BASELINE
 from xstilts.experiments.store import DONE
-from xstilts.paths import XSTILTS_MODEL_FILE
+from xstilts.paths import MODEL_DIR, STAGES_DIR, XSTILTS_MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class TaskModel:
     head: str  # the task it was trained on (its head's name): a target's train_task, e.g. xnli -> mnli
     model_dir: Path
     stage_id: str
+    split: str = "train"  # the split of ``head`` it was trained on (its data for the Fisher)
 
 
 def task_models(records: Sequence[StageUse], tasks_by_setup: dict[str, list[str]]) -> dict[str, TaskModel]:
@@ -171,8 +172,24 @@ def task_models(records: Sequence[StageUse], tasks_by_setup: dict[str, list[str]
         else:
             continue
         if name not in found:
-            found[name] = TaskModel(name, r.tasks[0], r.model_dir, r.stage_id)
+            found[name] = TaskModel(name, r.tasks[0], r.model_dir, r.stage_id, r.splits[0] if r.splits else "train")
     return found
+
+
+def model_sources(records: Sequence[StageUse]) -> dict[str, str]:
+    """{model label: the name or path the spec gave it}, from the stages that start from the base model."""
+    out: dict[str, str] = {}
+    for r in records:
+        source = r.record.input_model if r.record is not None else ""
+        if r.model and r.trains and source and r.model not in out and not _is_stage_model(source):
+            out[r.model] = source
+    return out
+
+
+def _is_stage_model(source: str) -> bool:
+    """Whether an input model is an upstream stage's model ("stages/<id>/model")."""
+    parts = Path(source).parts
+    return len(parts) == 3 and parts[0] == STAGES_DIR and parts[2] == MODEL_DIR
 
 
 def unfinished(records: Sequence[StageUse]) -> list[StageUse]:

@@ -303,13 +303,15 @@ def fisher_task_embedding(
     max_length: int = 128,
     seed: int = 0,
     data_dir: str | Path | None = None,
+    split: str | None = None,
     param_filter: Callable[[str], bool] = default_fisher_filter,
 ) -> np.ndarray:
     """TaskEmb of ``task`` from an xstilts model dir holding a head for it.
 
     Loads ``MultiTaskModel.load(model_dir, heads=[task])``, featurises ``examples`` (default:
-    a deterministic sample of the task's English training data) with the task's format,
-    and returns the diagonal empirical Fisher of the encoder parameters, one example at a time.
+    a deterministic sample of the task's English ``split``, by default its training split, else
+    its evaluation split) with the task's format, and returns the diagonal empirical Fisher of
+    the encoder parameters, one example at a time.
     """
     from xstilts.models import MultiTaskModel
     from xstilts.tasks.catalog import get_task
@@ -319,7 +321,7 @@ def fisher_task_embedding(
 
     spec = get_task(task)
     if examples is None:
-        split = "train" if "train" in spec.splits else spec.eval_split
+        split = split or ("train" if "train" in spec.splits else spec.eval_split)
         examples = load_examples(spec, "en", split, data_dir=data_dir, max_examples=max_examples, seed=seed)
     fmt = get_format(spec.format)
     model, tokenizer = MultiTaskModel.load(model_dir, heads=[task])

@@ -14,7 +14,7 @@ import pandas as pd
 
 from xstilts.analysis.groupings import UNKNOWN
 from xstilts.analysis.metadata import find_task
-from xstilts.analysis.records import setup_languages, task_models
+from xstilts.analysis.records import model_sources, setup_languages, task_models
 from xstilts.analysis.sections import ReportInputs
 from xstilts.analysis.similarity import (
     SimilarityCache,
@@ -61,9 +61,11 @@ class Encoder:
 
 
 def load_encoder(inp: ReportInputs, notes: list[str]) -> Encoder:
-    """The ``--encoder``, else the runs' only model; a note says why when none is loaded."""
+    """The ``--encoder``, else the runs' only model (loaded from the name or path its stages started
+    from); a note says why when none is loaded."""
     models = sorted(inp.gt.gains["model"].astype(str).unique())
-    name = inp.options.encoder or (models[0] if len(models) == 1 else None)
+    sources = model_sources(inp.records)  # a model label of the spec -> the name or path it loads from
+    name = inp.options.encoder or (sources.get(models[0], models[0]) if len(models) == 1 else None)
     if name is None:
         notes.append("Several models in the results and no --encoder given: embedding and sub-word measures skipped.")
         return Encoder()

@@ -48,7 +48,8 @@ def _save(path: Path, vector: np.ndarray, model: TaskModel, settings: TaskEmbSet
     tmp = path.with_name(path.stem + ".tmp.npy")
     np.save(tmp, vector.astype(np.float32))
     os.replace(tmp, path)
-    meta = {"task": model.task, "head": model.head, "stage_id": model.stage_id, **asdict(settings)}
+    meta = {"task": model.task, "head": model.head, "split": model.split, "stage_id": model.stage_id,
+            **asdict(settings)}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
 
@@ -56,8 +57,8 @@ def compute_task_embedding(model: TaskModel, settings: TaskEmbSettings = TaskEmb
                            data_dir: str | Path | None = None, force: bool = False) -> Path:
     """Compute (unless cached) and save the TaskEmb of one task model; returns its path.
 
-    The Fisher is taken with the head the stage trained (``model.head``) on that task's English
-    training data (see :func:`xstilts.analysis.similarity.fisher_task_embedding`).
+    The Fisher is taken with the head the stage trained (``model.head``) on the English data it
+    trained on (``model.split``; see :func:`xstilts.analysis.similarity.fisher_task_embedding`).
     """
     from xstilts.analysis.similarity import fisher_task_embedding
 
@@ -66,7 +67,8 @@ def compute_task_embedding(model: TaskModel, settings: TaskEmbSettings = TaskEmb
         return path
     log.info("TaskEmb of %s (head %s) from %s", model.task, model.head, model.model_dir)
     vector = fisher_task_embedding(model.model_dir, model.head, max_examples=settings.max_examples,
-                                   max_length=settings.max_length, seed=settings.seed, data_dir=data_dir)
+                                   max_length=settings.max_length, seed=settings.seed, data_dir=data_dir,
+                                   split=model.split)
     _save(path, vector, model, settings)
     return path
 
