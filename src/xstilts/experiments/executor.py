@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from xstilts.errors import XStiltsError
 from xstilts.experiments.plan import stage_model_dir
+from xstilts.paths import DONE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class TrainEvalExecutor:
         returncode = run_process_group(cmd)
         if returncode != 0:
             raise XStiltsError(f"stage {task.stage_id}: accelerate launch exited with status {returncode}")
-        done = task.stage_dir / "DONE"
+        done = task.stage_dir / DONE_FILE
         summary = json.loads(done.read_text()) if done.is_file() else {}
         return StageOutcome(result={"devices": task.devices, **summary})
 
