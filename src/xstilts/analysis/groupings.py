@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -36,6 +37,11 @@ def attach_language_metadata(
     for col in ("family", "genus", "script"):
         out[col] = out["language"].map(lambda c, col=col: getattr(infos[c], col, None))
     out["resource_class"] = out["language"].map(lambda c: getattr(infos[c], "resource_class", None)).astype("Int64")
+    return out, _metadata_notes(infos)
+
+
+def _metadata_notes(infos: dict[Any, Language | None]) -> list[str]:
+    """Notes naming the languages without metadata, and those missing a family, script or class."""
     notes = []
     unknown = sorted(c for c, i in infos.items() if i is None)
     if unknown:
@@ -46,7 +52,7 @@ def attach_language_metadata(
         partial = sorted(c for c, i in infos.items() if i is not None and getattr(i, col) is None)
         if partial:
             notes.append(f"{col.replace('_', ' ')} unknown for {', '.join(map(str, partial))} (grouped as '{UNKNOWN}').")
-    return out, notes
+    return notes
 
 
 def gains_by_group(
