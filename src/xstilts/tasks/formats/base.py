@@ -26,7 +26,7 @@ class FeaturizeOptions:
     """Everything featurisation depends on (part of the tokenised-cache key)."""
 
     max_length: int = 128
-    doc_stride: int = 128  # QA: overlap (in tokens) between consecutive windows of a long context
+    doc_stride: int = 128  # QA: step (in context tokens) between the starts of consecutive windows (XTREME's)
     max_query_length: int = 64  # QA: question truncated to this many tokens
     label_all_subtokens: bool = False  # tagging: label only the first sub-token of each word (default)
 
@@ -42,7 +42,9 @@ class Format(ABC):
     positions) or ``start_positions`` / ``end_positions`` (QA). Multiple choice features hold
     ``input_ids`` etc. as ``list[list[int]]`` (one row per choice). QA features also hold
     ``offset_mapping`` (list of [start, end] char offsets, [-1, -1] outside the context).
-    Tagging features also hold ``word_ids`` (-1 where no word).
+    QA features also hold ``max_context`` (1 on the context tokens whose maximum context is
+    that window). Tagging features also hold ``word_ids`` (the word's index in the sentence,
+    -1 where no word); a long sentence gives several features (windows).
     """
 
     name: ClassVar[str]
@@ -116,7 +118,7 @@ class Format(ABC):
         """Pad a list of features dynamically to the longest in the batch; return torch tensors.
 
         Only model inputs and labels are tensors; metadata keys (``example_index``,
-        ``offset_mapping``, ``word_ids``) are dropped from the batch.
+        ``offset_mapping``, ``max_context``, ``word_ids``) are dropped from the batch.
         """
 
     @abstractmethod

@@ -1,18 +1,37 @@
 """Extractive QA, SQuAD v1.1 and v2.0 style (SQuAD, XQuAD, MLQA, TyDiQA-GoldP).
 
-Featurisation follows the standard recipe: the question (truncated to ``max_query_length``
-tokens) is the first segment, the context the second; a long context is split into
-windows of ``max_length`` tokens overlapping by ``doc_stride`` tokens (fast tokenizer,
-``truncation="only_second"``, ``return_overflowing_tokens``). A training window whose
-context does not contain the whole answer (or an unanswerable question) points both
-positions at the CLS token (index 0).
+Featurisation follows the reference recipe (google-research/xtreme ``third_party/run_squad.py``
+with its ``processors/squad.py``, ``squad_convert_example_to_features``, the Hugging Face
+SQuAD processor): the question, truncated to ``max_query_length`` tokens, is the first
+segment and the context the second. A long context is split into windows:
 
-Decoding is the standard post-processing: for each example gather all its windows, take the
-``n_best_size`` best start and end positions of each window inside the context, keep pairs
-with ``end >= start`` and at most ``max_answer_length`` tokens, and return the pair with the
-highest ``start + end`` logit sliced from the original context by character offsets. With
-unanswerable questions (SQuAD v2) the best span is compared with the null score (CLS
-start + end, minimum over windows): ``null - best > null_score_diff_threshold`` -> ``""``.
+* ``max_length``: tokens per window, question and special tokens included, so a window
+  holds ``room = max_length - question tokens - special tokens`` context tokens;
+* ``doc_stride``: the **step** between the starts of consecutive windows, in context tokens
+  (the reference's meaning). Window ``k`` starts at context token ``k * doc_stride``;
+  consecutive windows overlap by ``room - doc_stride`` tokens; the last window is the first
+  one that reaches the end of the context. A ``doc_stride`` larger than ``room`` would skip
+  tokens, so it is lowered to ``room`` (no overlap) with a warning.
+
+(Before format version 2, ``doc_stride`` was the overlap, as in the fast tokenizer's
+``stride`` argument.) A training window whose context does not contain the whole answer (or
+an unanswerable question) points both positions at the CLS token (index 0).
+
+Each feature marks, in ``max_context``, the context tokens for which it is the window with
+the most context, by the reference's rule (``_new_check_is_max_context``): among the windows
+that contain a token, the one maximising ``min(tokens left of it, tokens right of it) +
+0.01 * window length``, the first such window on ties.
+
+Decoding is the reference's post-processing (``compute_predictions_logits`` of
+``transformers.data.metrics.squad_metrics``): for each example gather all its windows; in
+each, take the ``n_best_size`` best start and end positions, keep pairs inside the context
+whose **start** has its max context in that window, with ``end >= start`` and at most
+``max_answer_length`` tokens, and return the pair with the highest ``start + end`` logit,
+sliced from the original context by character offsets. The ``n_best_size`` candidates are
+ranked among the window's context tokens (the reference ranks all positions of the padded
+window and then drops those outside the context; this can only add valid candidates). With
+unanswerable questions (SQuAD v2) the best span is compared with the null score (CLS start +
+end, minimum over windows): ``null - best > null_score_diff_threshold`` -> ``""``.
 """
 
 from __future__ import annotations
@@ -97,30 +116,68 @@ def truncate_questions(
     return out, lengths
 
 
-def effective_stride(tokenizer: Any, options: FeaturizeOptions, longest_question: int, example_id: str = "") -> int:
-    """``doc_stride``, reduced when a window has too few context tokens for it.
+def window_steps(tokenizer: Any, options: FeaturizeOptions, question_lengths: Sequence[int],
+                 examples: Sequence[QAExample]) -> list[tuple[int, int]]:
+    """``(room, step)`` per example: context tokens per window and the step between window starts.
 
-    A window holds ``max_length - longest_question - special tokens`` context tokens (at least);
-    the stride must be smaller than that.
+    ``room = max_length - question tokens - special tokens``; ``step`` is ``doc_stride``,
+    lowered to ``room`` (with one warning) where it is larger.
     """
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
-    room = options.max_length - longest_question - n_special
-    if room < 2:
-        raise ConfigError(
-            f"max_length={options.max_length} leaves no room for the context after the question of "
-            f"example '{example_id}' ({longest_question} tokens, max_query_length={options.max_query_length}) "
-            f"and {n_special} special tokens; raise max_length or lower max_query_length",
-            key="max_length",
-        )
-    if options.doc_stride >= room:
-        stride = room // 2
+    out: list[tuple[int, int]] = []
+    lowered = 0
+    for n_question, ex in zip(question_lengths, examples):
+        room = options.max_length - n_question - n_special
+        if room < 2:
+            raise ConfigError(
+                f"max_length={options.max_length} leaves no room for the context after the question of "
+                f"example '{ex.id}' ({n_question} tokens, max_query_length={options.max_query_length}) "
+                f"and {n_special} special tokens; raise max_length or lower max_query_length",
+                key="max_length",
+            )
+        lowered += options.doc_stride > room
+        out.append((room, min(options.doc_stride, room)))
+    if lowered:
         logger.warning(
-            "doc_stride=%d is not smaller than the %d context tokens a window can hold (max_length=%d, "
-            "longest question %d tokens); using a stride of %d",
-            options.doc_stride, room, options.max_length, longest_question, stride,
+            "doc_stride=%d (the step between window starts) is larger than the context tokens a window holds "
+            "(max_length=%d less the question and special tokens) for %d of %d examples; their step is "
+            "that window size (no overlap)",
+            options.doc_stride, options.max_length, lowered, len(examples),
         )
-        return stride
-    return options.doc_stride
+    return out
+
+
+def max_context_flags(starts: Sequence[int], lengths: Sequence[int]) -> list[np.ndarray]:
+    """For each window (context tokens ``[start, start + length)``), whether each of its tokens
+    has its maximum context in that window.
+
+    The reference's rule (google-research/xtreme ``third_party/processors/squad.py``,
+    ``_new_check_is_max_context``): a token's score in a window is ``min(left, right) + 0.01 *
+    length`` (``left`` / ``right``: window tokens before / after it); the best window wins, the
+    first one on ties.
+    """
+    n_doc = max((s + n for s, n in zip(starts, lengths)), default=0)
+    best = np.full(n_doc, -np.inf)
+    owner = np.full(n_doc, -1)
+    for k, (s, n) in enumerate(zip(starts, lengths)):
+        pos = np.arange(s, s + n)
+        score = np.minimum(pos - s, s + n - 1 - pos) + 0.01 * n
+        better = score > best[pos]
+        best[pos[better]] = score[better]
+        owner[pos[better]] = k
+    return [owner[s:s + n] == k for k, (s, n) in enumerate(zip(starts, lengths))]
+
+
+def mark_max_context(features: Sequence[dict[str, Any]], step: int) -> None:
+    """Add ``max_context`` to the windows of one example (in order; window ``k`` starts at
+    context token ``k * step``): 1 where a context token has its maximum context in that window."""
+    ctx = [[j for j, o in enumerate(f["offset_mapping"]) if o[0] >= 0] for f in features]
+    flags = max_context_flags([k * step for k in range(len(features))], [len(c) for c in ctx])
+    for feat, positions, flag in zip(features, ctx, flags):
+        mask = [0] * len(feat["offset_mapping"])
+        for j, is_max in zip(positions, flag):
+            mask[j] = int(is_max)
+        feat["max_context"] = mask
 
 
 def answer_token_span(
@@ -141,6 +198,41 @@ def answer_token_span(
     return start, end
 
 
+def has_key(features: Any, key: str) -> bool:
+    """Whether the features (dicts or a ``datasets.Dataset``) carry ``key``."""
+    if hasattr(features, "column_names"):
+        return key in features.column_names
+    return len(features) > 0 and key in features[0]
+
+
+def best_span_in_window(
+    start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray, starts_ok: np.ndarray,
+    n_best_size: int, max_answer_length: int,
+) -> tuple[float, tuple[int, int]] | None:
+    """The best ``(start + end logit, (char start, char end))`` span of one window, or None.
+
+    Candidates: the ``n_best_size`` best starts (among ``starts_ok``: context tokens whose max
+    context is this window) and ends (among context tokens); ``end >= start`` and at most
+    ``max_answer_length`` tokens. The first best pair wins ties (starts, then ends, in logit order).
+    """
+    in_ctx = offsets[:, 0] >= 0
+    ok_starts = np.nonzero(starts_ok & in_ctx)[0]
+    ends = np.nonzero(in_ctx)[0]
+    if not len(ok_starts) or not len(ends):
+        return None
+    top_s = ok_starts[np.argsort(-start_logits[ok_starts], kind="stable")[:n_best_size]]
+    top_e = ends[np.argsort(-end_logits[ends], kind="stable")[:n_best_size]]
+    best: tuple[float, tuple[int, int]] | None = None
+    for si in top_s:
+        for ei in top_e:
+            if ei < si or ei - si + 1 > max_answer_length:
+                continue
+            score = float(start_logits[si] + end_logits[ei])
+            if best is None or score > best[0]:
+                best = (score, (int(offsets[si, 0]), int(offsets[ei, 1])))
+    return best
+
+
 class ExtractiveQAFormat(Format):
     """Windows of (question, context) with start/end positions; decodes to answer strings."""
 
@@ -151,6 +243,8 @@ class ExtractiveQAFormat(Format):
                                              "answers": "answers", "is_impossible": "is_impossible", "title": "title"}
     #: the usual SQuAD-style evaluation windows (384 tokens)
     eval_max_length: ClassVar[int | None] = 384
+    #: 2: ``doc_stride`` is the step between window starts (was: the overlap); ``max_context``
+    version: ClassVar[int] = 2
 
     def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> QAExample:
         """``context``, ``question``, ``answers`` ([{text, answer_start}] or the hub's {text: [...],
@@ -195,7 +289,9 @@ class ExtractiveQAFormat(Format):
         options: FeaturizeOptions,
         label_list: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """One feature per window; every feature holds ``start_positions`` / ``end_positions``.
+        """One feature per window (module docstring); every feature holds ``start_positions`` /
+        ``end_positions``, ``offset_mapping`` and ``max_context`` (1 on the context tokens whose
+        maximum context is this window, 0 elsewhere).
 
         The positions use the first gold answer; unanswerable questions and windows without the
         whole answer point at CLS (0). Examples without gold answers get CLS positions too (the
@@ -205,38 +301,42 @@ class ExtractiveQAFormat(Format):
             return []
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("extractive QA needs a fast tokenizer (offset mappings)", key="tokenizer")
-        questions, q_lengths = truncate_questions([ex.question for ex in examples], tokenizer, options.max_query_length)
-        longest = max(range(len(examples)), key=q_lengths.__getitem__)
-        stride = effective_stride(tokenizer, options, q_lengths[longest], examples[longest].id)
-        enc = tokenizer(
-            questions,
-            [ex.context for ex in examples],
-            truncation="only_second",
-            max_length=options.max_length,
-            stride=stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
-        sample_map = enc["overflow_to_sample_mapping"]
-        features: list[dict[str, Any]] = []
-        for i in range(len(enc["input_ids"])):
-            ex_idx = int(sample_map[i])
-            ex = examples[ex_idx]
-            seq_ids = enc.sequence_ids(i)
-            offsets = [list(o) if s == 1 else list(NO_OFFSET) for o, s in zip(enc["offset_mapping"][i], seq_ids)]
-            feat: dict[str, Any] = {k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            feat["example_index"] = ex_idx
-            feat["offset_mapping"] = offsets
-            if ex.is_impossible or not ex.answers:
-                start, end = CLS_INDEX, CLS_INDEX
-            else:
-                answer = ex.answers[0]
-                start, end = answer_token_span(offsets, answer.start, answer.start + len(answer.text))
-            feat["start_positions"] = start
-            feat["end_positions"] = end
-            features.append(feat)
+        questions, _ = truncate_questions([ex.question for ex in examples], tokenizer, options.max_query_length)
+        q_lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+        windows = window_steps(tokenizer, options, q_lengths, examples)
+        by_overlap: dict[int, list[int]] = {}
+        for i, (room, step) in enumerate(windows):
+            by_overlap.setdefault(room - step, []).append(i)
+        per_example: list[list[dict[str, Any]]] = [[] for _ in examples]
+        for overlap, members in by_overlap.items():
+            # the fast tokenizer's ``stride`` is the overlap: windows start every room - overlap = step tokens
+            enc = tokenizer([questions[i] for i in members], [examples[i].context for i in members],
+                            truncation="only_second", max_length=options.max_length, stride=overlap,
+                            return_overflowing_tokens=True, return_offsets_mapping=True)
+            for row, local in enumerate(enc["overflow_to_sample_mapping"]):
+                i = members[int(local)]
+                per_example[i].append(self._window(enc, row, i, examples[i]))
+        for feats, (_, step) in zip(per_example, windows):
+            mark_max_context(feats, step)
+        features = [feat for feats in per_example for feat in feats]
         logger.debug("extractive_qa: %d examples -> %d windows", len(examples), len(features))
         return features
+
+    def _window(self, enc: Any, row: int, example_index: int, ex: QAExample) -> dict[str, Any]:
+        """Row ``row`` of a batch encoding as a feature: inputs, offsets (context only), positions."""
+        seq_ids = enc.sequence_ids(row)
+        offsets = [list(o) if s == 1 else list(NO_OFFSET) for o, s in zip(enc["offset_mapping"][row], seq_ids)]
+        feat: dict[str, Any] = {k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        feat["example_index"] = example_index
+        feat["offset_mapping"] = offsets
+        if ex.is_impossible or not ex.answers:
+            start, end = CLS_INDEX, CLS_INDEX
+        else:
+            answer = ex.answers[0]
+            start, end = answer_token_span(offsets, answer.start, answer.start + len(answer.text))
+        feat["start_positions"] = start
+        feat["end_positions"] = end
+        return feat
 
     def collate(self, features: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
         """``[B, L_max]`` inputs; ``start_positions`` / ``end_positions`` ``[B]``."""
@@ -269,37 +369,26 @@ class ExtractiveQAFormat(Format):
         if allow_no_answer is None:
             allow_no_answer = any(ex.is_impossible for ex in examples)
         all_offsets = column(features, "offset_mapping")
+        all_max_ctx = column(features, "max_context") if has_key(features, "max_context") else None
         predictions: dict[str, str] = {}
         for ex_idx, feat_ids in enumerate(group_features(features, len(examples))):
             if not feat_ids:
                 continue
             example = examples[ex_idx]
-            best_score = -np.inf
-            best_span: tuple[int, int] | None = None
-            min_null = np.inf
+            best_score, best_span, min_null = -np.inf, None, np.inf
             for f in feat_ids:
                 offsets = np.asarray(all_offsets[f], dtype=np.int64).reshape(-1, 2)
                 n = len(offsets)
                 s = np.asarray(start_logits[f][:n], dtype=np.float64)
                 e = np.asarray(end_logits[f][:n], dtype=np.float64)
                 min_null = min(min_null, s[CLS_INDEX] + e[CLS_INDEX])
-                in_ctx = offsets[:, 0] >= 0
-                if not in_ctx.any():
-                    continue
-                ctx_pos = np.nonzero(in_ctx)[0]
-                top_s = ctx_pos[np.argsort(-s[ctx_pos], kind="stable")[:n_best_size]]
-                top_e = ctx_pos[np.argsort(-e[ctx_pos], kind="stable")[:n_best_size]]
-                for si in top_s:
-                    for ei in top_e:
-                        if ei < si or ei - si + 1 > max_answer_length:
-                            continue
-                        score = s[si] + e[ei]
-                        if score > best_score:
-                            best_score = score
-                            best_span = (int(offsets[si, 0]), int(offsets[ei, 1]))
-            if best_span is None:
-                predictions[example.id] = ""
-            elif allow_no_answer and min_null - best_score > null_score_diff_threshold:
+                starts_ok = offsets[:, 0] >= 0
+                if all_max_ctx is not None:
+                    starts_ok &= np.asarray(all_max_ctx[f], dtype=bool)
+                found = best_span_in_window(s, e, offsets, starts_ok, n_best_size, max_answer_length)
+                if found is not None and found[0] > best_score:
+                    best_score, best_span = found
+            if best_span is None or (allow_no_answer and min_null - best_score > null_score_diff_threshold):
                 predictions[example.id] = ""
             else:
                 predictions[example.id] = example.context[best_span[0] : best_span[1]].strip()
