@@ -236,7 +236,11 @@ def dev_split_of(mix: TaskMixture) -> str:
 def trains_on_dev_split(mix: TaskMixture) -> bool:
     """Whether ``mix`` trains on the English split it is dev-evaluated on (dev evaluation is in
     English; those examples are then held out of training, see :attr:`TaskMixture.dev_holdout`)."""
-    return "en" in mix.languages and mix.split == dev_split_of(mix)
+    if "en" not in mix.languages:
+        return False
+    if mix.dev_split is None and mix.split in ("train", "dev"):  # the common cases, without a catalog look-up
+        return mix.split == "dev"
+    return mix.split == dev_split_of(mix)
 
 
 def make_train_config(data: dict[str, Any], file: str | Path | None = None) -> TrainConfig:
