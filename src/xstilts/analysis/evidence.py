@@ -72,6 +72,7 @@ class Evidence:
     correlations: dict[str, pd.DataFrame]  # "task" / "language" / "domain" -> CORRELATION_COLUMNS (+ p_adjusted)
     differences: dict[str, pd.DataFrame]  # same keys -> DIFFERENCE_COLUMNS (+ p_adjusted)
     failed: pd.DataFrame  # model, setup, target, seed, role, mean_score, chance
+    meta: pd.DataFrame  # the gains with language metadata (and item_var), for per-language figures
     mde: dict[str, dict]  # "per_target" / "per_setup" -> see design_mde
     sd_seed: dict[str, float]  # "per_target" / "per_setup" -> pooled run-to-run sd of the gain
     n_tests: int
@@ -240,8 +241,14 @@ def _language(result: Any, opts: Any) -> tuple[pd.DataFrame, pd.DataFrame] | Non
 # --------------------------------------------------------------------------- the whole report
 
 
-def _pooled_sd(table: pd.DataFrame) -> float:
+def _pooled_sd(table: pd.DataFrame, failed: set[tuple] = frozenset()) -> float:
+    """Pooled across-seed sd of a grouping's gains, leaving out groups with a failed / at-chance run."""
     t = table[table["n_seeds"] >= 2] if len(table) else table
+    if failed and len(t):
+        keys = list(zip(t["model"], t["setup"], t["target"])) if "target" in t.columns else None
+        bad = [k in failed for k in keys] if keys else [any(f[:2] == (m, s) for f in failed)
+                                                        for m, s in zip(t["model"], t["setup"])]
+        t = t[~np.asarray(bad, dtype=bool)]
     if t.empty:
         return math.nan
     df = t["n_seeds"].to_numpy(float) - 1
@@ -250,13 +257,14 @@ def _pooled_sd(table: pd.DataFrame) -> float:
     return float(math.sqrt(np.sum(df[ok] * sd[ok] ** 2) / np.sum(df[ok]))) if ok.any() else math.nan
 
 
-def design_mde(gains: dict[str, pd.DataFrame], n_seeds: int, n_tests: int) -> tuple[dict[str, dict], dict[str, float]]:
+def design_mde(gains: dict[str, pd.DataFrame], n_seeds: int, n_tests: int,
+               failed: set[tuple] = frozenset()) -> tuple[dict[str, dict], dict[str, float]]:
     """Minimal detectable effects of the per-(setup, target) and per-setup tests.
 
     Returns ({level: {"seeds": S, "mde": ..., "corrected": ... (for ``n_tests`` tests, if any),
     5: ..., 10: ...}}, {level: pooled run-to-run sd}); S is the design's seeds, at least three.
     """
-    sd = {k: _pooled_sd(gains[k]) for k in ("per_target", "per_setup") if k in gains}
+    sd = {k: _pooled_sd(gains[k], failed) for k in ("per_target", "per_setup") if k in gains}
     s = max(n_seeds, MIN_SEEDS_FOR_INFERENCE)
     mde: dict[str, dict] = {}
     for key, value in sd.items():
@@ -307,9 +315,9 @@ def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = Non
         _withhold(tables)
         n_tests = 0
         notes.append(_descriptive_note(n_seeds))
-    mde, sd = design_mde(g, n_seeds, n_tests)
-    return Evidence(n_seeds, inferential, correction, g, corr, diff, failed_runs(inp.gt.scores, inp.gt.baseline), mde,
-                    sd, n_tests, item_note, notes)
+    failed = failed_runs(inp.gt.scores, inp.gt.baseline)
+    mde, sd = design_mde(g, n_seeds, n_tests, {(r.model, r.setup, r.target) for r in failed.itertuples()})
+    return Evidence(n_seeds, inferential, correction, g, corr, diff, failed, meta, mde, sd, n_tests, item_note, notes)
 
 
 def _adjust_all(g: dict, corr: dict, diff: dict, method: str) -> int:

@@ -48,7 +48,8 @@ def method_paragraphs(ev: Evidence, opts: Any) -> list[str]:
         out.append(f"Every p-value of this report ({ev.n_tests} tests: gains per setup and target, per setup, overall, "
                    "per family and per resource class, and the similarity correlations and differences) is corrected "
                    f"together with the {ev.correction_name} method (statsmodels); tables show the raw p and the "
-                   "adjusted p_adj, and marks (* p_adj < 0.05, ** < 0.01, *** < 0.001) use p_adj.")
+                   "adjusted p_adj, and the significance marks of tables and figures (one star: p_adj < 0.05, two: "
+                   "< 0.01, three: < 0.001) use p_adj.")
     else:
         out.append(f"**Descriptive only:** {ev.n_seeds} seed(s) per setup and target. With fewer than "
                    f"{MIN_SEEDS_FOR_INFERENCE} training runs no p-values, confidence intervals or significance marks "
@@ -77,8 +78,9 @@ def power_paragraph(ev: Evidence) -> str | None:
     if not parts:
         return None
     few = "" if ev.inferential else f" (at least {MIN_SEEDS_FOR_INFERENCE} seeds are needed for any test)"
+    left_out = " with the failed or at-chance runs left out" if not ev.failed.empty else ""
     return ("**Power.** The smallest gain this design detects with 80% power at α = 0.05 (two-sided seed-level "
-            f"t-test, from the observed run-to-run spread of the gain){few}: " + "; ".join(parts)
+            f"t-test, from the observed run-to-run spread of the gain{left_out}){few}: " + "; ".join(parts)
             + ". A gain below these that is not significant is not evidence of no effect.")
 
 
@@ -201,6 +203,7 @@ def gain_heatmap_args(ev: Evidence, model: str, metric_by_target: dict[str, str]
             if r is not None and ev.inferential:
                 marks.loc[setup, col] = significance_mark(getattr(r, "p_adjusted", math.nan))
             flagged.loc[setup, col] = (model, setup, col) in failed
+        flagged.loc[setup, "average"] = bool(flagged.loc[setup].any())
     mat.columns = ann.columns = marks.columns = flagged.columns = labels
     return mat, {"annotations": ann, "marks": marks, "flagged": flagged, "floor": heatmap_floor(ev)}
 
@@ -224,9 +227,12 @@ def family_heatmap_args(ev: Evidence, model: str, languages_per_family: dict[str
     if ev.inferential and "p_adjusted" in fam.columns:
         for r in fam.itertuples():
             marks.loc[r.family, r.setup] = significance_mark(r.p_adjusted)
+    failed_setups = {setup for m, setup, _ in ev.failed_cells() if m == model}
+    flagged = pd.DataFrame([[c in failed_setups for c in mat.columns]] * len(mat.index), index=mat.index,
+                           columns=mat.columns)
     index = [f"{f} ({languages_per_family.get(f, 0)} lang.)" for f in mat.index]
-    mat.index = marks.index = index
-    return mat, {"marks": marks, "floor": heatmap_floor(ev)}
+    mat.index = marks.index = flagged.index = index
+    return mat, {"marks": marks, "flagged": flagged, "floor": heatmap_floor(ev)}
 
 
 def resource_points_frame(ev: Evidence, model: str) -> pd.DataFrame:
@@ -264,3 +270,10 @@ def scatter_inputs(ev: Evidence, key: str, measures: list[str]) -> tuple[pd.Data
         diff = diff[diff["group"] == diff["group"].iloc[0]]
     return corr, {"binary": [m for m in measures if m in BINARY_MEASURES], "differences": diff,
                   "hue": "setup" if key == "language" else "target"}
+
+
+def without_p(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its p-value columns (a table described, not tested)."""
+    if frame is None or frame.empty:
+        return frame
+    return frame.drop(columns=[c for c in frame.columns if c.endswith("_p") or c in ("p", "p_value", "p_method")])

@@ -72,7 +72,8 @@ def gain_heatmap(
     ``annotations`` (same shape, strings) replaces the default "+1.2" cell text; ``marks``
     (same shape, strings such as ``*``) is appended to it (significance after correction);
     ``flagged`` (same shape, bool) hatches a cell and prints "failed?" in it (a failed or
-    at-chance run). A column whose label starts with "average" is set off by a thick line.
+    at-chance run; its value does not stretch the scale). A column whose label starts with
+    "average" is set off by a thick line.
     """
     plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
@@ -84,7 +85,8 @@ def gain_heatmap(
     width = min(28, max(5.5, 1.15 * n_cols + 0.09 * row_len + 2.5))
     height = min(30, max(3.0, 0.62 * n_rows + 0.07 * col_len + 1.8))
     fig, ax = plt.subplots(figsize=(width, height))
-    bound = heatmap_bound(values, floor)
+    shown = values if flagged is None else np.where(flagged.to_numpy(dtype=bool), np.nan, values)
+    bound = heatmap_bound(shown, floor)  # a failed run's value does not set the scale of the others
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=TwoSlopeNorm(0.0, -bound, bound), aspect="auto")
     ax.set_xticks(range(n_cols))

@@ -168,7 +168,7 @@ def _result_row(res: dict[str, np.ndarray], per_seed: np.ndarray, min_seeds: int
            "seed_max": float(finite.max()) if finite.size else math.nan, "sd_seeds": float(res["sd"])}
     if n < min_seeds:
         row.update(se=math.nan, df=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=math.nan,
-                   inference=f"descriptive only ({n} seed{'s' if n != 1 else ''})")
+                   inference="descriptive only (single seed)" if n == 1 else f"descriptive only ({n} seeds)")
         return row
     how = f"seed-level t-test ({n} runs" + (", + item sampling variance)" if iv > 0 else ")")
     row.update(se=float(res["se"]), df=float(res["df"]), ci_low=float(res["ci_low"]), ci_high=float(res["ci_high"]),
@@ -405,8 +405,8 @@ def difference_in_mean_gain(gain: Sequence[float], flag: Sequence[float], *, n_b
     """Mean gain where a binary measure is 1 minus where it is 0, with a BCa CI and a permutation p.
 
     Points with a NaN are dropped. Returns ``n_1, n_0, mean_1, mean_0, difference, ci_low,
-    ci_high, p`` (two-sided, scipy ``permutation_test`` over group labels) and ``note``; the CI
-    needs two points per side, the test one.
+    ci_high, p`` (two-sided, scipy ``permutation_test`` over group labels) and ``note``; the test
+    and the CI need two points per side.
     """
     from scipy.stats import bootstrap, permutation_test
 
@@ -426,11 +426,11 @@ def difference_in_mean_gain(gain: Sequence[float], flag: Sequence[float], *, n_b
     def diff(x, y, axis=-1):
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
+    if a.size < 2 or b.size < 2:
+        out["note"] = "one point on one side: no test or interval"
+        return out
     rng = np.random.default_rng(seed)
     out["p"] = float(permutation_test((a, b), diff, vectorized=True, n_resamples=n_perm, rng=rng).pvalue)
-    if a.size < 2 or b.size < 2:
-        out["note"] = "one point on one side: no interval"
-        return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = bootstrap((a, b), diff, vectorized=True, n_resamples=n_boot, method="BCa", confidence_level=confidence,
