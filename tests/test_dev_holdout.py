@@ -130,3 +130,14 @@ def test_stage_records_the_held_out_examples(tiny_model_dir, data_dir: Path, tmp
     assert set(result.dev_metrics["mnli"]) >= {"accuracy"}
     td = load_task_data(cfg.tasks[0], cfg, 0)
     assert held["mnli"]["ids"] == td.heldout_ids and not ids(td.train) & set(td.heldout_ids)
+
+
+def test_a_spec_sets_the_holdout_of_a_task_trained_on_dev(tmp_path: Path) -> None:
+    from xstilts.experiments import parse_spec, plan_stages
+
+    spec = parse_spec({"models": ["e5-small"], "targets": [{"task": "panx", "languages": ["de"]}],
+                       "intermediate": {"baseline": None, "cosmos": {"task": "cosmosqa", "split": "dev",
+                                                                     "dev_holdout": 300}},
+                       "output_dir": str(tmp_path / "o")}, tmp_path / "s.yaml")
+    (stage,) = plan_stages(spec).of_kind("intermediate")
+    assert stage.settings["tasks"][0]["dev_holdout"] == 300

@@ -261,6 +261,8 @@ def _step_tasks(spec: Spec, step: StepSpec) -> list[dict[str, Any]]:
         if entry.extra_files:
             item["extra_files"] = [{"path": p} for p in entry.extra_files]
             item["extra_ratio"] = entry.extra_ratio
+        if entry.dev_holdout is not None:
+            item["dev_holdout"] = entry.dev_holdout
         out.append(item)
     return out
 

@@ -13,6 +13,7 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
       anli_cosmos: {chain: [anli, cosmosqa]}      # sequential; elements may name other setups
       anli_mlm: {task: anli, mlm: {files: [wiki.de.txt], probability: 0.2}}
       anli_de: {task: anli, extra_files: [anli.de.jsonl], extra_ratio: 0.5}
+      cosmos: {task: cosmosqa, split: dev, dev_holdout: 300}   # dev split: 300 held out for dev eval
     targets: [panx, {task: tatoeba, languages: all, split: test},
               {task: xnli, eval_splits: [dev, test]},      # one eval stage per split
               {task: tydiqa, eval: {max_length: 256}}]     # eval: per-target eval options
@@ -89,6 +90,9 @@ class TaskEntry(_Strict):
     extra_files: list[str] = Field(default_factory=list)
     extra_ratio: float = Field(default=0.0, ge=0.0)
 
+    #: training on the English dev split: examples held out of it for dev evaluation (train's
+    #: TaskMixture.dev_holdout; unset: its default)
+    dev_holdout: PositiveInt | None = None
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, v: Any) -> Any:
@@ -115,7 +119,8 @@ class StepSpec(_Strict):
             return {"tasks": [{"task": v}]}
         if isinstance(v, dict) and "task" in v:
             v = dict(v)
-            entry = {k: v.pop(k) for k in ("task", "languages", "split", "extra_files", "extra_ratio") if k in v}
+            entry = {k: v.pop(k) for k in ("task", "languages", "split", "extra_files", "extra_ratio", "dev_holdout")
+                     if k in v}
             if "tasks" in v:
                 raise ValueError("give either 'task' or 'tasks', not both")
             v["tasks"] = [entry]
