@@ -207,6 +207,11 @@ def kendall_vectorized(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarr
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
+def _batch(n: int) -> int:
+    """Resamples per vectorised call: Kendall's [batch, n, n] sign tensors stay near 4M entries."""
+    return max(16, 4_000_000 // max(1, n * n))
+
+
 def _fisher_z_ci(r: float, n: int, kind: str, confidence: float) -> tuple[float, float]:
     """Fisher-z interval with Bonett & Wright (2000) standard errors (always contains ``r``)."""
     from scipy.stats import norm
@@ -232,7 +237,7 @@ def _correlation_ci(x: np.ndarray, y: np.ndarray, fn, estimate: float, *, n_boot
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on degenerate (all-equal) bootstrap distributions
         res = bootstrap((x, y), fn, paired=True, vectorized=True, n_resamples=n_boot, method="BCa",
-                        confidence_level=confidence, rng=rng)
+                        confidence_level=confidence, rng=rng, batch=_batch(x.size))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     dist = np.asarray(res.bootstrap_distribution)
     if np.all(np.abs(dist - estimate) < 1e-12):
@@ -250,7 +255,7 @@ def _permutation_p(x: np.ndarray, y: np.ndarray, fn, *, n_perm: int, rng: np.ran
 
     n_res = math.factorial(x.size) if x.size <= EXACT_PERMUTATION_MAX_N else n_perm
     res = permutation_test((x, y), fn, permutation_type="pairings", vectorized=True, n_resamples=n_res,
-                           alternative="two-sided", rng=rng)
+                           alternative="two-sided", rng=rng, batch=_batch(x.size))
     return float(res.pvalue)
 
 
