@@ -65,7 +65,7 @@ DIFFERENCE_COLUMNS = ["unit", "group", "measure", "n_1", "n_0", "mean_1", "mean_
 class Evidence:
     """Inference for the whole report (see the module docstring)."""
 
-    n_seeds: int  # fewest seeds of any (model, setup, target)
+    n_seeds: int  # seeds of the design: the most any (model, setup, target) has
     inferential: bool
     correction: str  # statsmodels method name ("holm" / "fdr_bh")
     gains: dict[str, pd.DataFrame]  # GAIN_GROUPINGS name -> infer_gains table (+ p_adjusted)
@@ -284,8 +284,10 @@ def _withhold(tables: list[pd.DataFrame]) -> None:
             if c in t.columns:
                 t[c] = math.nan
         for c in ("ci_low", "ci_high", "spearman_ci_low", "spearman_ci_high", "kendall_ci_low", "kendall_ci_high"):
-            if c in t.columns and "inference" in t.columns:
+            if c in t.columns:
                 t[c] = math.nan
+        if "ci_method" in t.columns:
+            t["ci_method"] = "none (descriptive only)"
 
 
 def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = None) -> Evidence:
@@ -298,8 +300,13 @@ def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = Non
         meta = meta.merge(gains[["model", "setup", "target", "language", "seed", "item_var"]],
                           on=["model", "setup", "target", "language", "seed"], how="left")
     seeds = gains.groupby(["model", "setup", "target"])["seed"].nunique()
-    n_seeds = int(seeds.min()) if len(seeds) else 0
+    n_seeds = int(seeds.max()) if len(seeds) else 0
     inferential = n_seeds >= MIN_SEEDS_FOR_INFERENCE
+    notes = []
+    if inferential and int(seeds.min()) < MIN_SEEDS_FOR_INFERENCE:
+        few = sorted(f"{s} on {t}" for (_, s, t), n in seeds.items() if n < MIN_SEEDS_FOR_INFERENCE)
+        notes.append(f"Fewer than {MIN_SEEDS_FOR_INFERENCE} seeds for {', '.join(few)}: these gains (and the groups "
+                     "they enter with fewer runs) are described, not tested.")
     g = gain_inference(meta, opts)
     corr, diff = {}, {}
     for key, res in (("task", _task_like(getattr(data, "task_similarity", None), "(setup, target) pair", opts)),
@@ -308,13 +315,11 @@ def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = Non
         if res is not None:
             corr[key], diff[key] = res
     tables = [*g.values(), *corr.values(), *diff.values()]
-    notes = []
     if inferential:
         n_tests = _adjust_all(g, corr, diff, correction)
     else:
         _withhold(tables)
         n_tests = 0
-        notes.append(_descriptive_note(n_seeds))
     failed = failed_runs(inp.gt.scores, inp.gt.baseline)
     mde, sd = design_mde(g, n_seeds, n_tests, {(r.model, r.setup, r.target) for r in failed.itertuples()})
     return Evidence(n_seeds, inferential, correction, g, corr, diff, failed, meta, mde, sd, n_tests, item_note, notes)
@@ -337,10 +342,3 @@ def _adjust_all(g: dict, corr: dict, diff: dict, method: str) -> int:
         else:
             t["p_adjusted"] = pd.Series(dtype=float)
     return int(np.isfinite(flat).sum())
-
-
-def _descriptive_note(n_seeds: int) -> str:
-    return (f"Descriptive only: {n_seeds} seed(s) per setup and target. A seed is one training run, and the run, not "
-            f"the (language, seed) cell, is the unit of replication; p-values, confidence intervals and significance "
-            f"marks need at least {MIN_SEEDS_FOR_INFERENCE} runs and are not shown. Ranges are the lowest and highest "
-            "per-seed gain.")

@@ -40,7 +40,7 @@ def method_paragraphs(ev: Evidence, opts: Any) -> list[str]:
         "**Statistics.** The unit of replication is the training run (seed): the baseline and a setup trained with the "
         "same seed form one pair, and all languages of a run share it, so (language, seed) cells are not independent. "
         "Each group's gain is computed per seed (languages averaged within a target, targets with equal weight), and "
-        f"the {ev.n_seeds if ev.n_seeds else 'available'} per-seed gains are tested against 0 with a two-sided "
+        f"the per-seed gains ({ev.n_seeds} seeds) are tested against 0 with a two-sided "
         f"t-test (seed-level paired test, S − 1 degrees of freedom) with its {conf}% t interval. Evaluation-item "
         f"sampling variance is {ev.item_variance}.",
     ]
@@ -51,9 +51,10 @@ def method_paragraphs(ev: Evidence, opts: Any) -> list[str]:
                    "adjusted p_adj, and the significance marks of tables and figures (one star: p_adj < 0.05, two: "
                    "< 0.01, three: < 0.001) use p_adj.")
     else:
-        out.append(f"**Descriptive only:** {ev.n_seeds} seed(s) per setup and target. With fewer than "
+        out.append(f"**Descriptive only:** at most {ev.n_seeds} seed(s) per setup and target. With fewer than "
                    f"{MIN_SEEDS_FOR_INFERENCE} training runs no p-values, confidence intervals or significance marks "
                    "are shown; the tables give the mean and the range of the per-seed gains.")
+    out.extend(ev.notes)
     out.append("Correlations are computed at their unit of replication: one point per (setup, target) pair for task "
                "and domain similarity, one point per language within a setup for language similarity; p-values from "
                "permutation tests (exact up to 8 points), CIs from a paired BCa bootstrap (scipy), with a Fisher-z "
@@ -105,13 +106,20 @@ def significance_sentence(ev: Evidence) -> str:
         return ("Descriptive only: no setup is called better or worse than the baseline "
                 f"(fewer than {MIN_SEEDS_FOR_INFERENCE} seeds).")
     ps = ev.gains.get("per_setup", pd.DataFrame())
+    pt = ev.gains.get("per_target", pd.DataFrame())
     sig = ps[ps["p_adjusted"] < 0.05] if "p_adjusted" in ps.columns else ps.iloc[0:0]
+    cells = pt[pt["p_adjusted"] < 0.05] if "p_adjusted" in pt.columns else pt.iloc[0:0]
     if sig.empty:
-        return (f"No setup's average gain differs from 0 after {ev.correction_name} correction "
+        text = (f"No setup's average gain differs from 0 after {ev.correction_name} correction "
                 f"(p_adj ≥ 0.05 for all {len(ps)}).")
-    return (f"Setups whose average gain differs from 0 after {ev.correction_name} correction: " + ", ".join(
-        f"{r.setup} ({r.mean_gain:+.2f} {_ci(r.ci_low, r.ci_high, 2)}, p_adj {format_p(r.p_adjusted)})"
-        for r in sig.itertuples()) + ".")
+    else:
+        text = (f"Setups whose average gain differs from 0 after {ev.correction_name} correction: " + ", ".join(
+            f"{r.setup} ({r.mean_gain:+.2f} {_ci(r.ci_low, r.ci_high, 2)}, p_adj {format_p(r.p_adjusted)})"
+            for r in sig.itertuples()) + ".")
+    if len(cells):
+        text += " Single (setup, target) gains that do: " + ", ".join(
+            f"{r.setup} on {r.target} ({r.mean_gain:+.2f}, p_adj {format_p(r.p_adjusted)})" for r in cells.itertuples()) + "."
+    return text
 
 
 # --------------------------------------------------------------------------- tables
