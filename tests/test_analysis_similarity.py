@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -45,6 +46,18 @@ def test_example_text_covers_formats():
     assert example_text(MultipleChoiceExample("1", "ctx", "q", ["x", "y"], 0)) == "ctx q x y"
     assert example_text(TaggingExample("1", ["a", "b"], ["O", "O"])) == "a b"
     assert example_text(BitextExample("1", "Hallo", "Hello")) == "Hello"
+
+
+    @dataclasses.dataclass
+    class ToyExample:  # a format registered from outside the package
+        id: str
+        claim: str
+        evidence: list[str]
+        label: int | None = None
+
+    assert example_text(ToyExample("1", "a claim", ["one", "two"], 1)) == "a claim one two"
+    with pytest.raises(TypeError):
+        example_text(object())
 
 
 def test_text_embedding_similarity_and_cache(tiny, tmp_path):

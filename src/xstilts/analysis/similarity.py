@@ -25,6 +25,7 @@ The model-based measures are cached in a JSON file (see :class:`SimilarityCache`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -94,7 +95,8 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def example_text(example: Example) -> str:
-    """The input text of one example of any format, as one string (a bitext pair: its English side)."""
+    """The input text of one example of any format, as one string (a bitext pair: its English side;
+    an example type of a format registered from outside: all its text fields)."""
     parts: list[str | None]
     if isinstance(example, ClassificationExample):
         parts = [example.text_a, example.text_b]
@@ -106,9 +108,25 @@ def example_text(example: Example) -> str:
         parts = [" ".join(example.tokens)]
     elif isinstance(example, BitextExample):
         parts = [example.target]
-    else:
-        raise TypeError(f"cannot take text from {type(example).__name__}")
+    else:  # a format registered from outside: every text field, in field order
+        parts = _text_fields(example)
     return " ".join(p for p in parts if p)
+
+
+def _text_fields(example: Any) -> list[str]:
+    """The string (and list-of-string) fields of a dataclass example, ``id`` excepted."""
+    if not dataclasses.is_dataclass(example):
+        raise TypeError(f"cannot take text from {type(example).__name__}")
+    parts: list[str] = []
+    for f in dataclasses.fields(example):
+        value = getattr(example, f.name)
+        if f.name == "id":
+            continue
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            parts.append(" ".join(value))
+    return parts
 
 
 def load_task_texts(
