@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 data_app = typer.Typer(help="Local benchmark data: check what is there and that it parses.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -22,18 +23,22 @@ def data_check(
     ),
     task: Optional[list[str]] = typer.Option(None, "--task", "-t", help="Only these tasks (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    catalog: Optional[list[Path]] = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Read every task/language/split found locally; print counts and problems.
 
-    Keeps going past problems and reports them all; exits 1 if any was found.
+    Keeps going past problems and reports them all; exits 1 if any was found. Tasks of a
+    user catalog (--catalog) are checked too, from the paths their entries give.
     """
     from dataclasses import asdict
 
     from rich.table import Table
 
     from xstilts.paths import resolve_data_dir
+    from xstilts.tasks.catalog import use_catalogs
     from xstilts.tasks.loading import check_local_data
 
+    use_catalogs(catalog)
     directory = resolve_data_dir(data_dir)
     results = check_local_data(directory, tasks=task or None)
     problems = [r for r in results if not r.ok]

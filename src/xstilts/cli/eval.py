@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -70,15 +71,20 @@ def eval_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output dir for metrics.json + predictions/ (default: eval-<task>)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data dir (default: ../shared/data or $XSTILTS_DATA_DIR)."),
     head: str | None = typer.Option(None, "--head", help="The model's head to use (default: the one named after the task or its train task); its labels must be the task's."),
+    save_inputs: bool = typer.Option(False, "--save-inputs", help="Prediction rows also hold each example's input text (they always hold id, prediction and gold)."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Evaluate a model zero-shot on every requested language of a task, in one process."""
     from xstilts.evaluate import RetrievalSettings, zero_shot_eval
+    from xstilts.tasks.catalog import use_catalogs
+
+    use_catalogs(catalog)
 
     out_dir = out if out is not None else Path(f"eval-{task}")
     rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
     report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
                             batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device,
-                            head=head)
+                            head=head, save_inputs=save_inputs)
     _print_report(report, out_dir)
 
 
@@ -88,9 +94,13 @@ def rescore_cmd(
     out_dir: Path = typer.Argument(..., help="Output dir of a previous `xstilts eval`."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark data dir (default: the one recorded)."),
     write: bool = typer.Option(False, "--write", help="Rewrite metrics.json with the recomputed scores."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP + " (Default: the one recorded.)"),
 ) -> None:
     """Recompute every score of an evaluation from its predictions files and the gold data."""
     from xstilts.evaluate import rescore
+    from xstilts.tasks.catalog import use_catalogs
+
+    use_catalogs(catalog)
 
     report = rescore(out_dir, data_dir=data_dir, write=write)
     _print_report(report, out_dir if write else None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 
 @app.command("report")
@@ -23,11 +24,15 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Seed of bootstrap/permutation resampling and text samples."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data folder (default: the configured one)."),
     spec: Path | None = typer.Option(None, "--spec", help="Report only on this spec's current plan (a store may also hold stages of an edited or another spec)."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Write the analysis report (gains, groupings, similarity, statistics) of OUTPUT_DIR."""
     from rich.table import Table
 
     from xstilts.analysis.report import ReportOptions, build_report
+    from xstilts.tasks.catalog import use_catalogs
+
+    use_catalogs(catalog)
 
     if compute_taskemb:
         _compute_taskemb(output_dir, data_dir, seed, spec)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 _STATE_STYLE = {"done": "green", "running": "cyan", "waiting": "dim", "failed": "red"}
 
@@ -38,9 +39,11 @@ def _totals_line(t: dict[str, Any]) -> str:
             f"estimated examples to process: {est}")
 
 
-def _load(spec: Path, output_dir: Path | None) -> Any:
+def _load(spec: Path, output_dir: Path | None, catalog: list[Path] | None = None) -> Any:
     from xstilts.experiments import load_spec, plan_stages
+    from xstilts.tasks.catalog import use_catalogs
 
+    use_catalogs(catalog)  # before the spec is checked against the catalog (workers inherit it)
     overrides = {"output_dir": str(output_dir.resolve())} if output_dir else None
     return plan_stages(load_spec(spec, overrides=overrides))
 
@@ -81,6 +84,7 @@ def run(
     check_data: bool = typer.Option(False, "--check-data",
                                     help="Parse every input file completely before running (by default large files "
                                          "are checked by their first records)."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP + " Also a spec's catalogs: key."),
 ) -> None:
     """Run an experiment spec: plan its stages, train and evaluate what is not done yet.
 
@@ -96,7 +100,7 @@ def run(
 
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"unknown launcher '{launcher}'. Valid: local, slurm", key="--launcher")
-    plan = _load(spec, output_dir)
+    plan = _load(spec, output_dir, catalog)
     if dry_run:
         from xstilts.experiments.store import store_path
 
@@ -156,13 +160,14 @@ def run(
 def status(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Show every stage of a spec's plan with its state (done / running / waiting / failed)."""
     from xstilts.experiments import open_store
     from xstilts.experiments.results import plan_rows, plan_totals
     from xstilts.experiments.store import store_path
 
-    plan = _load(spec, output_dir)
+    plan = _load(spec, output_dir, catalog)
     store = open_store(plan.output_dir) if store_path(plan.output_dir).is_file() else None
     rows = plan_rows(plan, store)
     console.print(_plan_table(rows, f"{spec} → {plan.output_dir}"))
@@ -178,6 +183,7 @@ def results(
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | parquet | json"),
     out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout for csv/json)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Export the metrics of a spec's stages (one row per model/setup/target/language/seed/metric)."""
     from xstilts.errors import DataNotFoundError
@@ -185,7 +191,7 @@ def results(
     from xstilts.experiments.results import export_results
     from xstilts.experiments.store import store_path
 
-    plan = _load(spec, output_dir)
+    plan = _load(spec, output_dir, catalog)
     if not store_path(plan.output_dir).is_file():
         raise DataNotFoundError(f"{plan.output_dir}: no results yet; run `xstilts run {spec}` first")
     store = open_store(plan.output_dir)

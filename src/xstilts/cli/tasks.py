@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
@@ -32,8 +33,12 @@ def tasks_table(
     role: Optional[str] = typer.Option(None, "--role", "-r", help="Only tasks usable as: intermediate | target."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    catalog: Optional[list[Path]] = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """List every task of the catalog (plain `xstilts tasks`)."""
+    from xstilts.tasks.catalog import use_catalogs
+
+    use_catalogs(catalog)
     if ctx.invoked_subcommand is not None:
         return
     from rich.table import Table
@@ -78,10 +83,14 @@ def tasks_show(
     name: str = typer.Argument(..., help="Task name (or alias), e.g. xnli, panx, squad_v1."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog entry as JSON."),
+    catalog: Optional[list[Path]] = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Show one task's catalog entry and which of its languages/splits are found locally."""
     from xstilts.paths import resolve_data_dir
     from xstilts.tasks import get_task, local_availability
+    from xstilts.tasks.catalog import use_catalogs
+
+    use_catalogs(catalog)
 
     spec = get_task(name)
     directory = resolve_data_dir(data_dir)

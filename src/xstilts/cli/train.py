@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from xstilts.cli._app import app, console, handle_errors
+from xstilts.tasks.catalog import CATALOG_HELP
 
 if TYPE_CHECKING:  # pragma: no cover
     from xstilts.train import TrainResult
@@ -30,9 +31,13 @@ def train(
     seed: int | None = typer.Option(None, "--seed"),
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data directory."),
+    catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Train one stage: single task, multi-task, +MLM, or a step of a sequential chain."""
+    from xstilts.tasks.catalog import use_catalogs
     from xstilts.train import train_stage
+
+    use_catalogs(catalog)
 
     overrides = {"model": model, "max_steps": max_steps, "num_epochs": epochs, "batch_size": batch_size,
                  "learning_rate": lr, "max_length": max_length, "seed": seed, "precision": precision,

@@ -4,8 +4,9 @@ The model (and the head the task needs) is loaded once; for each language the ex
 loaded (optionally a seeded subsample), featurised through the shared feature cache, run
 through :func:`xstilts.models.predict.predict` (the one inference loop, shared with the
 training engine's dev evaluation), decoded and scored with the task's format. ``out_dir`` receives ``metrics.json`` and
-``predictions/<lang>.jsonl`` (``{"id", "prediction"}`` rows), from which :func:`rescore`
-recomputes every number.
+``predictions/<lang>.jsonl`` (``{"id", "prediction", "gold"}`` rows, ``"input"`` too with
+``save_inputs``), from which :func:`rescore` recomputes every number (it reads ``id`` and
+``prediction`` only, so older files rescore too).
 
 Retrieval tasks (Tatoeba, BUCC) need no head: sentences are embedded with
 :class:`RetrievalSettings` (layer, pooling, normalisation, margin, direction) and decoded by
@@ -158,6 +159,7 @@ class _Run:
     retrieval: RetrievalSettings | None = None
     options: Any = None  # FeaturizeOptions
     settings: dict[str, Any] = field(default_factory=dict)
+    save_inputs: bool = False  # prediction rows also hold each example's input text
 
     @property
     def pad_id(self) -> int:
@@ -232,10 +234,13 @@ def _head_target(run: _Run, featurize: dict[str, int], head: str | None = None) 
 def _base_settings(run: _Run, model: str | Path) -> dict[str, Any]:
     import torch
 
+    from xstilts.tasks.catalog import task_origin
+
+    origin = task_origin(run.spec)  # a user catalog's task: rescore reloads that file
     return {"model": str(model), "task": run.spec.name, "split": run.split, "max_examples": run.max_examples,
             "seed": run.seed, "batch_size": run.batch_size,
             "data_dir": str(run.data_root) if run.data_root else None, "torch_threads": torch.get_num_threads(),
-            "device": str(run.device), "precision": run.precision}
+            "device": str(run.device), "precision": run.precision, **({"catalog": str(origin)} if origin else {})}
 
 
 def _load_language(run: _Run, lang: str, report: EvalReport) -> list[Any] | None:
@@ -298,6 +303,9 @@ def _evaluate_language(run: _Run, lang: str, report: EvalReport, out_path: Path 
     report.n_examples[lang] = len(examples)
     logger.info("%s/%s: %s (%d examples)", run.spec.name, lang, _fmt_scores(scores), len(examples))
     if out_path is not None:
+        from xstilts.tasks.loading import readable_rows
+
+        rows = readable_rows(examples, rows, inputs=run.save_inputs)  # + gold (and input): readable on their own
         _write_jsonl(out_path / PREDICTIONS_DIR / f"{lang}.jsonl", rows)
 
 
@@ -332,6 +340,7 @@ def zero_shot_eval(
     doc_stride: int | None = None,
     max_query_length: int | None = None,
     head: str | None = None,
+    save_inputs: bool = False,
 ) -> EvalReport:
     """Evaluate ``model`` zero-shot on every requested language of ``task`` (see module docstring).
 
@@ -347,10 +356,12 @@ def zero_shot_eval(
     length; retrieval: ``retrieval.max_length``). ``device``: ``None``/``"auto"`` = the GPU
     when torch sees one, else the CPU. ``precision``: ``fp32`` (default, exact), or ``bf16`` /
     ``fp16`` (fp16 on CUDA only): the model is cast once to that dtype (HF's
-    ``bf16_full_eval``; retrieval embeddings are pooled in fp32).
+    ``bf16_full_eval``; retrieval embeddings are pooled in fp32). Each predictions row holds the
+    example's ``id``, ``prediction`` and ``gold``; ``save_inputs`` adds its ``input`` text.
     """
     t0 = time.perf_counter()
     run = _resolve_task(task, languages, split, data_dir, max_examples, seed, batch_size, device, precision)
+    run.save_inputs = save_inputs
     _load_model(run, model)
     run.settings = _base_settings(run, model)
     if run.fmt.head_kind is None:
@@ -450,6 +461,21 @@ def _rescore_language(spec: Any, fmt: Any, examples: list[Any], rows: list[dict[
     return fmt.score(examples, preds, spec.metric, language=lang)
 
 
+def _recorded_task(old: EvalReport, out_dir: Path) -> Any:
+    """The evaluated task; a user catalog's task is looked up after loading the recorded catalog file."""
+    from xstilts.tasks.catalog import get_task, use_catalogs
+
+    recorded = old.settings.get("catalog")
+    if recorded and Path(recorded).is_file():
+        use_catalogs([recorded])
+    try:
+        return get_task(old.task)
+    except UnknownNameError:
+        gone = f" (its catalog {recorded} is gone)" if recorded else ""
+        raise XStiltsError(f"{out_dir / METRICS_FILE}: task '{old.task}' is in no loaded catalog{gone}; "
+                           "pass --catalog FILE holding its entry") from None
+
+
 def rescore(out_dir: Path | str, *, data_dir: str | Path | None = None, write: bool = False) -> EvalReport:
     """Recompute every score of an evaluation from ``out_dir/predictions/*.jsonl`` and the gold data.
 
@@ -458,12 +484,11 @@ def rescore(out_dir: Path | str, *, data_dir: str | Path | None = None, write: b
     gold data, or a predictions file that misses ids. ``write=True`` rewrites metrics.json.
     """
     from xstilts.paths import resolve_data_dir
-    from xstilts.tasks.catalog import get_task
     from xstilts.tasks.formats import get_format
 
     out_dir = Path(out_dir)
     old = _read_metrics(out_dir)
-    spec = get_task(old.task)
+    spec = _recorded_task(old, out_dir)
     fmt = get_format(spec.format)
     root = resolve_data_dir(data_dir if data_dir is not None else old.settings.get("data_dir"))
     pred_files = sorted((out_dir / PREDICTIONS_DIR).glob("*.jsonl"))

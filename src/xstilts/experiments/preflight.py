@@ -41,7 +41,11 @@ class _FileCheck:
     reader: str | None  # None: raw text (MLM)
     language: str | None = None
     label_list: tuple[str, ...] | None = None
-    options: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # values may be mappings
+    options_key: str = field(default="", init=False)  # what options compare and hash by
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options_key", repr(self.options))
 
 
 @dataclass

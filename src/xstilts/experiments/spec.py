@@ -26,6 +26,7 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
     max_examples: {intermediate: 2000, target: {default: 1000, panx: 500}, eval: 200}
     data_dir: ../shared/data        # relative paths are relative to the spec file
     output_dir: runs/quickstart
+    catalogs: [my_tasks.yaml]       # user task catalogs (xstilts.tasks.catalog.use_catalogs)
 
 Hyperparameters are :class:`TrainHyper` (every :class:`~xstilts.train.config.TrainConfig`
 setting, optional, with TrainConfig's own types and bounds) and :class:`EvalOptions`, so a
@@ -310,6 +311,7 @@ class Spec(_Strict):
     max_examples: MaxExamples = Field(default_factory=MaxExamples)
     data_dir: Path | None = None
     output_dir: Path = Path("runs/default")
+    catalogs: list[Path] = Field(default_factory=list)
     file: Path | None = None
 
     @field_validator("models", mode="before")
@@ -423,6 +425,10 @@ def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(data.get(key), str):
             p = Path(data[key]).expanduser()
             data[key] = str(p if p.is_absolute() else (base / p))
+    if isinstance(data.get("catalogs"), str):
+        data["catalogs"] = [data["catalogs"]]
+    if isinstance(data.get("catalogs"), list):
+        data["catalogs"] = [str(base / Path(c).expanduser()) if isinstance(c, str) else c for c in data["catalogs"]]
     return data
 
 

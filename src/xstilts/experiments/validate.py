@@ -57,7 +57,14 @@ def parse_spec(data: dict[str, Any], file: str | Path | None = None, *, validate
 
 
 def validate_spec(spec: Spec) -> Spec:
-    """Check ``spec`` against the catalog in place (normalises task names to catalog names)."""
+    """Check ``spec`` against the catalog in place (normalises task names to catalog names).
+    The spec's user catalogs (``catalogs:``) are loaded first."""
+    from xstilts.tasks.catalog import use_catalogs
+
+    for i, path in enumerate(spec.catalogs):
+        if not path.is_file():
+            raise ConfigError(f"task catalog not found: {path}", key=f"catalogs[{i}]", file=spec.file)
+    use_catalogs(spec.catalogs)
     _check_models(spec)
     _check_setups(spec)
     _check_targets(spec)

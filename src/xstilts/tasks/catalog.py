@@ -3,12 +3,22 @@
 A task names its format, role, languages, splits, metric, label set, where to get it on
 the Hugging Face hub (:class:`HubSource`) and how to read it from a local data directory
 (:class:`LocalSource`). Adding a task or a language is an edit of ``catalog.yaml``.
+
+Users add or override tasks without touching the package with *user catalogs*: YAML files
+of the same schema, given by ``--catalog FILE`` (every command that takes a task), the
+``XSTILTS_CATALOG`` environment variable (``os.pathsep``-separated files) or a spec's
+``catalogs:`` key, loaded by :func:`use_catalogs`. In a user catalog, relative ``local.paths``
+are relative to the catalog file's folder (not to ``--data-dir``); a language the language
+table lacks is accepted with a warning (it has no family/script/resource metadata).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +31,11 @@ from xstilts.languages import find_language
 logger = logging.getLogger(__name__)
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
+#: environment variable listing user catalog files (``os.pathsep``-separated)
+CATALOG_ENV = "XSTILTS_CATALOG"
+#: help text of the ``--catalog`` option of every command that takes a task
+CATALOG_HELP = ("A task catalog YAML of your own (same schema as the packaged catalog.yaml; adds or overrides "
+                "tasks; repeatable; also $XSTILTS_CATALOG).")
 
 ROLES = ("intermediate", "target", "both")
 
@@ -94,10 +109,18 @@ class LocalSource(BaseModel):
             return []
         return [value] if isinstance(value, str) else list(value)
 
-    def resolve(self, data_dir: Path, language: str, split: str) -> list[Path]:
-        """Concrete file paths of (language, split) under ``data_dir``."""
+    def resolve(self, data_dir: Path | None, language: str, split: str) -> list[Path]:
+        """Concrete file paths of (language, split) under ``data_dir`` (absolute templates, as a
+        user catalog's, ignore it; without a data dir only those resolve)."""
         lang3 = self.file_code(language)
-        return [data_dir / t.format(lang=language, lang3=lang3) for t in self.templates(split)]
+        paths = [Path(t.format(lang=language, lang3=lang3)) for t in self.templates(split)]
+        return [p if p.is_absolute() else data_dir / p for p in paths if p.is_absolute() or data_dir is not None]
+
+    @property
+    def absolute(self) -> bool:
+        """Whether every path template is absolute (a user catalog's: no data dir needed)."""
+        templates = [t for s in self.paths for t in self.templates(s)]
+        return bool(templates) and all(Path(t).is_absolute() for t in templates)
 
 
 class TaskSpec(BaseModel):
@@ -155,13 +178,7 @@ class TaskSpec(BaseModel):
             if bad:
                 raise ValueError(f"{src_name} names splits not in splits: {bad}")
         if self.local is not None:
-            from xstilts.tasks.readers import READERS
-
-            if self.local.reader not in READERS:
-                raise ValueError(f"local.reader '{self.local.reader}' is not a reader; valid: {sorted(READERS)}")
-            unknown = sorted(set(self.local.lang_codes) - set(self.languages))
-            if unknown:
-                raise ValueError(f"local.lang_codes has languages not in languages: {unknown}")
+            _check_local(self.local, self)
         return self
 
     @property
@@ -182,30 +199,166 @@ class TaskSpec(BaseModel):
         return list(self.benchmarks.get(benchmark, []))
 
 
+def _check_local(local: LocalSource, spec: TaskSpec) -> None:
+    """The reader exists, reads the task's format and takes the given options; lang_codes are the task's."""
+    from xstilts.tasks.readers import READERS, reader_format
+
+    if local.reader not in READERS:
+        raise ValueError(f"local.reader '{local.reader}' is not a reader; valid: {sorted(READERS)}")
+    fmt = reader_format(local.reader)
+    if fmt is not None and fmt != spec.format:
+        raise ValueError(f"local.reader '{local.reader}' reads the {fmt} format, but the task's format is {spec.format}")
+    params = inspect.signature(READERS[local.reader]).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                 and n not in ("label_list", "language")]
+        bad = sorted(set(local.options) - set(valid))
+        if bad:
+            raise ValueError(f"local.options {bad} are not options of reader '{local.reader}'; valid: {valid or 'none'}")
+    unknown = sorted(set(local.lang_codes) - set(spec.languages))
+    if unknown:
+        raise ValueError(f"local.lang_codes has languages not in languages: {unknown}")
+
+
 def _canonical(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def load_catalog(path: str | Path | None = None) -> dict[str, TaskSpec]:
-    """Parse and validate a catalog file (default: the packaged ``catalog.yaml``).
-
-    Raises :class:`ConfigError` naming the task and key when an entry is invalid.
-    """
-    file = Path(path) if path is not None else CATALOG_FILE
+def _read_entries(file: Path) -> dict[str, Any]:
     raw = read_yaml(file, what="task catalog")
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
         raise ConfigError("expected a mapping with a 'tasks' mapping at the top", file=file)
-    specs: dict[str, TaskSpec] = {}
     for name, entry in raw["tasks"].items():
         if not isinstance(entry, dict):
             raise ConfigError("expected a mapping", key=f"tasks.{name}", file=file)
+    return raw["tasks"]
+
+
+def _absolute_paths(entry: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A user entry with its relative ``local.paths`` made relative to ``folder`` (the catalog's)."""
+    local = entry.get("local")
+    if not isinstance(local, dict) or not isinstance(local.get("paths"), dict):
+        return entry
+    base = str(folder).replace("{", "{{").replace("}", "}}")  # the folder is not a template
+
+    def absolute(template: Any) -> Any:
+        if not isinstance(template, str):
+            return template
+        path = Path(template).expanduser()
+        return str(path) if path.is_absolute() else f"{base}/{template}"
+
+    paths = {split: [absolute(t) for t in v] if isinstance(v, list) else absolute(v)
+             for split, v in local["paths"].items()}
+    return {**entry, "local": {**local, "paths": paths}}
+
+
+def load_catalog(path: str | Path | None = None, *, user: bool | None = None) -> dict[str, TaskSpec]:
+    """Parse and validate a catalog file (default: the packaged ``catalog.yaml``).
+
+    A *user* catalog (any file but the packaged one, unless ``user`` says otherwise) has its
+    relative ``local.paths`` resolved against the catalog file's folder, and its languages
+    looked up in the language table: an unknown code is accepted with a warning.
+    Raises :class:`ConfigError` naming the file, the task and the key when an entry is invalid.
+    """
+    file = Path(path).expanduser() if path is not None else CATALOG_FILE
+    is_user = user if user is not None else file.resolve() != CATALOG_FILE.resolve()
+    folder = file.resolve().parent
+    specs: dict[str, TaskSpec] = {}
+    for name, entry in _read_entries(file).items():
+        if is_user:
+            entry = _absolute_paths(entry, folder)
         specs[name] = validate_model(TaskSpec, {**entry, "name": name}, file=file, prefix=f"tasks.{name}")
+        if is_user:
+            _warn_unknown_languages(specs[name], file)
     return specs
+
+
+def _warn_unknown_languages(spec: TaskSpec, file: Path) -> None:
+    unknown = [code for code in spec.languages if find_language(code) is None]
+    if unknown:
+        logger.warning("%s: task '%s': language(s) %s not in the language table; accepted without metadata "
+                       "(family, script, resource class)", file, spec.name, ", ".join(unknown))
+
+
+#: the user catalog file each task came from (absent: the packaged catalog or register_task)
+_ORIGIN: dict[str, Path] = {}
+#: the user catalog files loaded into the catalog of this process
+_LOADED: list[Path] = []
 
 
 @functools.lru_cache(maxsize=1)
 def _catalog() -> dict[str, TaskSpec]:
-    return load_catalog()
+    catalog = load_catalog()
+    _ORIGIN.clear()
+    _LOADED.clear()
+    for file in _env_catalogs():
+        _add_user_catalog(catalog, file)
+    return catalog
+
+
+def _env_catalogs() -> list[Path]:
+    value = os.environ.get(CATALOG_ENV, "")
+    return [Path(p).expanduser().resolve() for p in value.split(os.pathsep) if p.strip()]
+
+
+def _add_user_catalog(catalog: dict[str, TaskSpec], file: Path) -> list[TaskSpec]:
+    """Validate ``file`` and add/override its tasks in ``catalog`` (overrides are logged)."""
+    if not file.is_file():
+        raise ConfigError(f"task catalog not found: {file}", file=file)
+    added = load_catalog(file, user=True)
+    index = {_canonical(a): n for n, s in catalog.items() for a in (n, *s.aliases)}
+    for name, spec in added.items():
+        taken = [a for a in spec.aliases if index.get(_canonical(a), name) != name]
+        if taken:
+            raise ConfigError(f"alias(es) {taken} already name other tasks", key=f"tasks.{name}.aliases", file=file)
+        if name in catalog:
+            logger.info("task '%s' from %s overrides the one from %s", name, file, _ORIGIN.get(name, "the package"))
+        catalog[name] = spec
+        _ORIGIN[name] = file
+    _LOADED.append(file)
+    _alias_index.cache_clear()
+    return list(added.values())
+
+
+def use_catalogs(files: Iterable[str | Path] | None) -> list[TaskSpec]:
+    """Load user catalog ``files`` into this process's catalog (adding or overriding tasks) and
+    add them to ``XSTILTS_CATALOG``, so worker processes started afterwards see them too.
+
+    Files already in use are skipped. Returns the tasks added. ConfigError (naming the file,
+    the task and the key) for a missing or invalid catalog.
+    """
+    catalog = _catalog()
+    added: list[TaskSpec] = []
+    for f in files or ():
+        file = Path(f).expanduser().resolve()
+        if file in _LOADED:
+            continue
+        added.extend(_add_user_catalog(catalog, file))
+        if file not in _env_catalogs():
+            os.environ[CATALOG_ENV] = os.pathsep.join(p for p in (os.environ.get(CATALOG_ENV, ""), str(file)) if p)
+    return added
+
+
+def user_catalogs() -> list[Path]:
+    """The user catalog files loaded in this process (``XSTILTS_CATALOG`` and :func:`use_catalogs`)."""
+    _catalog()
+    return list(_LOADED)
+
+
+def task_origin(name: str | TaskSpec) -> Path | None:
+    """The user catalog file that defined task ``name``; None for a packaged or registered task."""
+    spec = get_task(name)
+    origin = _ORIGIN.get(spec.name)
+    return origin if origin is not None and _catalog().get(spec.name) is spec else None
+
+
+def reset_catalog() -> None:
+    """Forget registered and user tasks: the next look-up reloads the packaged catalog and the
+    files of ``XSTILTS_CATALOG`` (tests call this after changing the variable)."""
+    _catalog.cache_clear()
+    _alias_index.cache_clear()
+    _ORIGIN.clear()
+    _LOADED.clear()
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,6 +376,8 @@ def register_task(spec: TaskSpec | dict[str, Any], *, replace: bool = False) -> 
 
     Afterwards ``get_task``, training and evaluation find it like a ``catalog.yaml`` entry.
     ConfigError when the entry is invalid or its name/aliases are taken (unless ``replace``).
+    Local paths of a registered entry are relative to the data dir unless absolute. Tasks
+    registered in a process are not seen by worker processes: use a catalog file for runs.
     """
     if not isinstance(spec, TaskSpec):
         spec = validate_model(TaskSpec, spec, prefix=f"tasks.{spec.get('name', '?')}")
@@ -232,6 +387,7 @@ def register_task(spec: TaskSpec | dict[str, Any], *, replace: bool = False) -> 
     if (spec.name in catalog and not replace) or taken:
         raise ConfigError(f"task name(s) {taken or [spec.name]} already in the catalog", key=f"tasks.{spec.name}")
     catalog[spec.name] = spec
+    _ORIGIN.pop(spec.name, None)
     _alias_index.cache_clear()
     return spec
 

@@ -21,7 +21,14 @@ from xstilts.paths import resolve_data_dir
 from xstilts.tasks.catalog import HubSource, TaskSpec, check_language, check_split, get_task, list_tasks
 from xstilts.tasks.formats import HubRows, get_format
 from xstilts.tasks.readers import get_reader
-from xstilts.tasks.types import Example
+from xstilts.tasks.types import (
+    BitextExample,
+    ClassificationExample,
+    Example,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +45,25 @@ def local_files(task: str | TaskSpec, language: str, split: str, data_dir: str |
     """The local files of (task, language, split) under the data dir (they may not exist)."""
     spec = get_task(task)
     directory = resolve_data_dir(data_dir)
-    if spec.local is None or directory is None:
+    if spec.local is None:
         return []
     return spec.local.resolve(directory, language, split)
 
 
 def local_availability(task: str | TaskSpec, data_dir: str | Path | None = None) -> dict[tuple[str, str], Path]:
-    """``{(language, split): first file}`` for every language/split whose local files all exist."""
+    """``{(language, split): first file}`` for every language/split whose local files all exist
+    (a user catalog's absolute paths need no data dir)."""
     spec = get_task(task)
     directory = resolve_data_dir(data_dir)
     found: dict[tuple[str, str], Path] = {}
-    if spec.local is None or directory is None or not directory.is_dir():
+    if spec.local is None:
         return found
+    if directory is not None and not directory.is_dir():
+        directory = None
     for language in spec.languages:
         for split in spec.splits:
             files = spec.local.resolve(directory, language, split)
-            if files and all(f.is_file() for f in files):
+            if files and len(files) == len(spec.local.templates(split)) and all(f.is_file() for f in files):
                 found[(language, split)] = files[0]
     return found
 
@@ -210,31 +220,117 @@ class CheckResult:
         return self.error is None
 
 
+def _shown_paths(files: Sequence[Path], directory: Path | None) -> list[str]:
+    """Files relative to the data dir when under it, else as they are (a user catalog's)."""
+    out = []
+    for f in files:
+        try:
+            out.append(str(f.relative_to(directory)) if directory is not None else str(f))
+        except ValueError:
+            out.append(str(f))
+    return out
+
+
 def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | None = None) -> list[CheckResult]:
     """Read every (task, language, split) with local files; record counts and problems, never stop.
 
-    A file shared by several tasks (``panx`` and ``panx_en``) is parsed once.
+    A file shared by several tasks (``panx`` and ``panx_en``) is parsed once. Tasks of user
+    catalogs whose paths are absolute are checked without a data dir (and, when asked for by
+    ``tasks``, report a missing file as a problem).
     """
+    from xstilts.tasks.catalog import user_catalogs
+
     directory = resolve_data_dir(data_dir)
-    if directory is None or not directory.is_dir():
+    usable = directory is not None and directory.is_dir()
+    if not usable and (data_dir is not None or not user_catalogs()):
         raise DataNotFoundError(f"data dir not found: {directory if directory else '(none given, ../shared/data absent)'}; "
                                 "pass --data-dir DIR")
     specs = [get_task(t) for t in tasks] if tasks else list_tasks()
     results: list[CheckResult] = []
     for spec in specs:
-        for (language, split), _ in sorted(local_availability(spec, directory).items(),
-                                           key=lambda kv: (spec.languages.index(kv[0][0]), spec.splits.index(kv[0][1]))):
-            files = spec.local.resolve(directory, language, split)  # type: ignore[union-attr]
-            rel = [str(f.relative_to(directory)) for f in files]
-            try:
-                parts = _read_parts(spec, language, files, use_cache=False)
-                examples = _concat(files, parts)
-                labelled = get_format(spec.format).is_labelled(examples[0]) if examples else None
-                counts = {r: len(p) for r, p in zip(rel, parts)}
-                results.append(CheckResult(spec.name, language, split, rel, len(examples), labelled, None, counts))
-            except XStiltsError as exc:
-                results.append(CheckResult(spec.name, language, split, rel, None, None, str(exc)))
-            except Exception as exc:  # a reader bug must not hide the other results
-                results.append(CheckResult(spec.name, language, split, rel, None, None,
-                                           f"{type(exc).__name__}: {exc}"))
+        results.extend(_check_task(spec, directory if usable else None, missing_is_problem=bool(tasks)))
     return results
+
+
+def _check_task(spec: TaskSpec, directory: Path | None, missing_is_problem: bool = False) -> list[CheckResult]:
+    """The check results of every (language, split) of one task found locally; with
+    ``missing_is_problem``, a task with no local file at all is one problem naming what was looked for."""
+    found = local_availability(spec, directory)
+    if not found:
+        return [_nothing_found(spec, directory)] if missing_is_problem and spec.local is not None else []
+    results: list[CheckResult] = []
+    for (language, split), _ in sorted(found.items(),
+                                       key=lambda kv: (spec.languages.index(kv[0][0]), spec.splits.index(kv[0][1]))):
+        files = spec.local.resolve(directory, language, split)  # type: ignore[union-attr]
+        rel = _shown_paths(files, directory)
+        try:
+            parts = _read_parts(spec, language, files, use_cache=False)
+            examples = _concat(files, parts)
+            labelled = get_format(spec.format).is_labelled(examples[0]) if examples else None
+            counts = {r: len(p) for r, p in zip(rel, parts)}
+            results.append(CheckResult(spec.name, language, split, rel, len(examples), labelled, None, counts))
+        except XStiltsError as exc:
+            results.append(CheckResult(spec.name, language, split, rel, None, None, str(exc)))
+        except Exception as exc:  # a reader bug must not hide the other results
+            results.append(CheckResult(spec.name, language, split, rel, None, None, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def _nothing_found(spec: TaskSpec, directory: Path | None) -> CheckResult:
+    """The one problem of a task asked for by name that has no local file at all."""
+    assert spec.local is not None
+    language, split = spec.languages[0], spec.eval_split
+    files = spec.local.resolve(directory, language, split)
+    where = ", ".join(map(str, files)) if files else f"{_expected_local(spec, language, split)} (no data dir)"
+    return CheckResult(spec.name, language, split, _shown_paths(files, directory), None, None,
+                       f"no local files of any language/split; e.g. {language}/{split}: looked for {where}")
+
+
+# --------------------------------------------------------------------------- readable predictions
+
+
+def example_gold(example: Example) -> Any:
+    """An example's gold label / answer as a JSON value, in the shape of its prediction:
+    classification: the label; multiple choice: the index of the right choice; QA: the list
+    of gold answer texts (``[]`` when unanswerable); tagging: the tags; retrieval: the id of
+    the aligned sentence (its own). None where the split has no gold labels."""
+    if isinstance(example, (ClassificationExample, MultipleChoiceExample)):
+        return example.label
+    if isinstance(example, QAExample):
+        return [a.text for a in example.answers]
+    if isinstance(example, TaggingExample):
+        return list(example.tags) if example.tags is not None else None
+    if isinstance(example, BitextExample):
+        return example.id
+    return getattr(example, "label", None)
+
+
+def example_input(example: Example) -> dict[str, Any]:
+    """An example's input text fields (what the model read), as a JSON object."""
+    if isinstance(example, ClassificationExample):
+        return {"text_a": example.text_a, **({"text_b": example.text_b} if example.text_b is not None else {})}
+    if isinstance(example, MultipleChoiceExample):
+        return {"context": example.context, "question": example.question, "choices": list(example.choices)}
+    if isinstance(example, QAExample):
+        return {"question": example.question, "context": example.context}
+    if isinstance(example, TaggingExample):
+        return {"tokens": list(example.tokens)}
+    if isinstance(example, BitextExample):
+        return {"source": example.source, "target": example.target}
+    return {}
+
+
+def readable_rows(examples: Sequence[Example], rows: Sequence[dict[str, Any]], *,
+                  inputs: bool = False) -> list[dict[str, Any]]:
+    """Prediction rows (``{"id", "prediction", ...}``) with each example's ``gold`` (and, with
+    ``inputs``, its ``input`` fields) added, so errors can be read without joining files.
+    Rows whose id is no example's (mined retrieval pairs) get ``gold: null``."""
+    by_id = {ex.id: ex for ex in examples}
+    out = []
+    for row in rows:
+        ex = by_id.get(str(row["id"]))
+        extra: dict[str, Any] = {"gold": example_gold(ex) if ex is not None else None}
+        if inputs and ex is not None:
+            extra["input"] = example_input(ex)
+        out.append({**row, **extra})
+    return out

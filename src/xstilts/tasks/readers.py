@@ -14,7 +14,11 @@ Layouts:
 ``token_tsv``             XTREME token TSV: ``token<TAB>tag`` per line, blank line between
                           sentences; one column = no labels (PAN-X test); optional
                           ``xx:`` language prefix on tokens is stripped
-``conllu``                CoNLL-U (UD treebanks): ``upos`` column (or ``xpos``)
+``conllu``                CoNLL-U (UD treebanks): the tag is the ``upos`` column (or any named
+                          column: ``xpos``, ``misc``, ``deprel``, ...; ``feature: NER`` takes
+                          ``NER=...`` out of a ``Key=Value|...`` column such as MISC)
+``delimited``             generic TSV/CSV for classification: header or not, ``columns``
+                          mapping by name or index, ``label_map`` (e.g. ``{"0": entailment}``)
 ``xcopa_jsonl``           XCOPA / COPA JSONL: premise, choice1, choice2, question, label
 ``commonsenseqa_jsonl``   CommonsenseQA JSONL (Hugging Face layout): question,
                           choices.{label,text}, answerKey
@@ -24,7 +28,8 @@ Layouts:
 ``pawsx_tsv``             PAWS-X TSV with header: id, sentence1, sentence2, label
 ``tatoeba``               Tatoeba pair files: ``tatoeba.xxx-eng.xxx`` and ``.eng``, line-aligned
 ``jsonl_<format>``        generic JSON lines for each format; field names in
-                          :attr:`Format.json_fields` (remap them with the ``fields`` option)
+                          :attr:`Format.json_fields` (remap them with the ``fields`` option,
+                          label values with ``label_map``)
 ========================  ===================================================================
 """
 
@@ -275,19 +280,71 @@ def _locate_tsv_problem(path: Path, text: str, expected: str, label_list: Sequen
     raise DataError(path, f"malformed file; expected {expected}")  # pragma: no cover - defensive
 
 
-def read_conllu(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
-                column: str = "upos") -> list[TaggingExample]:
-    """CoNLL-U (Universal Dependencies): one sentence per block, the ``upos`` (or ``xpos``) column.
+#: the ten CoNLL-U columns, in order
+CONLLU_COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 
-    Multi-word token ranges (``1-2``) and empty nodes (``1.1``) are skipped, as XTREME does
-    for UD-POS. Sentence ids come from ``# sent_id =`` comments when present.
+
+def _conllu_column(path: Path, column: str | int) -> int:
+    """The 0-based index of a CoNLL-U column given by name (``upos``, ``MISC``) or 1-based number."""
+    if isinstance(column, int) and not isinstance(column, bool) and 3 <= column <= 10:
+        return column - 1
+    name = str(column).strip().lower()
+    if name in CONLLU_COLUMNS[2:]:
+        return CONLLU_COLUMNS.index(name)
+    raise DataError(path, f"unknown column option {column!r}; expected one of {list(CONLLU_COLUMNS[2:])} "
+                          "(or its number, 3-10)")
+
+
+def _key_value(cell: str, key: str) -> str | None:
+    """The value of ``key`` in a ``Key=Value|Key=Value`` cell (FEATS, MISC); None when absent."""
+    for item in cell.split("|"):
+        k, sep, v = item.partition("=")
+        if sep and k == key:
+            return v
+    return None
+
+
+class _ConlluTag:
+    """Takes the tag of one token line: a column, or one ``Key=Value`` of it (``feature``)."""
+
+    def __init__(self, path: Path, column: str | int, feature: str | None, missing: str | None,
+                 label_list: Sequence[str] | None):
+        self.path, self.col, self.feature, self.missing = path, _conllu_column(path, column), feature, missing
+        self.label_list = label_list
+        self.labels = set(label_list) if label_list is not None else None
+
+    def __call__(self, parts: list[str], lineno: int) -> str:
+        tag: str | None = parts[self.col]
+        if self.feature is not None:
+            tag = _key_value(parts[self.col], self.feature)
+            if tag is None:
+                tag = self.missing
+            if tag is None:
+                raise DataError(self.path, f"no {self.feature}=... in column {CONLLU_COLUMNS[self.col].upper()} "
+                                           f"({parts[self.col]!r}); set the reader option 'missing' for such tokens",
+                                line=lineno)
+        if self.labels is not None and tag not in self.labels:
+            raise DataError(self.path, f"unknown tag {tag!r}; expected one of {list(self.label_list or [])}",
+                            line=lineno)
+        return tag  # type: ignore[return-value]
+
+
+def read_conllu(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                column: str | int = "upos", feature: str | None = None,
+                missing: str | None = None) -> list[TaggingExample]:
+    """CoNLL-U (Universal Dependencies): one sentence per block, one tag per word.
+
+    The tag is column ``column`` (a CoNLL-U column name, any case: ``upos`` (default),
+    ``xpos``, ``lemma``, ``feats``, ``head``, ``deprel``, ``deps``, ``misc``; or its 1-based
+    number). With ``feature``, the tag is that key's value in a ``Key=Value|...`` column
+    (e.g. ``column: misc, feature: NER`` for ``SpaceAfter=No|NER=B-PER``); tokens without
+    it get ``missing`` (an error when unset). Multi-word token ranges (``1-2``) and empty
+    nodes (``1.1``) are skipped, as XTREME does for UD-POS. Sentence ids come from
+    ``# sent_id =`` comments when present.
     """
-    col = {"upos": 3, "xpos": 4}.get(column)
-    if col is None:
-        raise DataError(path, f"unknown column option {column!r}; expected 'upos' or 'xpos'")
     expected = "CoNLL-U: 10 tab-separated fields per token line, blank line between sentences"
+    take = _ConlluTag(Path(path), column, feature, missing, label_list)
     text = _read_text(path, expected)
-    labels = set(label_list) if label_list is not None else None
     examples: list[TaggingExample] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -318,9 +375,7 @@ def read_conllu(path: Path, *, label_list: Sequence[str] | None = None, language
             continue
         if not tid.isdigit():
             raise DataError(path, f"token id {tid!r} is not an integer, a range or an empty-node id", line=lineno)
-        tag = parts[col]
-        if labels is not None and tag not in labels:
-            raise DataError(path, f"unknown tag {tag!r}; expected one of {list(label_list or [])}", line=lineno)
+        tag = take(parts, lineno)
         if not parts[1].strip():
             raise DataError(path, f"token {tid} has an empty FORM (column 2); expected the word",
                             line=lineno, record=sent_id)
@@ -481,6 +536,145 @@ def read_pawsx_tsv(path: Path, *, label_list: Sequence[str] | None = None,
     return out
 
 
+#: default header names of each classification field in a delimited file, first match wins
+DELIMITED_NAMES: dict[str, tuple[str, ...]] = {
+    "id": ("id", "uid", "pairid", "guid", "idx"),
+    "text_a": ("text_a", "premise", "sentence1", "sentence", "text", "question1", "context"),
+    "text_b": ("text_b", "hypothesis", "sentence2", "question2", "statement"),
+    "label": ("label", "gold_label", "labels", "class", "target"),
+}
+
+
+def _delimited_rows(path: Path, delimiter: str, quoting: bool, expected: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number where the record starts, cells) of every non-blank record."""
+    text = _read_text(path, expected)
+    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(path, f"invalid {expected} ({exc})", line=start) from None
+        if any(cell.strip() for cell in row):
+            yield start, row
+        start = reader.line_num + 1
+
+
+def _column_index(path: Path, field: str, column: str | int, header: list[str] | None, width: int) -> int:
+    """The index of ``column`` (a header name, or a 0-based index) for example field ``field``."""
+    if isinstance(column, int) and not isinstance(column, bool):
+        if not 0 <= column < width:
+            raise DataError(path, f"columns.{field}: index {column} is out of range; rows have {width} fields "
+                                  f"(indices 0-{width - 1})", line=1)
+        return column
+    if header is None:
+        raise DataError(path, f"columns.{field}: {column!r} is a column name but the file has no header "
+                              "(header: false); give a 0-based index", line=1)
+    if column not in header:
+        raise DataError(path, f"columns.{field}: no column {column!r} in the header {header}", line=1)
+    return header.index(column)
+
+
+def _delimited_columns(path: Path, columns: Mapping[str, str | int | None] | None, header: list[str] | None,
+                       width: int) -> dict[str, int]:
+    """Example field -> column index: the ``columns`` option, else the header's usual names, else positions."""
+    unknown = sorted(set(columns or {}) - set(DELIMITED_NAMES))
+    if unknown:
+        raise DataError(path, f"unknown field(s) {unknown} in columns; expected some of {list(DELIMITED_NAMES)}")
+    given = dict(columns or {})
+    out: dict[str, int] = {}
+    for field, names in DELIMITED_NAMES.items():
+        if field in given:
+            if given[field] is not None:  # null: the file has no such column
+                out[field] = _column_index(path, field, given[field], header, width)
+            continue
+        if header is not None:
+            found = next((header.index(h) for n in names for h in header if h.strip().lower() == n), None)
+            if found is not None:
+                out[field] = found
+    if header is None and not given:
+        out = {"text_a": 0, "text_b": 1, "label": 2} if width >= 3 else {"text_a": 0, "label": 1}
+    if "text_a" not in out:
+        raise DataError(path, f"no text column: name it with the reader option columns: {{text_a: NAME_OR_INDEX}} "
+                              f"(header: {header})", line=1)
+    return out
+
+
+def _map_label(path: Path, raw: str, label_map: Mapping[str, str] | None, label_list: Sequence[str] | None,
+               line: int) -> str | None:
+    """The label of a cell: '' is unlabelled; ``label_map`` renames values; checked against the label set."""
+    raw = raw.strip()
+    if raw == "":
+        return None
+    if label_map is not None:
+        if raw not in label_map:
+            raise DataError(path, f"label {raw!r} is not in label_map {dict(label_map)}", line=line)
+        raw = label_map[raw]
+    return _check_label(path, raw, label_list, line=line)
+
+
+def read_delimited(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
+                   delimiter: str | None = None, header: bool = True,
+                   columns: Mapping[str, str | int | None] | None = None,
+                   label_map: Mapping[Any, Any] | None = None, quoting: bool | None = None) -> list[ClassificationExample]:
+    """Generic delimited text (TSV, CSV) for classification: one example per row.
+
+    ``delimiter``: default tab, or ``,`` for a ``.csv`` file. ``header``: whether the first row
+    names the columns. ``columns`` maps example fields (``id``, ``text_a``, ``text_b``,
+    ``label``) to a header name or a 0-based index (``null``: no such column). Unmapped
+    fields are found by usual header names (premise/hypothesis, sentence1/sentence2,
+    label, id, ...); without a header or mapping the columns are text_a, text_b, label (or
+    text_a, label for two columns). ``label_map`` renames label values (``{"0": "entailment"}``)
+    before they are checked against the task's label set; an empty label cell is unlabelled.
+    ``quoting``: honour ``"..."`` quotes (default: for CSV, not for TSV, whose texts often hold
+    bare quotes).
+    """
+    path = Path(path)
+    delim = delimiter if delimiter is not None else ("," if path.suffix.lower() == ".csv" else "\t")
+    kind = "CSV" if delim == "," else "TSV" if delim == "\t" else f"{delim!r}-delimited text"
+    rows = _delimited_rows(path, delim, quoting if quoting is not None else delim == ",", kind)
+    names = _delimited_header(path, rows, kind) if header else None
+    layout = _DelimitedLayout(path, columns, names, label_map, label_list)
+    out = [layout.example(line, row, index) for index, (line, row) in enumerate(rows)]
+    if not out:
+        raise DataError(path, f"no rows{' after the header' if header else ''}; expected {kind} rows")
+    return out
+
+
+def _delimited_header(path: Path, rows: Iterator[tuple[int, list[str]]], kind: str) -> list[str]:
+    first = next(rows, None)
+    if first is None:
+        raise DataError(path, f"no header row; expected a {kind} file with a header (or header: false)")
+    return [h.strip() for h in first[1]]
+
+
+class _DelimitedLayout:
+    """Turns the rows of one delimited file into examples (columns resolved on the first row)."""
+
+    def __init__(self, path: Path, columns: Mapping[str, str | int | None] | None, header: list[str] | None,
+                 label_map: Mapping[Any, Any] | None, label_list: Sequence[str] | None):
+        self.path, self.columns, self.header, self.label_list = path, columns, header, label_list
+        self.label_map = {str(k): str(v) for k, v in label_map.items()} if label_map is not None else None
+        self.width: int | None = len(header) if header is not None else None
+        self.cols: dict[str, int] | None = None
+
+    def example(self, line: int, row: list[str], index: int) -> ClassificationExample:
+        if self.width is None:
+            self.width = len(row)
+        if len(row) != self.width:
+            where = "as in the header" if self.header is not None else "as in the first row"
+            raise DataError(self.path, f"{len(row)} fields, expected {self.width} ({where})", line=line)
+        if self.cols is None:
+            self.cols = _delimited_columns(self.path, self.columns, self.header, self.width)
+        cols = self.cols
+        label = _map_label(self.path, row[cols["label"]], self.label_map, self.label_list, line) if "label" in cols else None
+        return ClassificationExample(id=row[cols["id"]].strip() if "id" in cols else str(index), text_a=row[cols["text_a"]],
+                                     text_b=row[cols["text_b"]] if "text_b" in cols else None, label=label)
+
+
 # --------------------------------------------------------------------------- retrieval
 
 
@@ -509,7 +703,7 @@ def read_tatoeba(path: Path, *, label_list: Sequence[str] | None = None,
 
 
 def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = None, language: str | None = None,
-               fields: dict[str, str] | None = None) -> list[Example]:
+               fields: dict[str, str] | None = None, label_map: Mapping[Any, Any] | None = None) -> list[Example]:
     """Generic JSON lines for ``format``: each line is read by the format's ``example_from_json``.
 
     Keys default to the format's ``json_fields`` (dotted keys allowed; remap them with
@@ -520,7 +714,8 @@ def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = No
     - extractive_qa: ``context``, ``question``, ``answers`` ([{text, answer_start}]), optional ``is_impossible``
     - tagging: ``tokens`` (list), ``tags`` (list, same length, optional)
     - retrieval: ``source``, ``target``
-    ``id`` is optional everywhere (the line index is used).
+    ``id`` is optional everywhere (the line index is used). ``label_map`` renames the values
+    of the (top-level) label field before they are checked, e.g. ``{"0": "entailment"}``.
     """
     try:
         fmt = get_format(format)
@@ -529,11 +724,24 @@ def read_jsonl(path: Path, *, format: str, label_list: Sequence[str] | None = No
     keys = {**fmt.json_fields, **(fields or {})}
     expected = f"JSON lines with fields {sorted(set(keys.values()))}"
     out: list[Example] = []
+    lmap = {str(k): v for k, v in label_map.items()} if label_map is not None else None
     for lineno, obj in iter_jsonl(path, expected):
+        if lmap is not None:
+            obj = _relabel(path, obj, keys.get("label", "label"), lmap, lineno)
         out.append(fmt.example_from_json(JsonRecord(path, obj, keys, lineno, index=len(out)), label_list))
     if not out:
         raise DataError(path, f"no examples found; expected {expected}")
     return out
+
+
+def _relabel(path: Path, obj: dict[str, Any], key: str, label_map: Mapping[str, Any], line: int) -> dict[str, Any]:
+    """``obj`` with its label value renamed through ``label_map`` (absent/null labels stay)."""
+    value = obj.get(key)
+    if value is None:
+        return obj
+    if str(value) not in label_map:
+        raise DataError(path, f"label {value!r} (field '{key}') is not in label_map {dict(label_map)}", line=line)
+    return {**obj, key: label_map[str(value)]}
 
 
 def _jsonl(format: str) -> Reader:
@@ -556,6 +764,16 @@ _FILE_READERS: dict[str, Reader] = {
     "nli_tsv": read_nli_tsv,
     "pawsx_tsv": read_pawsx_tsv,
     "tatoeba": read_tatoeba,
+    "delimited": read_delimited,
+}
+
+#: the format each file layout reads (``jsonl_<format>``: that format); checked against a
+#: catalog entry's format
+READER_FORMATS: dict[str, str] = {
+    "squad_json": "extractive_qa", "token_tsv": "tagging", "conllu": "tagging", "xcopa_jsonl": "multiple_choice",
+    "commonsenseqa_jsonl": "multiple_choice", "cosmosqa_csv": "multiple_choice", "anli_csv": "classification",
+    "nli_tsv": "classification", "pawsx_tsv": "classification", "tatoeba": "retrieval",
+    "delimited": "classification",
 }
 
 
@@ -585,11 +803,25 @@ READERS: Mapping[str, Reader] = _Readers()
 """Reader name (``local.reader`` in the catalog) -> function(path, *, label_list, language, **options)."""
 
 
-def register_reader(name: str, reader: Reader, *, replace: bool = False) -> None:
-    """Add a file layout: ``reader(path, *, label_list, language, **options) -> list[Example]``."""
+def register_reader(name: str, reader: Reader, *, replace: bool = False, format: str | None = None) -> None:
+    """Add a file layout: ``reader(path, *, label_list, language, **options) -> list[Example]``.
+
+    ``format`` (optional) is the format it reads; catalog entries of another format are refused.
+    """
     if name in READERS and not replace:
         raise ConfigError(f"a reader named '{name}' is already registered", key="local.reader")
     _FILE_READERS[name] = reader
+    if format is not None:
+        READER_FORMATS[name] = format
+    else:
+        READER_FORMATS.pop(name, None)
+
+
+def reader_format(name: str) -> str | None:
+    """The format reader ``name`` reads (None when not declared)."""
+    if name.startswith("jsonl_") and name not in _FILE_READERS:
+        return name[len("jsonl_"):]
+    return READER_FORMATS.get(name)
 
 
 def get_reader(name: str) -> Reader:
