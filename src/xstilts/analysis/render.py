@@ -146,7 +146,8 @@ def render_overview(s: Section, ov: Overview, opts: ReportOptions) -> None:
         s.tables.append(("Results without a matching baseline run (left out of the gains)", ov.missing_baseline))
 
 
-def _heatmap_matrix(pt: pd.DataFrame, setup_means: pd.Series, metric_by_target: dict[str, str]):
+def _heatmap_matrix(pt: pd.DataFrame, setup_means: pd.Series,
+                    metric_by_target: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(matrix, annotations) of one model's setup × target gains, plus an 'average' column."""
     mat = pt.pivot(index="setup", columns="target", values="mean_gain")
     cols = list(mat.columns)

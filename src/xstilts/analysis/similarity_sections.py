@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from xstilts.analysis.groupings import UNKNOWN
@@ -129,7 +130,8 @@ def _family_points(meta: pd.DataFrame, points: pd.DataFrame, measures: list[str]
     return fam.merge(points.drop(columns=["mean_gain", "label"]), on=["model", "setup", "target"], how="inner")
 
 
-def _cached_task_emb(inp: ReportInputs, tasks: list[str], setup_tasks: dict[str, list[str]]):
+def _cached_task_emb(inp: ReportInputs, tasks: list[str],
+                     setup_tasks: dict[str, list[str]]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Cached Fisher TaskEmb vectors of ``tasks``, and why the others have none."""
     models = task_models([r for r in inp.records if r.finished and r.has_model()], setup_tasks)
     vectors, missing = load_task_embeddings({t: m for t, m in models.items() if t in tasks})
