@@ -7,6 +7,16 @@ metrics, so a worker killed mid-write leaves no half row and no "done" without m
 "running" claim whose pid is dead on this host, or whose heartbeat is older than
 ``stale_after`` seconds, is taken back.
 
+Claiming is O(1) in the number of stages: every stage keeps ``pending_deps``, the number of
+its upstream stages that are not done (kept up to date when a stage becomes done or stops
+being done; the ``stage_deps`` table maps a stage to its dependents), so the next ready stage
+is the first row of the index ``stages_ready (state, pending_deps)`` in registration order
+(rowid: the plan's topological order). An idle worker's look finds nothing without taking the
+write lock; the lock is taken only to claim a stage that was seen ready or to take back a
+dead worker's claim. The store must stay on one host's file system: SQLite's WAL does not
+work across hosts on a network file system, so Slurm jobs never open it
+(:mod:`xstilts.experiments.slurm` collects their results on the submitting host).
+
 Every claim is owned: :meth:`ResultsStore.heartbeat`, :meth:`~ResultsStore.complete`,
 :meth:`~ResultsStore.fail` and :meth:`~ResultsStore.release` change a stage only while the
 caller still holds it (same host, pid and attempt number), so a worker that stalled past
@@ -65,7 +75,8 @@ CREATE TABLE IF NOT EXISTS stages (
     description TEXT,
     created_at REAL, started_at REAL, finished_at REAL, heartbeat REAL,
     host TEXT, pid INTEGER, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT, result TEXT, progress TEXT
+    error TEXT, result TEXT, progress TEXT,
+    pending_deps INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS stage_labels (
     stage_id TEXT NOT NULL, model TEXT NOT NULL, setup TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
@@ -78,9 +89,21 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     PRIMARY KEY (stage_id, model, setup, target, language, seed, split, metric)
 );
+CREATE TABLE IF NOT EXISTS stage_deps (
+    stage_id TEXT NOT NULL, depends_on TEXT NOT NULL,
+    PRIMARY KEY (stage_id, depends_on)
+);
 CREATE INDEX IF NOT EXISTS metrics_by_cell ON metrics (target, setup, model);
 CREATE INDEX IF NOT EXISTS stages_by_state ON stages (state);
+CREATE INDEX IF NOT EXISTS stage_deps_by_upstream ON stage_deps (depends_on);
 """
+
+#: ``PRAGMA user_version`` of a store with ``pending_deps`` and ``stage_deps`` (older files are migrated on open)
+SCHEMA_VERSION = 2
+
+# unfinished upstream stages of the stage in the outer query (a dependency never registered counts)
+_PENDING = ("(SELECT COUNT(*) FROM stage_deps d LEFT JOIN stages u ON u.stage_id = d.depends_on "
+            "WHERE d.stage_id = stages.stage_id AND (u.state IS NULL OR u.state != 'done'))")
 
 METRIC_COLUMNS = ["model", "setup", "target", "language", "seed", "split", "metric", "value", "stage_id"]
 STAGE_COLUMNS = ["stage_id", "kind", "state", "setup", "target", "model", "seed", "started_at", "finished_at",
@@ -165,10 +188,13 @@ class ResultsStore:
             self._conn.execute("PRAGMA busy_timeout = 60000")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
-        with self._tx():
+        with self._tx() as c:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
-                    self._conn.execute(statement)
+                    c.execute(statement)
+            if c.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                _migrate(c)
+        self._want_key: tuple[int, int] | None = None
 
     def close(self) -> None:
         """Close the connection (safe to call twice)."""
@@ -244,16 +270,20 @@ class ResultsStore:
         now = time.time()
         with self._tx() as c:
             for stage in plan:
-                c.execute(
+                cur = c.execute(
                     "INSERT OR IGNORE INTO stages (stage_id, kind, state, settings, depends_on, description, created_at) "
                     "VALUES (?, ?, 'waiting', ?, ?, ?, ?)",
                     (stage.id, stage.kind, json.dumps(stage.settings, sort_keys=True), json.dumps(list(stage.depends_on)),
                      stage.description, now))
+                if cur.rowcount:
+                    _add_deps(c, stage.id, stage.depends_on)
                 if retry_failed:
                     c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'failed'", (stage.id,))
                 if stage.kind == "eval":
-                    c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'done' AND NOT EXISTS "
-                              "(SELECT 1 FROM metrics WHERE metrics.stage_id = stages.stage_id)", (stage.id,))
+                    cur = c.execute("UPDATE stages SET state = 'waiting' WHERE stage_id = ? AND state = 'done' AND NOT "
+                                    "EXISTS (SELECT 1 FROM metrics WHERE metrics.stage_id = stages.stage_id)", (stage.id,))
+                    if cur.rowcount:
+                        _dependents_pending(c, stage.id, +1)
                 for lab in stage.labels:
                     cur = c.execute("INSERT OR IGNORE INTO stage_labels VALUES (?, ?, ?, ?, ?)",
                                     (stage.id, lab.model, lab.setup, lab.target or "", lab.seed))
@@ -265,46 +295,94 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ claims
 
+    def _gone(self, row: sqlite3.Row, now: float) -> str | None:
+        """Why the worker holding running stage ``row`` is gone ("died", "went silent"), or None."""
+        if row["host"] == self.host and not pid_alive(row["pid"]):
+            return "died"
+        if row["heartbeat"] is None or now - row["heartbeat"] > self.stale_after:
+            return "went silent"
+        return None
+
+    def _stale(self, c: sqlite3.Connection) -> list[tuple[sqlite3.Row, str]]:
+        """Running stages whose worker is gone, with why (reads the running rows only: indexed)."""
+        now = time.time()
+        rows = c.execute("SELECT stage_id, host, pid, heartbeat FROM stages WHERE state = 'running'").fetchall()
+        return [(r, why) for r in rows if (why := self._gone(r, now)) is not None]
+
     def reclaim_stale(self, conn: sqlite3.Connection | None = None) -> list[str]:
         """Put back to waiting every running stage whose worker is gone; returns their ids."""
         own = conn is None
         ctx = self._tx() if own else _nullctx(conn)
         back: list[str] = []
         with ctx as c:
-            now = time.time()
-            for row in c.execute("SELECT stage_id, host, pid, heartbeat FROM stages WHERE state = 'running'").fetchall():
-                dead = row["host"] == self.host and not pid_alive(row["pid"])
-                stale = row["heartbeat"] is None or now - row["heartbeat"] > self.stale_after
-                if dead or stale:
-                    c.execute("UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL, "
-                              "error = ? WHERE stage_id = ?",
-                              (f"reclaimed: worker {row['host']}:{row['pid']} {'died' if dead else 'went silent'}",
-                               row["stage_id"]))
-                    back.append(row["stage_id"])
+            for row, why in self._stale(c):
+                c.execute("UPDATE stages SET state = 'waiting', pid = NULL, worker = NULL, error = ? "
+                          "WHERE stage_id = ? AND state = 'running'",
+                          (f"reclaimed: worker {row['host']}:{row['pid']} {why}", row["stage_id"]))
+                back.append(row["stage_id"])
         if back:
             logger.info("reclaimed %d stale stage(s): %s", len(back), ", ".join(back))
         return back
 
+    def _want(self, stage_ids: Sequence[str]) -> None:
+        """Load ``stage_ids`` into this connection's temporary ``claim_want`` table (once per distinct list)."""
+        ids = tuple(stage_ids)
+        key = (len(ids), hash(ids))
+        if key == self._want_key:
+            return
+        with self._errors():
+            c = self._conn
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS claim_want (stage_id TEXT PRIMARY KEY)")
+            c.execute("BEGIN")
+            try:
+                c.execute("DELETE FROM temp.claim_want")
+                c.executemany("INSERT OR IGNORE INTO temp.claim_want VALUES (?)", ((i,) for i in ids))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        self._want_key = key
+
+    @staticmethod
+    def _ready_query(kinds: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
+        """The next ready stage of ``claim_want``: the first row of the ``stages_ready`` index, in registration order."""
+        sql = ("SELECT stage_id, kind, attempts FROM stages INDEXED BY stages_ready "
+               "WHERE state = 'waiting' AND pending_deps = 0 AND +stage_id IN temp.claim_want")
+        params: tuple[str, ...] = ()
+        if kinds is not None:
+            sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            params = tuple(kinds)
+        return sql + " ORDER BY rowid LIMIT 1", params
+
     def claim_next(self, stage_ids: Sequence[str], *, worker: str = "", kinds: Sequence[str] | None = None) -> Claim | None:
-        """Atomically take the first waiting stage of ``stage_ids`` whose upstream stages are done."""
-        order = {sid: i for i, sid in enumerate(stage_ids)}
+        """Atomically take the next waiting stage of ``stage_ids`` whose upstream stages are all done.
+
+        Stages are taken in the order they were registered (a plan registers them in topological
+        order). Cost does not grow with the number of stages: an indexed look at one row, done
+        first without the write lock (an idle worker never takes it), then again under the lock to
+        claim; running stages of dead workers are taken back on the way."""
+        if kinds is not None and not kinds:
+            return None
+        self._want(stage_ids)
+        sql, params = self._ready_query(kinds)
+        with self._errors():
+            seen = self._conn.execute(sql, params).fetchone()
+            stale = self._stale(self._conn)
+        if seen is None and not stale:
+            return None
         with self._tx() as c:
-            self.reclaim_stale(c)
-            rows = c.execute("SELECT stage_id, kind, settings, depends_on, attempts FROM stages WHERE state = 'waiting'"
-                             ).fetchall()
-            candidates = sorted((r for r in rows if r["stage_id"] in order and (kinds is None or r["kind"] in kinds)),
-                                key=lambda r: order[r["stage_id"]])
-            if not candidates:
+            if stale:
+                self.reclaim_stale(c)
+            row = c.execute(sql, params).fetchone()
+            if row is None:
                 return None
-            done = {r[0] for r in c.execute("SELECT stage_id FROM stages WHERE state = 'done'")}
-            for r in candidates:
-                if all(d in done for d in json.loads(r["depends_on"])):
-                    now = time.time()
-                    c.execute("UPDATE stages SET state = 'running', host = ?, pid = ?, worker = ?, started_at = ?, "
-                              "heartbeat = ?, attempts = attempts + 1, error = NULL, progress = NULL WHERE stage_id = ?",
-                              (self.host, os.getpid(), worker, now, now, r["stage_id"]))
-                    return Claim(r["stage_id"], r["kind"], json.loads(r["settings"]), r["attempts"] + 1)
-        return None
+            now = time.time()
+            c.execute("UPDATE stages SET state = 'running', host = ?, pid = ?, worker = ?, started_at = ?, "
+                      "heartbeat = ?, attempts = attempts + 1, error = NULL, progress = NULL WHERE stage_id = ?",
+                      (self.host, os.getpid(), worker, now, now, row["stage_id"]))
+        with self._errors():  # settings never change for a stage id: read after the lock is gone
+            settings = self._conn.execute("SELECT settings FROM stages WHERE stage_id = ?", (row["stage_id"],)).fetchone()
+        return Claim(row["stage_id"], row["kind"], json.loads(settings[0]), row["attempts"] + 1)
 
     def _owned(self, claim: Claim | str) -> tuple[str, str, tuple[Any, ...]]:
         """``(stage_id, WHERE clause, parameters)`` matching the stage only while this caller holds ``claim``
@@ -344,6 +422,7 @@ class ResultsStore:
                             (time.time(), time.time(), json.dumps(result or {}, default=str), *params))
             if cur.rowcount != 1:
                 return False
+            _dependents_pending(c, sid, -1)
             self._insert_metrics(c, sid, rows)
         return True
 
@@ -377,9 +456,12 @@ class ResultsStore:
         """Mark a registered stage done with its metrics, whoever holds it (``xstilts store rebuild``)."""
         rows = list(metrics)
         with self._tx() as c:
+            was = c.execute("SELECT state FROM stages WHERE stage_id = ?", (stage_id,)).fetchone()
             c.execute("UPDATE stages SET state = 'done', finished_at = COALESCE(finished_at, ?), error = NULL, "
                       "pid = NULL, worker = NULL, result = ? WHERE stage_id = ?",
                       (time.time(), json.dumps(result or {}, default=str), stage_id))
+            if was is not None and was[0] != DONE:
+                _dependents_pending(c, stage_id, -1)
             self._insert_metrics(c, stage_id, rows)
 
     # ------------------------------------------------------------------ reading
@@ -439,6 +521,31 @@ class ResultsStore:
 @contextmanager
 def _nullctx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     yield conn
+
+
+def _add_deps(c: sqlite3.Connection, stage_id: str, depends_on: Iterable[str]) -> None:
+    """Record a new stage's upstream stages and count those not done yet."""
+    c.executemany("INSERT OR IGNORE INTO stage_deps VALUES (?, ?)", [(stage_id, d) for d in depends_on])
+    c.execute(f"UPDATE stages SET pending_deps = {_PENDING} WHERE stage_id = ?", (stage_id,))
+
+
+def _dependents_pending(c: sqlite3.Connection, stage_id: str, delta: int) -> None:
+    """``stage_id`` became done (``delta`` -1) or stopped being done (+1): its dependents' counts follow."""
+    c.execute("UPDATE stages SET pending_deps = pending_deps + ? WHERE stage_id IN "
+              "(SELECT stage_id FROM stage_deps WHERE depends_on = ?)", (delta, stage_id))
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Bring a store file written before :data:`SCHEMA_VERSION` up to it (inside the open transaction):
+    the ``pending_deps`` column, ``stage_deps`` from each stage's ``depends_on``, the ready index."""
+    columns = {r[1] for r in c.execute("PRAGMA table_info(stages)")}
+    if "pending_deps" not in columns:
+        c.execute("ALTER TABLE stages ADD COLUMN pending_deps INTEGER NOT NULL DEFAULT 0")
+    for sid, deps in c.execute("SELECT stage_id, depends_on FROM stages").fetchall():
+        c.executemany("INSERT OR IGNORE INTO stage_deps VALUES (?, ?)", [(sid, d) for d in json.loads(deps or "[]")])
+    c.execute(f"UPDATE stages SET pending_deps = {_PENDING}")
+    c.execute("CREATE INDEX IF NOT EXISTS stages_ready ON stages (state, pending_deps)")
+    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def store_path(output_dir: str | Path) -> Path:
