@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,40 +120,104 @@ def gain_inference(meta: pd.DataFrame, opts: Any) -> dict[str, pd.DataFrame]:
     return out
 
 
-def item_variance(gains: pd.DataFrame, metrics: pd.DataFrame, output_dir: str | Path | None) -> tuple[pd.DataFrame, str]:
-    """``gains`` with an ``item_var`` column from the evaluation item counts, and a sentence saying how.
-
-    Item counts are read from each eval stage's ``metrics.json`` (``n_examples``) under
-    ``OUTPUT_DIR/stages/``; the variance is :func:`binomial_item_variance` of the run's and the
-    baseline's scores. Without an output dir or item counts the gains are returned unchanged.
-    """
-    none = ("not included: the evaluation item counts are not available (no output dir with the eval stages' "
-            "metrics.json); intervals reflect run-to-run variation only")
-    if output_dir is None or "stage_id" not in metrics.columns:
-        return gains, none
-    from xstilts.paths import METRICS_FILE, STAGES_DIR
+def _item_counts(stage_ids: Sequence[str], root: Path) -> dict[tuple[str, str], int]:
+    """(stage id, language) -> evaluation items, from each eval stage's ``metrics.json`` (``n_examples``)."""
+    from xstilts.paths import METRICS_FILE
 
     counts = {}
-    for sid in metrics["stage_id"].dropna().astype(str).unique():
-        path = Path(output_dir) / STAGES_DIR / sid / METRICS_FILE
+    for sid in stage_ids:
         try:
-            n = json.loads(path.read_text()).get("n_examples") or {}
+            n = json.loads((root / sid / METRICS_FILE).read_text()).get("n_examples") or {}
         except (OSError, ValueError):
             continue
         counts.update({(sid, str(lang)): int(v) for lang, v in n.items()})
-    if not counts:
+    return counts
+
+
+def _predictions(root: Path, sid: str, lang: str, cache: dict) -> dict[str, str] | None:
+    """id -> prediction (as canonical JSON) of one eval stage and language; None when there is no file."""
+    from xstilts.paths import PREDICTIONS_DIR
+
+    key = (sid, lang)
+    if key not in cache:
+        path = root / sid / PREDICTIONS_DIR / f"{lang}.jsonl"
+        try:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            cache[key] = {str(r["id"]): json.dumps(r.get("prediction"), sort_keys=True) for r in rows}
+        except (OSError, ValueError, KeyError, TypeError):
+            cache[key] = None
+    return cache[key]
+
+
+def discordance_item_variance(setup_predictions: dict[str, str], baseline_predictions: dict[str, str]) -> float:
+    """Item-sampling variance (points²) of a gain from the two runs' predictions on the same items.
+
+    An item whose two predictions agree scores the same for both runs, so its per-item score
+    difference is 0, and otherwise at most 100 points: var(mean difference) <= P(differ) *
+    100² / n. Exact as a bound for accuracy; for F1-type metrics (not a mean of per-item scores)
+    an approximation. NaN when the runs share no item id.
+    """
+    common = setup_predictions.keys() & baseline_predictions.keys()
+    if not common:
+        return math.nan
+    differ = sum(setup_predictions[i] != baseline_predictions[i] for i in common)
+    return differ / len(common) * 100.0**2 / len(common)
+
+
+def item_variance(gains: pd.DataFrame, metrics: pd.DataFrame, output_dir: str | Path | None,
+                  baseline: str = "baseline") -> tuple[pd.DataFrame, str]:
+    """``gains`` with an ``item_var`` column (evaluation-item sampling variance), and a sentence saying how.
+
+    Under ``OUTPUT_DIR/stages/``, where both runs' ``predictions/<lang>.jsonl`` exist the bound of
+    :func:`discordance_item_variance` is used; else, where ``metrics.json`` gives the item count,
+    :func:`binomial_item_variance` of the two scores (looser). Without either the gains are
+    returned unchanged.
+    """
+    none = ("not included: no eval stage outputs (predictions or item counts) were found under the output dir; "
+            "intervals reflect run-to-run variation only")
+    if output_dir is None or "stage_id" not in metrics.columns:
         return gains, none
-    cells = metrics[["model", "setup", "target", "language", "seed", "stage_id"]].drop_duplicates(
-        ["model", "setup", "target", "language", "seed"])
-    cells = cells.assign(n_items=[counts.get((str(s), str(lang)), math.nan)
-                                  for s, lang in zip(cells["stage_id"], cells["language"])])
-    merged = gains.merge(cells.drop(columns=["stage_id"]), on=["model", "setup", "target", "language", "seed"],
-                         how="left")
-    merged["item_var"] = binomial_item_variance(merged["score"], merged["baseline_score"], merged["n_items"])
-    merged = merged.drop(columns=["n_items"])
-    n_med = int(np.nanmedian(list(counts.values())))
-    return merged, (f"included: binomial variance of the two scores on each language's evaluation items (median "
-                    f"{n_med} items per language), an upper bound for paired scores on the same items")
+    from xstilts.paths import STAGES_DIR
+
+    root = Path(output_dir) / STAGES_DIR
+    keys = ["model", "setup", "target", "language", "seed"]
+    cells = metrics[[*keys, "stage_id"]].dropna(subset=["stage_id"]).drop_duplicates(keys)
+    cells["stage_id"] = cells["stage_id"].astype(str)
+    base = cells[cells["setup"] == baseline].drop(columns=["setup"]).rename(columns={"stage_id": "base_id"})
+    merged = gains.merge(cells, on=keys, how="left").merge(base, on=["model", "target", "language", "seed"], how="left")
+    counts = _item_counts(sorted(set(cells["stage_id"])), root)
+    cache: dict = {}
+    values, kinds = [], []
+    for r in merged.itertuples():
+        v, kind = _cell_item_var(r, root, counts, cache)
+        values.append(v)
+        kinds.append(kind)
+    merged["item_var"] = values
+    merged = merged.drop(columns=["stage_id", "base_id"])
+    used = {k for k in kinds if k}
+    if not used:
+        return gains, none
+    n_med = int(np.nanmedian(list(counts.values()))) if counts else None
+    how = {"predictions": "from the two runs' predictions on the same items (items where they disagree; a bound, "
+                          "exact for accuracy)",
+           "counts": "from the item counts (binomial variance of the two scores, an upper bound for paired scores)"}
+    share = f"{sum(bool(k) for k in kinds)} of {len(kinds)} cells"
+    return merged, (f"included ({share}; " + "; ".join(how[k] for k in sorted(used, reverse=True))
+                    + (f"; median {n_med} items per language" if n_med else "") + ")")
+
+
+def _cell_item_var(r: Any, root: Path, counts: dict, cache: dict) -> tuple[float, str]:
+    if isinstance(r.stage_id, str) and isinstance(r.base_id, str):
+        a = _predictions(root, r.stage_id, str(r.language), cache)
+        b = _predictions(root, r.base_id, str(r.language), cache)
+        if a and b:
+            v = discordance_item_variance(a, b)
+            if np.isfinite(v):
+                return v, "predictions"
+    n = counts.get((r.stage_id, str(r.language))) if isinstance(r.stage_id, str) else None
+    if n:
+        return float(binomial_item_variance(r.score, r.baseline_score, n)), "counts"
+    return math.nan, ""
 
 
 # --------------------------------------------------------------------------- failed runs
@@ -294,7 +359,7 @@ def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = Non
     """Inference for every section of a report (``inp``: ReportInputs, ``data``: ReportData)."""
     opts = inp.options
     correction = getattr(opts, "correction", DEFAULT_CORRECTION)
-    gains, item_note = item_variance(inp.gt.gains, inp.metrics, output_dir)
+    gains, item_note = item_variance(inp.gt.gains, inp.metrics, output_dir, inp.gt.baseline)
     meta = inp.meta.copy()
     if "item_var" in gains.columns and len(meta) == len(gains):
         meta = meta.merge(gains[["model", "setup", "target", "language", "seed", "item_var"]],
