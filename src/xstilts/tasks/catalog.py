@@ -95,6 +95,21 @@ class LocalSource(BaseModel):
     lang_codes: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _known_reader(self) -> LocalSource:
+        from xstilts.tasks.readers import READERS
+
+        if self.reader not in READERS:
+            raise ValueError(f"reader '{self.reader}' is not a reader; valid: {sorted(READERS)}")
+        params = inspect.signature(READERS[self.reader]).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                     and n not in ("label_list", "language")]
+            bad = sorted(set(self.options) - set(valid))
+            if bad:
+                raise ValueError(f"options {bad} are not options of reader '{self.reader}'; valid: {valid or 'none'}")
+        return self
+
     def file_code(self, language: str) -> str:
         """The code a file name uses for ``language`` (``{lang3}`` in templates)."""
         if language in self.lang_codes:
@@ -200,21 +215,12 @@ class TaskSpec(BaseModel):
 
 
 def _check_local(local: LocalSource, spec: TaskSpec) -> None:
-    """The reader exists, reads the task's format and takes the given options; lang_codes are the task's."""
-    from xstilts.tasks.readers import READERS, reader_format
+    """The reader reads the task's format; lang_codes are languages of the task."""
+    from xstilts.tasks.readers import reader_format
 
-    if local.reader not in READERS:
-        raise ValueError(f"local.reader '{local.reader}' is not a reader; valid: {sorted(READERS)}")
     fmt = reader_format(local.reader)
     if fmt is not None and fmt != spec.format:
         raise ValueError(f"local.reader '{local.reader}' reads the {fmt} format, but the task's format is {spec.format}")
-    params = inspect.signature(READERS[local.reader]).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-                 and n not in ("label_list", "language")]
-        bad = sorted(set(local.options) - set(valid))
-        if bad:
-            raise ValueError(f"local.options {bad} are not options of reader '{local.reader}'; valid: {valid or 'none'}")
     unknown = sorted(set(local.lang_codes) - set(spec.languages))
     if unknown:
         raise ValueError(f"local.lang_codes has languages not in languages: {unknown}")

@@ -242,9 +242,11 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
 
     directory = resolve_data_dir(data_dir)
     usable = directory is not None and directory.is_dir()
-    if not usable and (data_dir is not None or not user_catalogs()):
-        raise DataNotFoundError(f"data dir not found: {directory if directory else '(none given, ../shared/data absent)'}; "
-                                "pass --data-dir DIR")
+    shown = directory if directory else "(none given, ../shared/data absent)"
+    if not usable and not user_catalogs():
+        raise DataNotFoundError(f"data dir not found: {shown}; pass --data-dir DIR")
+    if not usable:
+        logger.warning("data dir not found: %s; checking only the tasks of user catalogs (their own paths)", shown)
     specs = [get_task(t) for t in tasks] if tasks else list_tasks()
     results: list[CheckResult] = []
     for spec in specs:
