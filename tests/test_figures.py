@@ -53,7 +53,8 @@ def test_language_panels_group_and_colour_by_family():
 
 
 def test_resource_points_and_old_name():
-    f = pd.DataFrame({"series": ["anli", "anli", "cosmosqa"], "resource_class": [1, 5, 5], "mean_gain": [1.0, -0.5, 0.3],
+    f = pd.DataFrame({"series": ["anli", "anli", "cosmosqa"], "resource_class": [1, 5, 5],
+                      "mean_gain": [1.0, -0.5, 0.3],
                       "ci_low": [0.0, np.nan, -1.0], "ci_high": [2.0, np.nan, 1.5], "n_languages": [2, 7, 7]})
     assert image(figs.resource_points(f, title="t", ylabel="gain")).var() > 50
     assert image(figs.resource_curves(f.drop(columns=["n_languages"]), title="t", ylabel="gain")).var() > 50

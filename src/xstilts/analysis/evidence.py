@@ -307,7 +307,11 @@ def _language(result: Any, opts: Any) -> tuple[pd.DataFrame, pd.DataFrame] | Non
 
 
 def _pooled_sd(table: pd.DataFrame, failed: set[tuple] = frozenset()) -> float:
-    """Pooled across-seed sd of a grouping's gains, leaving out groups with a failed / at-chance run."""
+    """Pooled across-seed sd of a grouping's gains, leaving out groups with a failed / at-chance run.
+
+    Where a group's standard error includes the evaluation-item variance, its effective sd
+    ``se * sqrt(S)`` is pooled instead, so the MDE counts item noise too.
+    """
     t = table[table["n_seeds"] >= 2] if len(table) else table
     if failed and len(t):
         keys = list(zip(t["model"], t["setup"], t["target"])) if "target" in t.columns else None
@@ -318,6 +322,8 @@ def _pooled_sd(table: pd.DataFrame, failed: set[tuple] = frozenset()) -> float:
         return math.nan
     df = t["n_seeds"].to_numpy(float) - 1
     sd = t["sd_seeds"].to_numpy(float)
+    effective = t["se"].to_numpy(float) * np.sqrt(t["n_seeds"].to_numpy(float))
+    sd = np.where(np.isfinite(effective), effective, sd)
     ok = np.isfinite(sd)
     return float(math.sqrt(np.sum(df[ok] * sd[ok] ** 2) / np.sum(df[ok]))) if ok.any() else math.nan
 
@@ -392,7 +398,8 @@ def compute_evidence(inp: Any, data: Any, *, output_dir: str | Path | None = Non
 
 def _adjust_all(g: dict, corr: dict, diff: dict, method: str) -> int:
     """One correction over every test of the report (gain tests, Spearman correlations, differences)."""
-    slots = [(t, "p_value") for name, t in g.items() if name not in DESCRIBED_ONLY] + [(t, "spearman_p") for t in corr.values()]
+    slots = [(t, "p_value") for name, t in g.items() if name not in DESCRIBED_ONLY]
+    slots += [(t, "spearman_p") for t in corr.values()]
     slots += [(t, "p") for t in diff.values()]
     flat = np.concatenate([t[c].to_numpy(float) for t, c in slots if c in t.columns and len(t)] or [np.zeros(0)])
     adjusted = adjust_pvalues(flat, method)

@@ -73,15 +73,17 @@ def power_paragraph(ev: Evidence) -> str | None:
         if not _num(row.get("mde")):
             continue
         more = ", ".join(f"{row[k]:.2f} with {k}" for k in (5, 10) if _num(row.get(k)))
-        corrected = f"; {row['corrected']:.2f} after correcting for {ev.n_tests} tests" if _num(row.get("corrected")) else ""
-        parts.append(f"{_LEVELS.get(key, key)} (run-to-run sd {ev.sd_seed[key]:.2f}): {row['mde']:.2f} points with "
-                     f"{row['seeds']} seeds{corrected}" + (f" ({more} seeds)" if more else ""))
+        corrected = (f"; {row['corrected']:.2f} after correcting for {ev.n_tests} tests"
+                     if _num(row.get("corrected")) else "")
+        parts.append(f"{_LEVELS.get(key, key)} (effective sd per run {ev.sd_seed[key]:.2f}): {row['mde']:.2f} "
+                     f"points with {row['seeds']} seeds{corrected}" + (f" ({more} seeds)" if more else ""))
     if not parts:
         return None
     few = "" if ev.inferential else f" (at least {MIN_SEEDS_FOR_INFERENCE} seeds are needed for any test)"
     left_out = " with the failed or at-chance runs left out" if not ev.failed.empty else ""
     return ("**Power.** The smallest gain this design detects with 80% power at α = 0.05 (two-sided seed-level "
-            f"t-test, from the observed run-to-run spread of the gain{left_out}){few}: " + "; ".join(parts)
+            "t-test, from the observed run-to-run spread of the gain and the item-sampling variance"
+            f"{left_out}){few}: " + "; ".join(parts)
             + ". A gain below these that is not significant is not evidence of no effect.")
 
 
@@ -118,7 +120,8 @@ def significance_sentence(ev: Evidence) -> str:
             for r in sig.itertuples()) + ".")
     if len(cells):
         text += " Single (setup, target) gains that do: " + ", ".join(
-            f"{r.setup} on {r.target} ({r.mean_gain:+.2f}, p_adj {format_p(r.p_adjusted)})" for r in cells.itertuples()) + "."
+            f"{r.setup} on {r.target} ({r.mean_gain:+.2f}, p_adj {format_p(r.p_adjusted)})"
+            for r in cells.itertuples()) + "."
     return text
 
 

@@ -270,8 +270,9 @@ def resource_points(frame: pd.DataFrame, *, title: str, ylabel: str) -> bytes:
     ax.axhline(0, color="black", linewidth=0.8)
     n_by_class = frame.groupby(frame["resource_class"].astype(int))["n_languages"].max()
     ax.set_xticks(range(6))
-    ax.set_xticklabels([f"{lab.replace(' ', chr(10), 1)}\n(n = {int(n_by_class[c])})" if c in n_by_class.index
-                        else f"{lab.replace(' ', chr(10), 1)}\n(none)" for c, lab in enumerate(JOSHI_LABELS)], fontsize=8)
+    labels = [lab.replace(" ", "\n", 1) for lab in JOSHI_LABELS]
+    ax.set_xticklabels([f"{lab}\n(n = {int(n_by_class[c])})" if c in n_by_class.index else f"{lab}\n(none)"
+                        for c, lab in enumerate(labels)], fontsize=8)
     ax.set_xlim(-0.5, 5.5)
     ax.set_xlabel("Joshi et al. (2020) resource class (n = languages)")
     ax.set_ylabel(ylabel)
