@@ -19,6 +19,7 @@ from xstilts.cli import (  # noqa: F401,E402
     run,
     report,
     store,
+    export,
 )
 
 __all__ = ["app", "main"]

@@ -27,6 +27,7 @@ import numpy as np
 
 from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
 from xstilts.paths import METRICS_FILE, PREDICTIONS_DIR
+from xstilts.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class EvalReport:
     n_examples: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     wall_time_s: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)  # xstilts.provenance.provenance() of the run
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict (what ``metrics.json`` holds)."""
@@ -186,13 +188,15 @@ def _resolve_task(task: str, languages: Sequence[str] | str, split: str | None, 
                 device=resolve_device(device, precision), precision=precision)
 
 
-def _load_model(run: _Run, model: str | Path) -> None:
+def _load_model(run: _Run, model: str | Path, head: str | None = None) -> None:
     """Load the model once (with its heads unless the format is scored by embeddings), on the
     device, cast once to the inference precision."""
-    from xstilts.models import MultiTaskModel
+    from xstilts.models.hf_export import load_model
     from xstilts.models.predict import cast_for_inference
 
-    run.model, run.tokenizer = MultiTaskModel.from_pretrained(str(model), heads=run.fmt.head_kind is not None)
+    # a transformers AutoModelFor* directory: its head becomes the head named `head` (or after the task)
+    run.model, run.tokenizer = load_model(str(model), heads=run.fmt.head_kind is not None,
+                                          head_name=head or run.spec.name)
     cast_for_inference(run.model.eval().to(run.device), run.precision)
 
 
@@ -346,7 +350,9 @@ def zero_shot_eval(
 
     ``model``: an xstilts model directory (the head is ``head`` when given, else the one named
     after the task, else after its ``train_task``; never another task's head, and its labels
-    must be the task's, mapped by name: :meth:`~xstilts.models.MultiTaskModel.head_for`), or for
+    must be the task's, mapped by name: :meth:`~xstilts.models.MultiTaskModel.head_for`), a
+    transformers ``AutoModelFor*`` directory (its head, named after the task, with its
+    ``config.id2label``: :func:`xstilts.models.hf_export.load_model`), or for
     retrieval tasks anything :func:`~xstilts.models.load_encoder` accepts (``e5-small``, a hub
     id, a directory).
     Languages whose data is missing are reported in ``EvalReport.skipped``; the others run;
@@ -362,7 +368,7 @@ def zero_shot_eval(
     t0 = time.perf_counter()
     run = _resolve_task(task, languages, split, data_dir, max_examples, seed, batch_size, device, precision)
     run.save_inputs = save_inputs
-    _load_model(run, model)
+    _load_model(run, model, head)
     run.settings = _base_settings(run, model)
     if run.fmt.head_kind is None:
         _retrieval_target(run, retrieval, max_length)
@@ -379,6 +385,7 @@ def zero_shot_eval(
     _require_scores(run, report)
     report.average = average_scores(report.per_language)
     report.wall_time_s = round(time.perf_counter() - t0, 2)
+    report.provenance = provenance(config=run.settings, device=run.device)
     if out_path is not None:
         write_report(report, out_path)
     return report
@@ -494,7 +501,8 @@ def rescore(out_dir: Path | str, *, data_dir: str | Path | None = None, write: b
     pred_files = sorted((out_dir / PREDICTIONS_DIR).glob("*.jsonl"))
     if not pred_files:
         raise DataNotFoundError(f"no predictions in {out_dir / PREDICTIONS_DIR}")
-    report = EvalReport(task=old.task, split=old.split, settings=old.settings, skipped=dict(old.skipped), model=old.model)
+    report = EvalReport(task=old.task, split=old.split, settings=old.settings, skipped=dict(old.skipped), model=old.model,
+                        provenance=old.provenance)
     for path in pred_files:
         examples = _gold_examples(spec, old, path.stem, root, path)
         report.per_language[path.stem] = _rescore_language(spec, fmt, examples, _read_predictions(path), path.stem, path)
