@@ -21,7 +21,9 @@ sentence (XTREME preprocesses its training files the same way).
 Two corner cases, as in XTREME: a word the tokenizer turns into no token at all is fed as
 the tokenizer's unknown token (so it is scored), and a single word longer than a whole
 window gets a window of its own, truncated to ``max_length`` (XTREME replaces such a word
-with the unknown token; here its first sub-tokens are kept; both score it). Should a word
+with the unknown token; here its first sub-tokens are kept; both score it). The special
+tokens counted are the tokenizer's own for one sequence (XTREME reserves 3 for XLM-R, whose
+single sequences use 2, so its XLM-R windows hold one sub-token fewer). Should a word
 still reach decoding without any token, it is tagged ``"O"`` (or the label set's first
 label) and a warning counts such words.
 """
