@@ -120,7 +120,7 @@ def test_training_stops_when_patience_is_exhausted_and_resumes_exactly(tiny_mode
     # a learning rate so small that the dev score never improves on the first evaluation: with
     # patience 2 the evaluations at steps 2 and 3 bring no new best, so training stops at step 3
     cfg = stage_config(tiny_model_dir, learning_rate=1e-12, max_steps=20, eval_every=1, save_every=1,
-                       early_stopping_patience=2, final_model="best", keep_last=3)
+                       early_stopping_patience=2, final_model="best", keep_last=3, keep_checkpoints=True)
     out = tmp_path / "run"
     result = train_stage(cfg, out, task_data=synthetic("copycls"))
     assert (result.steps, result.best_step, result.stopped_early) == (3, 1, True)

@@ -63,7 +63,8 @@ def test_multi_task_samplers(tiny_model_dir, tmp_path, sampler):
 def test_mlm_auxiliary_mix(tiny_model_dir, tmp_path):
     text = tmp_path / "raw.txt"
     text.write_text("\n".join(f"Das ist Satz {i} über Häuser und Flüsse." for i in range(40)) + "\n\n")
-    cfg = stage_config(tiny_model_dir, mlm={"files": [str(text)], "probability": 0.5}, max_steps=10, save_every=5)
+    cfg = stage_config(tiny_model_dir, mlm={"files": [str(text)], "probability": 0.5}, max_steps=10, save_every=5,
+                       keep_checkpoints=True)
     result = train_stage(cfg, tmp_path / "out", task_data=synthetic("copycls"))
     assert result.task_batches["__mlm__"] > 0 and result.task_batches["copycls"] > 0
     assert (tmp_path / "out" / "checkpoints" / "step-10" / "extra_modules.pt").is_file()
@@ -123,7 +124,7 @@ def _env() -> dict[str, str]:
 
 
 def test_resume_after_sigkill_gives_identical_weights(tiny_model_dir, tmp_path):
-    overrides = {"max_steps": 12, "save_every": 3, "keep_last": 2, "eval_every": 4}
+    overrides = {"max_steps": 12, "save_every": 3, "keep_last": 2, "eval_every": 4, "keep_checkpoints": True}
     cfg = stage_config(tiny_model_dir, **overrides)
     ref = train_stage(cfg, tmp_path / "ref", task_data=synthetic("copycls"))
 

@@ -229,10 +229,12 @@ class _Worker:
     def write_identity(self, claim: Claim, task: StageTask) -> None:
         """``stage.json``: what the stage is (so ``xstilts store rebuild`` can restore it without the spec)."""
         from xstilts.paths import STAGE_FILE
+        from xstilts.provenance import provenance
 
         stage = self.plan.stages.get(claim.stage_id)
         data = stage.to_json() if stage is not None else {"id": claim.stage_id, "kind": claim.kind,
                                                            "settings": claim.settings, "depends_on": [], "labels": []}
+        data["provenance"] = provenance(config=data.get("settings"), device="cuda" if task.devices else "cpu")
         _write_json_atomic(task.stage_dir / STAGE_FILE, data)
 
     def run_claim(self, claim: Claim) -> str:

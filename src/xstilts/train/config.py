@@ -22,7 +22,7 @@ from xstilts.errors import ConfigError
 #: a stage's identity (:meth:`TrainConfig.identity`): the learning schedule, the data and its
 #: order (``group_by_length`` reorders batches, so it changes the weights), precision, ...
 OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_batch_size",
-                              "data_dir"})
+                              "data_dir", "keep_checkpoints"})
 #: Settings of the dev evaluation during training. They change the result only through the
 #: choice of the final model: part of the identity when ``final_model`` is "best" (how often and
 #: on how many dev examples the candidates are scored decides which checkpoint wins), not when
@@ -164,6 +164,9 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(default=None, gt=0)
     save_every: int = Field(default=0, ge=0)  # steps; 0: only at the end
     keep_last: int = Field(default=2, ge=1)
+    #: keep ``checkpoints/`` (model, optimizer state, RNG) once the stage has finished; by default
+    #: a finished stage keeps only ``model/`` (its checkpoints are needed to resume, not to use it)
+    keep_checkpoints: bool = False
     log_every: int = Field(default=10, gt=0)
     trackers: list[str] = Field(default_factory=list)  # accelerate trackers, e.g. ["tensorboard"]
     progress: bool = True

@@ -32,6 +32,7 @@ import torch
 
 from xstilts.errors import CheckpointError, XStiltsError
 from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
+from xstilts.provenance import provenance
 from xstilts.train import checkpoint as ckpt
 from xstilts.train.checkpoint import Checkpoint, TrainState
 from xstilts.train.config import TrainConfig
@@ -451,7 +452,9 @@ class StageTrainer:
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
                 seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json"),
                 stopped_early=st.step < self.data.total_steps,
-                dev_holdout={name: rec["n"] for name, rec in self.heldout.items()}))
+                dev_holdout={name: rec["n"] for name, rec in self.heldout.items()},
+                provenance=provenance(config=self.config, device=self.device)))
+            drop_checkpoints(self.output_dir, self.config)
         self.accelerator.wait_for_everyone()
         if self.config.trackers:
             self.accelerator.end_training()
@@ -465,11 +468,27 @@ class StageTrainer:
                            stopped_early=st.step < self.data.total_steps)
 
 
+def drop_checkpoints(output_dir: Path, config: TrainConfig) -> None:
+    """Remove a finished stage's ``checkpoints/`` (step models, optimizer state, RNGs, best/) unless
+    ``keep_checkpoints``: ``model/`` and ``DONE`` are all a finished stage needs (its model files
+    are hard links, so they stay). Also removes what a kill during an earlier removal left."""
+    if config.keep_checkpoints:
+        return
+    for leftover in output_dir.glob(f".trash-{CHECKPOINTS_DIR}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = output_dir / CHECKPOINTS_DIR
+    if path.is_dir():
+        ckpt.discard_dir(path)
+        logger.info("finished stage %s: checkpoints removed (keep_checkpoints: true keeps them)", output_dir)
+
+
 def _finished(config: TrainConfig, output_dir: Path, done: StageRecord) -> TrainResult:
     config_hash = config.hash()
     if done.config_hash != config_hash:
         raise CheckpointError(f"{output_dir} holds a finished stage trained with another config (hash "
                               f"{done.config_hash}, this config {config_hash}); use another output dir")
+    if not done.config.get("keep_checkpoints"):  # a kill between DONE and the removal left them
+        drop_checkpoints(output_dir, config)
     logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.steps)
     return TrainResult(model_dir=output_dir / MODEL_DIR, steps=int(done.steps), dev_metrics=done.dev_metrics,
                        skipped=True, best_score=done.best_score, best_step=done.best_step, output_dir=output_dir,

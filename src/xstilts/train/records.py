@@ -31,6 +31,7 @@ class StageRecord:
     config: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False  # early stopping ended training before its last step
     dev_holdout: dict[str, int] = field(default_factory=dict)  # task -> examples held out of training (heldout.json)
+    provenance: dict[str, Any] = field(default_factory=dict)  # xstilts.provenance.provenance(): versions, git, device
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageRecord:
