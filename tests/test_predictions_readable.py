@@ -125,3 +125,14 @@ def test_inputs_only_when_asked(model_dir: Path, tmp_path: Path) -> None:
     zero_shot_eval(str(model_dir), "rd_mc", "de", out_dir=out, batch_size=4)
     rows = [json.loads(line) for line in (out / "predictions" / "de.jsonl").read_text().splitlines()]
     assert [set(r) for r in rows] == [{"id", "prediction", "gold"}] * 2 and [r["id"] for r in rows] == ["m1", "m2"]
+
+
+def test_spec_eval_option_save_inputs_reaches_the_eval_stage(tmp_path: Path) -> None:
+    from xstilts.experiments import load_spec, plan_stages
+
+    spec_file = Path(__file__).resolve().parents[1] / "docs" / "byod" / "spec.yaml"
+    over = {"output_dir": str(tmp_path / "o"), "hyperparameters": {"eval": {"save_inputs": True}}}
+    (stage,) = plan_stages(load_spec(spec_file, overrides=over)).of_kind("eval")
+    assert stage.settings["save_inputs"] is True
+    (plain,) = plan_stages(load_spec(spec_file, overrides={"output_dir": str(tmp_path / "o")})).of_kind("eval")
+    assert "save_inputs" not in plain.settings and plain.id != stage.id

@@ -122,7 +122,7 @@ class TrainEvalExecutor:
             batch_size=s.get("batch_size", 64), out_dir=task.stage_dir, retrieval=retrieval,
             precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None,
             max_length=s.get("max_length"), doc_stride=s.get("doc_stride"), max_query_length=s.get("max_query_length"),
-            head=s.get("head"))
+            head=s.get("head"), save_inputs=s.get("save_inputs", False))
         rows = eval_rows(report)
         if not rows:
             why = "; ".join(f"{lang}: {reason}" for lang, reason in sorted(report.skipped.items())) or "no scores"

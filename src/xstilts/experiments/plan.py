@@ -381,6 +381,8 @@ class _Builder:
         precision = options.get("precision") or "fp32"
         if precision != "fp32":  # fp32 stays out of the hash: ids of fp32 stages do not depend on it
             settings["precision"] = precision
+        if options.get("save_inputs"):  # only when set: ids of other stages do not depend on it
+            settings["save_inputs"] = True
         return settings
 
 

@@ -188,6 +188,7 @@ class EvalOptions(_Strict):
     max_length: Annotated[int, Field(gt=8)] | None = None
     doc_stride: PositiveInt | None = None
     max_query_length: PositiveInt | None = None
+    save_inputs: bool | None = None  # predictions rows also hold each example's input text
 
     @field_validator("retrieval")
     @classmethod
