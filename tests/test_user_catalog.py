@@ -133,6 +133,13 @@ def test_catalog_file_errors(tmp_path: Path) -> None:
         use_catalogs([taken])
 
 
+def test_env_variable_naming_a_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CATALOG_ENV, str(tmp_path / "gone.yaml"))
+    reset_catalog()
+    with pytest.raises(ConfigError, match=r"gone.yaml \(listed in \$XSTILTS_CATALOG\)"):
+        get_task("xnli")
+
+
 def test_spec_catalogs_key_is_relative_to_the_spec(tmp_path: Path) -> None:
     from xstilts.experiments import load_spec
 

@@ -298,6 +298,8 @@ def _catalog() -> dict[str, TaskSpec]:
     _ORIGIN.clear()
     _LOADED.clear()
     for file in _env_catalogs():
+        if not file.is_file():
+            raise ConfigError(f"task catalog not found: {file} (listed in ${CATALOG_ENV})", key=CATALOG_ENV)
         _add_user_catalog(catalog, file)
     return catalog
 
