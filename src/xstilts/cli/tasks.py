@@ -127,6 +127,10 @@ def _task_rows(spec: TaskSpec) -> list[tuple[str, str]]:
         paths = "; ".join(f"{s}: {', '.join(spec.local.templates(s))}" for s in spec.local.paths)
         rows.append(("local", f"reader {spec.local.reader}  {paths}"))
     rows.append(("description", spec.description))
+    from xstilts.tasks.catalog import task_origin
+
+    if (origin := task_origin(spec)) is not None:
+        rows.append(("catalog", str(origin)))
     if spec.citation:
         rows.append(("citation", spec.citation))
     return rows
