@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from xstilts import __version__
 from xstilts.errors import XStiltsError
@@ -57,7 +58,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except XStiltsError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             what = "terminated" if type(exc).__name__ == "Terminated" else "interrupted"
@@ -68,7 +69,7 @@ def handle_errors(func: F) -> F:
             friendly = _user_error(exc)
             if friendly is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {friendly}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(friendly))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -54,7 +54,7 @@ def _print_report(report: EvalReport, out: Path | None) -> None:
 @app.command("eval")
 @handle_errors
 def eval_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="xstilts model dir, or (retrieval) e5-small / a hub id / an encoder dir."),
+    model: str = typer.Option(..., "--model", "-m", help="xstilts model dir, a transformers AutoModelFor* dir (its head and id2label), or (retrieval) e5-small / a hub id / an encoder dir."),
     task: str = typer.Option(..., "--task", "-t", help="Target task name (xstilts tasks list)."),
     languages: str = typer.Option("all", "--languages", "-l", help="'all', 'xtreme', 'xtreme-r' or a comma list (de,fr)."),
     split: str | None = typer.Option(None, "--split", help="dev | test (default: the task's eval split)."),
@@ -73,18 +73,23 @@ def eval_cmd(
     head: str | None = typer.Option(None, "--head", help="The model's head to use (default: the one named after the task or its train task); its labels must be the task's."),
     save_inputs: bool = typer.Option(False, "--save-inputs", help="Prediction rows also hold each example's input text (they always hold id, prediction and gold)."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    report_to: list[str] | None = typer.Option(None, "--report-to", help="Also report the scores per language to "
+                                               "tensorboard | wandb | mlflow (repeatable; TensorBoard logs under OUT)."),
 ) -> None:
     """Evaluate a model zero-shot on every requested language of a task, in one process."""
     from xstilts.evaluate import RetrievalSettings, zero_shot_eval
     from xstilts.tasks.catalog import use_catalogs
+    from xstilts.tracking import log_eval_report, parse_report_to
 
     use_catalogs(catalog)
+    trackers = parse_report_to(report_to)  # a missing tracker package fails here, before the model loads
 
     out_dir = out if out is not None else Path(f"eval-{task}")
     rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
     report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
                             batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device,
                             head=head, save_inputs=save_inputs)
+    log_eval_report(report, trackers, out_dir)
     _print_report(report, out_dir)
 
 

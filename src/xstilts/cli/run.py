@@ -85,6 +85,9 @@ def run(
                                     help="Parse every input file completely before running (by default large files "
                                          "are checked by their first records)."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP + " Also a spec's catalogs: key."),
+    report_to: list[str] | None = typer.Option(None, "--report-to", help="Trackers for every stage: tensorboard | "
+                                               "wandb | mlflow (training curves, dev and zero-shot scores; "
+                                               "repeatable; TensorBoard logs under each stage dir)."),
 ) -> None:
     """Run an experiment spec: plan its stages, train and evaluate what is not done yet.
 
@@ -100,6 +103,12 @@ def run(
 
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"unknown launcher '{launcher}'. Valid: local, slurm", key="--launcher")
+    if report_to:
+        import os
+
+        from xstilts.tracking import ENV_VAR, parse_report_to
+
+        os.environ[ENV_VAR] = ",".join(parse_report_to(report_to))  # the executor and its workers read it
     plan = _load(spec, output_dir, catalog)
     if dry_run:
         from xstilts.experiments.store import store_path

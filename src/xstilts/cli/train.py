@@ -32,16 +32,21 @@ def train(
     precision: str | None = typer.Option(None, "--precision", help="fp32 | bf16 | fp16"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local data directory."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    report_to: list[str] | None = typer.Option(None, "--report-to", help="Trackers for the training curves and dev "
+                                               "scores: tensorboard | wandb | mlflow (repeatable; replaces the "
+                                               "config's trackers)."),
 ) -> None:
     """Train one stage: single task, multi-task, +MLM, or a step of a sequential chain."""
     from xstilts.tasks.catalog import use_catalogs
+    from xstilts.tracking import parse_report_to
     from xstilts.train import train_stage
 
     use_catalogs(catalog)
 
     overrides = {"model": model, "max_steps": max_steps, "num_epochs": epochs, "batch_size": batch_size,
                  "learning_rate": lr, "max_length": max_length, "seed": seed, "precision": precision,
-                 "data_dir": str(data_dir) if data_dir else None}
+                 "data_dir": str(data_dir) if data_dir else None,
+                 "trackers": parse_report_to(report_to) if report_to else None}
     cfg = _stage_config(config, overrides, task, max_examples)
     result = train_stage(cfg, out)
     if result.skipped:

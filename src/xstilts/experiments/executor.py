@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from xstilts.errors import XStiltsError
 from xstilts.experiments.plan import stage_model_dir
 from xstilts.paths import DONE_FILE
+from xstilts.tracking import env_trackers, log_eval_report, merge_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def build_train_config(task: StageTask) -> Any:
     if data.get("init_heads") is None:
         data["init_heads"] = False
     data["data_dir"] = str(task.data_dir) if task.data_dir else None
+    data["trackers"] = merge_trackers(data.get("trackers"), env_trackers())  # xstilts run --report-to
     return make_train_config(data)
 
 
@@ -123,6 +125,7 @@ class TrainEvalExecutor:
             precision=s.get("precision", "fp32"), device="cpu" if task.devices == 0 else None,
             max_length=s.get("max_length"), doc_stride=s.get("doc_stride"), max_query_length=s.get("max_query_length"),
             head=s.get("head"), save_inputs=s.get("save_inputs", False))
+        log_eval_report(report, env_trackers(), task.stage_dir)  # xstilts run --report-to
         rows = eval_rows(report)
         if not rows:
             why = "; ".join(f"{lang}: {reason}" for lang, reason in sorted(report.skipped.items())) or "no scores"

@@ -183,7 +183,10 @@ def make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) -
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # accelerate only sets up multi-process CPU (gloo) when asked for the CPU explicitly
     cpu = world > 1 and not torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=mp, log_with=config.trackers or None, project_dir=str(output_dir),
+    from xstilts.tracking import require_trackers
+
+    trackers = require_trackers(config.trackers)  # a missing optional package: an error naming the pip extra
+    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=str(output_dir),
                       kwargs_handlers=kwargs, cpu=cpu)
     if acc.num_processes != world:
         raise XStiltsError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es); "
