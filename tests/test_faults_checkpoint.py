@@ -193,14 +193,20 @@ def test_crafted_pickle_in_checkpoint_is_not_executed_on_resume(tiny_model_dir, 
     _assert_same_result(reference, resumed)
 
 
-def test_no_usable_checkpoint_restarts_from_the_beginning(tiny_model_dir, tmp_path, reference, killed_after_step_9):
+@pytest.mark.parametrize("damage", ["crafted optimizer state", "truncated head weights"])
+def test_no_usable_checkpoint_restarts_from_the_beginning(tiny_model_dir, tmp_path, reference, killed_after_step_9,
+                                                          damage):
     out = _copy_of(killed_after_step_9, tmp_path)
     marker = tmp_path / "marker"
     for step in (3, 6, 9):
-        _plant(out / "checkpoints" / f"step-{step}" / "optimizer.pt", marker)
+        d = out / "checkpoints" / f"step-{step}"
+        if damage == "crafted optimizer state":
+            _plant(d / "optimizer.pt", marker)
+        else:
+            CORRUPTIONS[damage](d)
     resumed = train_stage(_config(tiny_model_dir), out, task_data=synthetic("copycls"))
     assert not marker.exists()
-    _assert_same_result(reference, resumed)
+    _assert_same_result(reference, resumed)  # the failed attempts left the random generators untouched
 
 
 def test_checkpoint_of_another_config_is_still_an_error(tiny_model_dir, tmp_path, killed_after_step_9):

@@ -355,13 +355,14 @@ def load_newest(checkpoints_dir: Path, config_hash: str, load_weights: Callable[
     """The newest checkpoint that reads back in full.
 
     ``load_weights(checkpoint)`` loads the model weights from ``checkpoint.model_dir`` (and
-    ``checkpoint.extra_modules``) and raises on a corrupt file. A checkpoint
-    that fails is skipped with a warning and the next older one is tried; a checkpoint of
-    another config raises :class:`ForeignCheckpointError`. Returns None when no checkpoint
-    is usable (the stage starts from the beginning; a broken checkpoint is left in place
-    and replaced when the run writes that step again, or pruned).
+    ``checkpoint.extra_modules``) and raises on a corrupt file. A checkpoint that fails is
+    skipped with a warning and the next older one is tried; a checkpoint of another config
+    raises :class:`ForeignCheckpointError`. Returns None when no checkpoint is usable: the
+    stage starts from the beginning, with the RNGs as they were before the attempts. A
+    broken checkpoint is left in place (replaced when the run writes that step again, or pruned).
     """
     broken = 0
+    before = rng_state()  # a failed attempt may draw (e.g. initialising weights it then cannot load)
     for path in reversed(list_checkpoints(checkpoints_dir)):
         try:
             ckpt = load_checkpoint(path, config_hash, extra_modules=extra_modules)
@@ -377,6 +378,7 @@ def load_newest(checkpoints_dir: Path, config_hash: str, load_weights: Callable[
         return ckpt
     if broken:
         logger.warning("no usable checkpoint in %s: the stage starts from the beginning", checkpoints_dir)
+        set_rng_state(before)  # exactly as if there had been no checkpoint
     return None
 
 
