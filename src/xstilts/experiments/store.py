@@ -304,9 +304,12 @@ class ResultsStore:
         return None
 
     def _stale(self, c: sqlite3.Connection) -> list[tuple[sqlite3.Row, str]]:
-        """Running stages whose worker is gone, with why (reads the running rows only: indexed)."""
+        """Running stages whose worker is gone, with why. Reads only running rows that are silent or
+        held on this host (whose pid is checked); indexed on state."""
         now = time.time()
-        rows = c.execute("SELECT stage_id, host, pid, heartbeat FROM stages WHERE state = 'running'").fetchall()
+        rows = c.execute("SELECT stage_id, host, pid, heartbeat FROM stages WHERE state = 'running' AND "
+                         "(host = ? OR heartbeat IS NULL OR heartbeat < ?)", (self.host, now - self.stale_after)
+                         ).fetchall()
         return [(r, why) for r in rows if (why := self._gone(r, now)) is not None]
 
     def reclaim_stale(self, conn: sqlite3.Connection | None = None) -> list[str]:
@@ -463,6 +466,13 @@ class ResultsStore:
             if was is not None and was[0] != DONE:
                 _dependents_pending(c, stage_id, -1)
             self._insert_metrics(c, stage_id, rows)
+
+    def record_failed(self, stage_id: str, error: str) -> None:
+        """Mark a registered stage that is not done failed with ``error``, whoever held it (a Slurm
+        job's ``FAILED.json``, collected by :func:`xstilts.experiments.slurm.collect_results`)."""
+        with self._tx() as c:
+            c.execute("UPDATE stages SET state = 'failed', finished_at = ?, error = ?, pid = NULL, worker = NULL "
+                      "WHERE stage_id = ? AND state != 'done'", (time.time(), error[-20000:], stage_id))
 
     # ------------------------------------------------------------------ reading
 
