@@ -794,14 +794,20 @@ def test_worker_error_class_crosses_processes(tmp_path: Path) -> None:
 
 
 
-def test_slurm_worker_gives_its_stage_back_on_sigterm(tmp_path: Path) -> None:
-    """A Slurm job's SIGTERM (preemption, time limit) releases the claim at once instead of leaving
-    it to go stale after the SIGKILL."""
-    from xstilts.experiments.slurm import slurm_worker
+def test_slurm_job_stops_on_sigterm_and_resumes(tmp_path: Path) -> None:
+    """A Slurm job's SIGTERM (preemption, time limit) stops its stage at once: the job ends in error
+    (so Slurm cancels the jobs after it), nothing is recorded as finished, and the next submission
+    runs the stage again. Jobs never hold store claims (Slurm owns the queue)."""
+    from xstilts.experiments.slurm import StageJobError, collect_results, slurm_job
 
     plan = make_plan(tmp_path, SMALL)
-    open_store(plan.output_dir).register_plan(plan)
-    out = slurm_worker(plan, list(plan.stages), SelfTerm(tmp_path / "rec"), 600.0)
-    assert out["interrupted"] is True
+    root = next(s.id for s in plan if not s.depends_on)
+    with pytest.raises(StageJobError, match="stopped by a signal"):
+        slurm_job(plan, [root], SelfTerm(tmp_path / "rec"))
+    assert not (plan.stage_dir(root) / "OUTCOME.json").exists()
+    assert collect_results(plan) == {"done": 0, "failed": 0}
+    out = slurm_job(plan, [root], RecordingExecutor(tmp_path / "rec"))
+    assert out["ran"] == [root]
+    collect_results(plan)
     with open_store(plan.output_dir) as s:
-        assert "running" not in s.states().values()
+        assert s.states()[root] == "done"

@@ -80,7 +80,8 @@ def run(
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition (launcher slurm)."),
     slurm_timeout_min: int = typer.Option(24 * 60, "--slurm-timeout-min", help="Slurm job time limit (minutes)."),
-    max_jobs_per_level: int = typer.Option(8, "--max-jobs", help="Slurm worker jobs per plan level."),
+    max_jobs: int = typer.Option(0, "--max-jobs", help="Slurm: submit at most this many jobs (0: all; "
+                                 "submit again for the rest once they ran)."),
     check_data: bool = typer.Option(False, "--check-data",
                                     help="Parse every input file completely before running (by default large files "
                                          "are checked by their first records)."),
@@ -126,12 +127,14 @@ def run(
         params: dict[str, Any] = {"timeout_min": slurm_timeout_min}
         if slurm_partition:
             params["slurm_partition"] = slurm_partition
-        sub = submit_slurm(plan, max_jobs_per_level=max_jobs_per_level, gpus_per_stage=devices_per_stage,
+        sub = submit_slurm(plan, max_jobs=max_jobs or None, gpus_per_stage=devices_per_stage,
                            slurm_parameters=params, command=command)
-        for lv in sub.levels:
-            console.print(f"level {lv.level} ({'/'.join(lv.kinds)}): {len(lv.stage_ids)} stage(s) in jobs "
-                          f"{', '.join(lv.job_ids)}" + (f" after {lv.dependency}" if lv.dependency else ""))
-        console.print(f"submitted; follow with [bold]xstilts status {spec}[/] (logs: {sub.folder})")
+        ids = [g.job_id for g in sub.groups]
+        console.print(f"{sum(len(g.stage_ids) for g in sub.groups)} stage(s) in {len(ids)} job(s)"
+                      + (f" ({ids[0]} .. {ids[-1]}), each after the jobs of its upstream stages (afterok)" if ids else "")
+                      + (f"; {sub.held_back} job(s) held back: run this again once these ran" if sub.held_back else ""))
+        console.print(f"submitted; follow with [bold]xstilts status {spec}[/] on this host, which records finished "
+                      f"jobs' results (logs: {sub.folder})")
         return
 
     from xstilts.experiments.runner import run_local
@@ -177,6 +180,9 @@ def status(
     from xstilts.experiments.store import store_path
 
     plan = _load(spec, output_dir, catalog)
+    from xstilts.experiments.slurm import collect_if_submitted
+
+    collect_if_submitted(plan)  # Slurm jobs' results: recorded here, by this one host
     store = open_store(plan.output_dir) if store_path(plan.output_dir).is_file() else None
     rows = plan_rows(plan, store)
     console.print(_plan_table(rows, f"{spec} → {plan.output_dir}"))
@@ -201,6 +207,9 @@ def results(
     from xstilts.experiments.store import store_path
 
     plan = _load(spec, output_dir, catalog)
+    from xstilts.experiments.slurm import collect_if_submitted
+
+    collect_if_submitted(plan)  # Slurm jobs' results: recorded here, by this one host
     if not store_path(plan.output_dir).is_file():
         raise DataNotFoundError(f"{plan.output_dir}: no results yet; run `xstilts run {spec}` first")
     store = open_store(plan.output_dir)

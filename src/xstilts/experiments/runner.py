@@ -311,10 +311,38 @@ def check_outcome(claim: Claim, outcome: StageOutcome) -> None:
                            "and the target's languages, then run again: the stage is retried.")
 
 
+#: the longest an idle worker waits before looking for a ready stage again (seconds)
+MAX_POLL_S = 10.0
+
+
+class Backoff:
+    """Exponential backoff with jitter for an idle worker: waits ``first``, then twice as long each
+    time up to ``cap`` (each wait drawn from [½, 1] of that, so workers do not look in lockstep);
+    :meth:`reset` after it found work."""
+
+    def __init__(self, first: float = 0.5, cap: float = MAX_POLL_S):
+        self.first, self.cap = max(first, 1e-3), max(cap, first)
+        self.delay = self.first
+
+    def next(self) -> float:
+        """The next wait in seconds (and double the one after)."""
+        import random
+
+        wait = self.delay * random.uniform(0.5, 1.0)
+        self.delay = min(self.cap, self.delay * 2)
+        return wait
+
+    def sleep(self) -> None:
+        time.sleep(self.next())
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
 def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str | None = None,
-               stage_ids: Sequence[str] | None = None, poll: float = 1.0, devices: int | None = None,
+               stage_ids: Sequence[str] | None = None, poll: float = 0.5, devices: int | None = None,
                stale_after: float = DEFAULT_STALE_AFTER_S, heartbeat_every: float | None = None,
-               max_stages: int | None = None) -> WorkerSummary:
+               max_stages: int | None = None, max_poll: float = MAX_POLL_S) -> WorkerSummary:
     """Claim and run ready stages of ``plan`` (or of ``stage_ids``) until none is left to do.
 
     Waits while other workers hold stages this one needs; returns when every stage is done,
@@ -322,7 +350,8 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
     worker goes on with other stages); Ctrl-C or SIGTERM (:func:`interrupt_signals`) gives the
     current claim back and re-raises. A full disk releases the claim and raises
     :class:`~xstilts.errors.DiskFullError` (no next stage). A stage whose claim is lost (this
-    worker stalled and another took it) is stopped and left alone.
+    worker stalled and another took it) is stopped and left alone. An idle worker (nothing
+    ready yet) looks again after ``poll`` seconds, doubling up to ``max_poll`` (:class:`Backoff`).
     """
     executor = executor or TrainEvalExecutor()
     worker = worker or f"{os.uname().nodename}:{os.getpid()}"
@@ -331,6 +360,7 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
         devices = len(visible_gpus())
     every = heartbeat_every if heartbeat_every is not None else max(1.0, min(30.0, stale_after / 4))
     summary = WorkerSummary(worker)
+    idle = Backoff(poll, max_poll)
     with open_store(plan.output_dir, stale_after=stale_after) as store, _ClaimGuard() as guard:
         w = _Worker(plan, store, executor, worker, devices, stale_after, every, guard)
         while max_stages is None or len(summary.ran) + len(summary.failed) + len(summary.lost) < max_stages:
@@ -338,8 +368,9 @@ def run_worker(plan: Plan, *, executor: StageExecutor | None = None, worker: str
             if claim is None:
                 if not pending_stages(plan, store.states(), ids):
                     break
-                time.sleep(poll)
+                idle.sleep()
                 continue
+            idle.reset()
             logger.info("[%s] stage %s (%s, %s) starts (attempt %d)", worker, claim.stage_id, claim.kind,
                         plan.stages[claim.stage_id].description if claim.stage_id in plan.stages else "", claim.attempts)
             outcome = w.run_claim(claim)
