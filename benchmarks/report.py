@@ -107,4 +107,32 @@ def render_markdown(results: dict[str, Any]) -> str:
                         f"{r['first_seconds']:.1f}s tokenising on the first run, {r['second_seconds']:.1f}s loading on the second "
                         f"({r['saved_share']:.0%} of the tokenisation time saved; {r['hits']} hits, {r['misses']} misses)."]
         out.append("")
+    out += _store_section(b.get("store")) + _gpu_check_section()
     return "\n".join(out) + "\n"
+
+
+def _store_section(rows: list[dict[str, Any]] | None) -> list[str]:
+    """Results-store claim time (``benchmarks/store_bench.py``)."""
+    if not rows:
+        return []
+    out = ["## Results store: claim time (`benchmarks/store_bench.py`)", "",
+           "| stages | workers | claim query | claims/s | p50 ms | p95 ms | idle look ms |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['stages']:,} | {r['workers']} | {r['impl']} | {_fmt(r['claims_per_s'], 1)} | {_fmt(r['p50_ms'])} | "
+                   f"{_fmt(r['p95_ms'])} | {_fmt(r['idle_look_ms'])} |")
+    out += ["", "Worker processes claim and complete zero-length stages of a synthetic grid (intermediate → 10 "
+            "targets → 2 evals each) for a fixed window; *old* is the claim query before the O(1) rewrite "
+            "(kept in the benchmark only); an idle look finds nothing ready.", ""]
+    return out
+
+
+def _gpu_check_section() -> list[str]:
+    """The last ``benchmarks/gpu_check.sh`` summary, or the note that it has not run on a GPU."""
+    from pathlib import Path
+
+    summary = Path(__file__).with_name("gpu_check") / "gpu_check.md"
+    if summary.is_file() and "device: cuda" in summary.read_text():
+        return ["## GPU check (`benchmarks/gpu_check.sh`)", "", summary.read_text().strip(), ""]
+    return ["## GPU check (`benchmarks/gpu_check.sh`)", "",
+            "gpu_check.sh has not run on a GPU: no GPU was lent to the sessions that built it. Its dry mode "
+            "(`benchmarks/gpu_check.sh --dry-run`, CPU, tiny shape) runs in CI (tests/test_gpu_check.py).", ""]

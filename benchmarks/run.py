@@ -4,6 +4,7 @@
     python -m benchmarks.run --mode quick    # a tiny model, a minute or two: checks the machinery
     python -m benchmarks.run --mode full     # more data and repetitions, every Tatoeba pair
     python -m benchmarks.run --only train,eval
+    python -m benchmarks.run --only store    # results-store claim time, 10k and 50k stages, 16 workers
 
 Every comparison is a ratio measured side by side in this run (alternating sides, several
 repetitions, median and range); see ``benchmarks/common.py``. GPU rows are filled only when
@@ -23,6 +24,7 @@ from benchmarks.common import REPO, interleaved, machine_info, run_side
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
+        "store": {"sizes": [2000], "workers": 4, "seconds": 1.0},
         "train": {"model": "tiny", "n_train": 256, "n_dev": 100, "batch_size": 16, "max_length": 128, "lr": 1e-3, "seed": 0,
                   "precisions": ["fp32"], "reps": 2},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 1},
@@ -30,6 +32,7 @@ MODES: dict[str, dict[str, Any]] = {
         "gpu": {"shape": "tiny", "seq_lens": [64], "batch_size": 8, "steps": 6, "reps": 1, "allow_cpu": True},
     },
     "default": {
+        "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 4.0},
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 2},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"]},
@@ -37,6 +40,7 @@ MODES: dict[str, dict[str, Any]] = {
         "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 60, "reps": 2},
     },
     "full": {
+        "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 10.0},
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 5},
         "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"]},
@@ -105,6 +109,13 @@ def bench_gpu(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]
     return rows
 
 
+def bench_store(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
+    from benchmarks.store_bench import store_rows
+
+    log(f"store: claim time, {cfg['workers']} worker processes, {cfg['sizes']} stages")
+    return store_rows(cfg["sizes"], cfg["workers"], seconds=cfg["seconds"], log=log)
+
+
 def bench_grid(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
     from benchmarks.grid_bench import grid_costs
 
@@ -121,7 +132,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="default")
-    ap.add_argument("--only", default="train,eval,retrieval,grid,gpu", help="comma-separated subset of train,eval,retrieval,grid,gpu")
+    ap.add_argument("--only", default="train,eval,retrieval,grid,gpu,store",
+                    help="comma-separated subset of train,eval,retrieval,grid,gpu,store")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks"), help="folder for results.json and RESULTS.md")
     ap.add_argument("--merge", action="store_true", help="keep the other benchmarks' entries of an existing results.json")
@@ -155,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         write_markdown(results, out / "RESULTS.md")
 
-    fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid, "gpu": bench_gpu}
+    fns = {"train": bench_train, "eval": bench_eval, "retrieval": bench_retrieval, "grid": bench_grid, "gpu": bench_gpu,
+           "store": bench_store}
     for name in only:
         if name not in fns:
             ap.error(f"unknown benchmark {name!r}; choose from {', '.join(fns)}")
