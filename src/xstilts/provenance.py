@@ -76,9 +76,23 @@ def git_state(package_dir: str | None = None) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+def warm_caches() -> None:
+    """Read the library versions and the git state now (each is read once per process), so that
+    a later :func:`provenance` costs no subprocess or metadata scan (the runner calls this before
+    it claims a stage, keeping the time between a claim and the stage's start short)."""
+    package_versions()
+    git_state()
+
+
 def device_info(device: Any = None) -> dict[str, Any]:
     """The device a result was computed on: ``{"type", "name", "count"}`` (``device``: a torch
-    device or its name; None: the GPU when torch sees one, else the CPU)."""
+    device or its name; None: the GPU when torch sees one, else the CPU). A device given by name
+    in a process that has not imported torch is described without importing it (the runner
+    records the device a stage asked for before the stage starts; seconds matter there)."""
+    if "torch" not in sys.modules and isinstance(device, str):
+        kind = device.split(":")[0]
+        return {"type": kind, "name": (platform.processor() or platform.machine()) if kind == "cpu" else None,
+                "count": 1}
     import torch
 
     kind = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -221,6 +221,9 @@ class _Worker:
                  stale_after: float, every: float, guard: _ClaimGuard):
         self.plan, self.store, self.executor, self.name, self.devices = plan, store, executor, name, devices
         self.stale_after, self.every, self.guard = stale_after, every, guard
+        from xstilts.provenance import warm_caches
+
+        warm_caches()  # versions and git state read once, before a claim (stage.json is then written at once)
 
     def task(self, claim: Claim) -> StageTask:
         return StageTask(claim.stage_id, claim.kind, claim.settings, self.plan.stage_dir(claim.stage_id),

@@ -274,10 +274,22 @@ def export_hf(source: str | Path, out_dir: str | Path, *, head: str | None = Non
     result = ExportResult(out, name, layout.auto_class, type(hf).__name__,
                           list(hf.config.id2label.values()) if has_labels else None, diff, card=card)
     if push_to_hub:
-        hf.push_to_hub(push_to_hub)
-        tokenizer.push_to_hub(push_to_hub)
+        _push(out, push_to_hub)
         result.pushed_to = push_to_hub
     return result
+
+
+def _push(directory: Path, repo: str) -> None:
+    """Upload the exported directory (model, tokenizer, card) to the hub repo ``repo``."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(directory), commit_message="xstilts export")
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one clear error; the export itself is kept
+        raise XStiltsError(f"the model was exported to {directory}, but uploading it to the hub repo '{repo}' "
+                           f"failed: {type(exc).__name__}: {exc}") from None
 
 
 def resolve_model_dir(source: Path) -> Path:
