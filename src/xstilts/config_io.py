@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from xstilts.errors import ConfigError
+from xstilts.errors import ConfigError, suggest
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -201,7 +201,9 @@ def _message(err: dict[str, Any], parent: Any, hidden: frozenset[str]) -> str:
     kind = err["type"]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         allowed = [k for k in (_fields(_members(parent)[0]) or {}) if k not in hidden]
-        return "unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "")
+        close = suggest(str(err["loc"][-1]), allowed) if err.get("loc") and allowed else []
+        hint = f". Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return "unknown key" + (f"; allowed keys here: {', '.join(allowed)}" if allowed else "") + hint
     if kind in ("missing", "missing_argument"):
         return "required key is missing"
     msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")

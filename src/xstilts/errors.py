@@ -51,10 +51,31 @@ class DataNotFoundError(XStiltsError):
 class UnknownNameError(XStiltsError):
     """An unknown task / language / model / option; the message lists the valid names."""
 
-    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...]):
+    def __init__(self, kind: str, name: str, valid: list[str] | tuple[str, ...], *,
+                 extra: dict[str, str] | None = None):
         self.kind, self.name, self.valid = kind, name, list(valid)
+        self.suggestions = suggest(name, self.valid, extra)
+        hint = f" Did you mean {' or '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
         shown = ", ".join(sorted(self.valid))
-        super().__init__(f"unknown {kind} '{name}'. Valid values: {shown}")
+        super().__init__(f"unknown {kind} '{name}'.{hint} Valid values: {shown}")
+
+
+def suggest(name: str, valid: list[str] | tuple[str, ...], extra: dict[str, str] | None = None,
+            n: int = 3) -> list[str]:
+    """The valid names closest to ``name`` (difflib, case-insensitive), best first, at most ``n``.
+
+    ``extra`` maps other spellings (e.g. language names) to the valid name they stand for;
+    a close match among them suggests that valid name."""
+    import difflib
+
+    lowered: dict[str, str] = {str(v).lower(): str(v) for v in valid}
+    lowered.update({k.lower(): v for k, v in (extra or {}).items() if k.lower() not in lowered})
+    key = str(name).strip().lower()
+    out: list[str] = []
+    for match in difflib.get_close_matches(key, list(lowered), n=n * 2, cutoff=0.6):
+        if lowered[match] not in out:
+            out.append(lowered[match])
+    return out[:n]
 
 
 class ModelLoadError(XStiltsError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.config_io import validate_model
-from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
+from xstilts.errors import ConfigError, UnknownNameError, XStiltsError, suggest
 from xstilts.experiments.spec import (
     BASELINE,
     HIDDEN_KEYS,
@@ -83,7 +83,9 @@ def _task(name: str, *, key: str, file: Path | None, role: str) -> TaskSpec:
     try:
         spec = get_task(name)
     except UnknownNameError:
-        raise ConfigError(f"unknown task '{name}'. Valid {role} tasks: {', '.join(sorted(valid))}",
+        close = suggest(name, valid)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown task '{name}'.{hint} Valid {role} tasks: {', '.join(sorted(valid))}",
                           key=key, file=file) from None
     if role == "intermediate" and not spec.trainable:
         raise ConfigError(f"'{spec.name}' is a {spec.format} task (no training data, no head): it cannot be an "

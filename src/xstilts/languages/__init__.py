@@ -242,14 +242,30 @@ def find_language(code: str) -> Language | None:
     for sep in ("-", "_"):
         if sep in key:
             return index.get(key.split(sep, 1)[0])
-    return None
+    return _names().get(key)  # an English name: "German" -> de
+
+
+@functools.lru_cache(maxsize=1)
+def _names() -> dict[str, Language]:
+    """Lower-cased English language names -> language (a name two languages share is left out)."""
+    counts: dict[str, int] = {}
+    for lang in _table().languages:
+        counts[lang.name.lower()] = counts.get(lang.name.lower(), 0) + 1
+    return {lang.name.lower(): lang for lang in _table().languages if counts[lang.name.lower()] == 1}
+
+
+def language_names(codes: list[str] | tuple[str, ...] | None = None) -> dict[str, str]:
+    """English name -> catalog code, for ``codes`` (default: every language); for suggestions."""
+    wanted = None if codes is None else set(codes)
+    return {lang.name: lang.code for lang in _table().languages if wanted is None or lang.code in wanted}
 
 
 def get_language(code: str) -> Language:
     """The language for ``code``; raises :class:`UnknownNameError` listing the catalog codes."""
     lang = find_language(code)
     if lang is None:
-        raise UnknownNameError("language", str(code), [lang.code for lang in _table().languages])
+        raise UnknownNameError("language", str(code), [lang.code for lang in _table().languages],
+                               extra=language_names())
     return lang
 
 

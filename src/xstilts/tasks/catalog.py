@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from xstilts.config_io import read_yaml, validate_model
 from xstilts.errors import ConfigError, UnknownNameError
-from xstilts.languages import find_language
+from xstilts.languages import find_language, language_names
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +452,8 @@ def check_language(spec: TaskSpec, language: str) -> str:
     for code, file_code in (spec.local.lang_codes.items() if spec.local else []):
         if file_code == language:
             return code
-    raise UnknownNameError(f"language of task '{spec.name}'", language, spec.languages)
+    raise UnknownNameError(f"language of task '{spec.name}'", language, spec.languages,
+                           extra=language_names(spec.languages))
 
 
 def check_split(spec: TaskSpec, split: str) -> str:
