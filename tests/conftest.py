@@ -39,3 +39,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.helpers import tiny_encoder_dir
 
     return tiny_encoder_dir(tmp_path_factory.mktemp("tiny-xlmr"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_catalog():
+    """Every test starts and ends with the packaged catalog only: a test that loads a user
+    catalog (which also exports ``XSTILTS_CATALOG`` for worker processes) or registers a task
+    must not leak it into the tests that run after it."""
+    from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog
+
+    before = os.environ.get(CATALOG_ENV)
+    yield
+    if before is None:
+        os.environ.pop(CATALOG_ENV, None)
+    else:
+        os.environ[CATALOG_ENV] = before
+    reset_catalog()
