@@ -32,7 +32,7 @@ MODES: dict[str, dict[str, Any]] = {
         "gpu": {"shape": "tiny", "seq_lens": [64], "batch_size": 8, "steps": 6, "reps": 1, "allow_cpu": True},
     },
     "default": {
-        "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 4.0},
+        "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 3.0},
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 2},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"]},

@@ -195,6 +195,8 @@ class ResultsStore:
             if c.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 _migrate(c)
         self._want_key: tuple[int, int] | None = None
+        self._want_ref: Sequence[str] | None = None
+        self._want_len, self._want_ends = -1, None
 
     def close(self) -> None:
         """Close the connection (safe to call twice)."""
@@ -328,9 +330,17 @@ class ResultsStore:
         return back
 
     def _want(self, stage_ids: Sequence[str]) -> None:
-        """Load ``stage_ids`` into this connection's temporary ``claim_want`` table (once per distinct list)."""
+        """Load ``stage_ids`` into this connection's temporary ``claim_want`` table (once per distinct list).
+
+        The same list object passed again (a worker's loop) is recognised without hashing it; a
+        list changed in place between calls must be passed as a new object."""
+        if (stage_ids is self._want_ref and len(stage_ids) == self._want_len
+                and (not stage_ids or (stage_ids[0], stage_ids[-1]) == self._want_ends)):
+            return
         ids = tuple(stage_ids)
         key = (len(ids), hash(ids))
+        self._want_ref, self._want_len = stage_ids, len(ids)
+        self._want_ends = (ids[0], ids[-1]) if ids else None
         if key == self._want_key:
             return
         with self._errors():
