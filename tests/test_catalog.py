@@ -67,7 +67,7 @@ def test_entries_are_consistent() -> None:
             assert get_task(spec.train_task).format == spec.format
         if spec.format in ("classification", "tagging") and spec.name != "ccg":
             assert spec.label_list, spec.name
-        assert spec.primary_metric in ("accuracy", "f1")
+        assert spec.primary_metric in ("accuracy", "f1", "map@20")
 
 
 def test_labels_and_metrics() -> None:

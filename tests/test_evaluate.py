@@ -33,8 +33,10 @@ def _tatoeba_dir(root: Path) -> Path:
 
 
 def test_default_layer_scales_xtreme_reference():
+    # layers numbered as XTREME's --specific_layer (transformer layers only, from 0):
+    # 7 of 12 = hidden_states[8], 13 of 24 = hidden_states[14] (issue 14 item 4)
     assert default_retrieval_layer(12) == 7  # XTREME --specific_layer 7 for 12-layer encoders
-    assert default_retrieval_layer(24) == 14
+    assert default_retrieval_layer(24) == 13
     assert default_retrieval_layer(2) == 1
 
 
@@ -46,9 +48,11 @@ def test_retrieval_eval_all_languages_skips_missing_and_rescore(tiny_model_dir, 
     assert set(rep.per_language) == {"de", "fr"} and "ja" in rep.skipped
     assert rep.n_examples == {"de": 5, "fr": 5}
     for scores in rep.per_language.values():
-        assert 0 <= scores["accuracy"] <= 100 and "accuracy_reverse" in scores
+        assert 0 <= scores["accuracy"] <= 100 and "accuracy_xx_to_en" in scores
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["settings"]["retrieval"]["layer"] == 1 and saved["settings"]["retrieval"]["prefix"] == "query: "
+    assert saved["settings"]["retrieval"]["hidden_states_index"] == 2
+    assert saved["settings"]["retrieval"]["direction"].startswith("english->xx")
     assert saved["average"]["accuracy"] == pytest.approx((rep.per_language["de"]["accuracy"] + rep.per_language["fr"]["accuracy"]) / 2)
     rows = [json.loads(line) for line in (out / "predictions" / "de.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and {"id", "prediction", "prediction_reverse"} <= set(rows[0])
@@ -68,7 +72,7 @@ def test_retrieval_eval_all_languages_skips_missing_and_rescore(tiny_model_dir, 
 
 def test_retrieval_on_real_tatoeba_with_margin(tiny_model_dir, shared_data, tmp_path):
     rep = zero_shot_eval(str(tiny_model_dir), "tatoeba", ["deu", "sw"], data_dir=shared_data, max_examples=30,
-                         retrieval=RetrievalSettings(margin="ratio", layer=2, pooling="cls"))
+                         retrieval=RetrievalSettings(margin="ratio", layer=1, pooling="cls"))
     assert set(rep.per_language) == {"de", "sw"} and rep.n_examples == {"de": 30, "sw": 30}
     assert rep.settings["retrieval"]["similarity"] == "margin-ratio" and rep.settings["max_examples"] == 30
 
@@ -149,7 +153,7 @@ def test_cli_eval_prints_table_and_writes_outputs(tiny_model_dir, tmp_path):
     data = _tatoeba_dir(tmp_path / "data")
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--task", "tatoeba", "--languages", "de,fr",
-                                   "--layer", "2", "--pooling", "cls", "--out", str(out), "--data-dir", str(data)])
+                                   "--layer", "1", "--pooling", "cls", "--out", str(out), "--data-dir", str(data)])
     assert res.exit_code == 0, res.output
     assert "average" in res.output and "metrics.json" in res.output
     assert json.loads((out / "metrics.json").read_text())["settings"]["retrieval"]["pooling"] == "cls"

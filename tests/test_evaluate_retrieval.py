@@ -11,7 +11,7 @@ import pytest
 
 from xstilts.errors import DataNotFoundError, XStiltsError
 from xstilts.evaluate import RetrievalSettings, rescore, zero_shot_eval
-from xstilts.metrics import mine_bitext, nearest_neighbours, optimize_threshold
+from xstilts.metrics import nearest_neighbours
 from xstilts.tasks.formats import get_format
 from xstilts.tasks.formats.retrieval import Retrieval
 from xstilts.tasks.types import BitextExample
@@ -40,41 +40,30 @@ def test_tatoeba_decoder_both_directions_and_rows_round_trip():
     tgt[:3] = src[:3] + 0.01  # three clear pairs, three random
     exs = _examples(6)
     found = RET.retrieve(exs, _features(6), _interleave(src, tgt), "tatoeba", both_directions=True)
-    fwd, bwd = nearest_neighbours(src, tgt), nearest_neighbours(tgt, src)
+    # XTREME's direction (utils_retrieve.py similarity_search): English (target) queries, non-English indexed
+    fwd, bwd = nearest_neighbours(tgt, src), nearest_neighbours(src, tgt)
     assert found.predictions == {f"e{i}": f"e{j}" for i, j in enumerate(fwd)}
     assert found.reverse == {f"e{i}": f"e{j}" for i, j in enumerate(bwd)}
     scores = RET.score_retrieval(exs, found)
     assert scores["accuracy"] == pytest.approx(100 * np.mean(fwd == np.arange(6)))
-    assert scores["accuracy_reverse"] == pytest.approx(100 * np.mean(bwd == np.arange(6)))
-    assert scores["accuracy_both"] == pytest.approx((scores["accuracy"] + scores["accuracy_reverse"]) / 2)
+    assert scores["accuracy_xx_to_en"] == pytest.approx(100 * np.mean(bwd == np.arange(6)))
     again = Retrieval.from_rows("tatoeba", json.loads(json.dumps(found.to_rows())))
     assert RET.score_retrieval(exs, again) == scores
     # decode (the Format contract) gives the same predictions, in either direction
     outputs = {"embeddings": _interleave(src, tgt)}
     assert RET.decode(exs, _features(6), outputs) == found.predictions
-    assert RET.decode(exs, _features(6), outputs, direction="target_to_source") == found.reverse
+    assert RET.decode(exs, _features(6), outputs, direction="source_to_target") == found.reverse
     margin = RET.retrieve(exs, _features(6), _interleave(src, tgt), margin="ratio", k=2)
-    assert margin.predictions == {f"e{i}": f"e{j}" for i, j in enumerate(nearest_neighbours(src, tgt, margin="ratio", k=2))}
+    assert margin.predictions == {f"e{i}": f"e{j}" for i, j in enumerate(nearest_neighbours(tgt, src, margin="ratio", k=2))}
 
 
-def test_bucc_decoder_keeps_mined_pairs_above_the_oracle_threshold():
-    rng = np.random.default_rng(1)
-    src, tgt = rng.normal(size=(8, 6)), rng.normal(size=(8, 6))
-    tgt[:5] = src[:5] + rng.normal(scale=0.05, size=(5, 6))
-    exs = _examples(8)
-    found = RET.retrieve(exs, _features(8), _interleave(src, tgt), "bucc", k=3)
-    mined = mine_bitext(src, tgt, k=3, margin="ratio")
-    threshold = optimize_threshold([((f"e{s}", f"e{t}"), sc) for s, t, sc in mined], {(e.id, e.id) for e in exs})
-    kept = [(f"e{s}", f"e{t}", sc) for s, t, sc in mined if sc > threshold]
-    assert found.threshold == pytest.approx(threshold)
-    assert list(found.predictions.items()) == [(s, t) for s, t, _ in kept]  # best first
-    assert {(f"e{i}", f"e{i}") for i in range(5)} <= set(found.predictions.items())
-    scores = RET.score_retrieval(exs, found)
-    assert set(scores) == {"f1", "precision", "recall"} and scores["recall"] == pytest.approx(
-        100 * sum(s == t for s, t, _ in kept) / 8)
-    rows = found.to_rows()
-    assert set(rows[0]) == {"id", "prediction", "score"}
-    assert RET.score(exs, Retrieval.from_rows("bucc", rows).predictions, "bucc") == scores
+def test_bucc_is_refused_on_translation_pairs():
+    """Mining among gold pairs has no distractors (issue 14 item 5): the pair decoder refuses BUCC."""
+    from xstilts.errors import ConfigError
+
+    exs = _examples(4)
+    with pytest.raises(ConfigError, match="official BUCC 2018 layout"):
+        RET.retrieve(exs, _features(4), np.ones((8, 3)), "bucc")
 
 
 def test_decoder_errors_name_the_problem():
@@ -91,31 +80,54 @@ WORDS = ("Haus Baum Katze Hund Fluss Berg Stadt Brot Milch Regen Sonne Wolke Ste
          "Lampe Fenster").split()
 
 
-def _bucc_dir(root: Path) -> Path:
-    """A tiny BUCC-style JSON-lines split of our own word lists (every second pair identical text)."""
-    d = root / "bucc2018"
-    d.mkdir(parents=True)
-    rows = []
+def _bucc_part(d: Path, part: str, shift: int) -> None:
+    """One part of a tiny BUCC corpus in the official layout (de-en.<part>.de / .en / .gold) from our
+    own word lists: 8 translated pairs (every second one identical text) among 16 German and 12
+    English sentences (the rest are distractors)."""
+    de, en, gold = [], [], []
     for i in range(16):
-        source = " ".join(WORDS[(i + j * 7) % len(WORDS)] for j in range(2 + i % 3))
-        target = source if i % 2 == 0 else " ".join(reversed(source.split())) + " und"
-        rows.append({"id": f"de-{i:03d}", "source": source, "target": target})
-    (d / "dev-de.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        de.append(" ".join(WORDS[(i * 3 + j * 7 + shift) % len(WORDS)] for j in range(2 + i % 3)))
+    for i in range(12):
+        if i < 8:
+            text = de[i] if i % 2 == 0 else " ".join(reversed(de[i].split())) + " und"
+            gold.append((f"de-{part}-{i:03d}", f"en-{part}-{i:03d}"))
+        else:
+            text = " ".join(WORDS[(i * 5 + j + shift) % len(WORDS)] for j in range(3)) + " the"
+        en.append(text)
+    (d / f"de-en.{part}.de").write_text("".join(f"de-{part}-{i:03d}\t{t}\n" for i, t in enumerate(de)), encoding="utf-8")
+    (d / f"de-en.{part}.en").write_text("".join(f"en-{part}-{i:03d}\t{t}\n" for i, t in enumerate(en)), encoding="utf-8")
+    (d / f"de-en.{part}.gold").write_text("".join(f"{s}\t{t}\n" for s, t in gold), encoding="utf-8")
+
+
+def _bucc_dir(root: Path) -> Path:
+    d = root / "bucc2018" / "de-en"
+    d.mkdir(parents=True)
+    _bucc_part(d, "sample", 0)
+    _bucc_part(d, "training", 3)
     return root
 
 
 def test_bucc_eval_writes_mined_pairs_and_rescore_agrees(tiny_model_dir, tmp_path):
     data = _bucc_dir(tmp_path / "data")
     out = tmp_path / "out"
-    rep = zero_shot_eval(str(tiny_model_dir), "bucc", "de", split="dev", data_dir=data, out_dir=out,
-                         retrieval=RetrievalSettings(layer=0, k=2), batch_size=5)
+    rs = RetrievalSettings(layer=0, k=2)
+    rep = zero_shot_eval(str(tiny_model_dir), "bucc", "de", data_dir=data, out_dir=out, retrieval=rs, batch_size=5)
     scores = rep.per_language["de"]
-    assert set(scores) == {"f1", "precision", "recall"} and scores["f1"] > 0  # identical texts are found
-    threshold = rep.settings["per_language"]["de"]["threshold"]
+    assert set(scores) == {"f1", "precision", "recall", "f1_oracle"} and scores["f1_oracle"] > 0
+    record = rep.settings["per_language"]["de"]
+    assert record["threshold_source"] == "dev" and record["comparable"] is True
+    assert record["corpus"] == "de-en.training" and record["sentences"] == {"xx": 16, "en": 12}
     rows = [json.loads(x) for x in (out / "predictions" / "de.jsonl").read_text().splitlines()]
-    assert rows and all(r["score"] > threshold for r in rows)
+    assert all(r["score"] >= record["threshold"] for r in rows)
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    assert rescore(out).per_language == rep.per_language
+    again = rescore(out).per_language["de"]
+    assert {k: again[k] for k in ("f1", "precision", "recall")} == pytest.approx(
+        {k: scores[k] for k in ("f1", "precision", "recall")})
+    # scoring the dev part itself: the threshold is an oracle, and says so
+    dev = zero_shot_eval(str(tiny_model_dir), "bucc", "de", split="dev", data_dir=data, retrieval=rs, batch_size=5)
+    assert dev.settings["per_language"]["de"]["threshold_source"] == "oracle"
+    assert dev.settings["per_language"]["de"]["comparable"] is False
+    assert dev.per_language["de"]["f1"] == dev.per_language["de"]["f1_oracle"]
 
 
 def test_every_language_skipped_is_a_data_not_found_error(tiny_model_dir, tmp_path):

@@ -4,16 +4,18 @@ Follows google-research/xtreme ``evaluate.py``:
 
 * a task's score is the mean over the benchmark's language list of its per-language metric;
 * the task's *metric* is ``(exact_match + f1) / 2`` for QA tasks, else ``f1`` when the task
-  reports it (NER, POS, BUCC), else ``accuracy``;
+  reports it (NER, POS, BUCC), else ``accuracy``, else ``map@20`` (Mewsli-X, LAReQA);
 * a group's score is the mean of its tasks' metrics (when all its tasks are present);
 * ``overall`` is the mean over *tasks* (all tasks equally weighted, as ``all_task`` in
   ``evaluate.py``) — which reproduces the XTREME paper's "Avg" column. ``overall_groups``,
   the mean over the group scores, is reported too (the XTREME-R leaderboard presents
   category scores; which of the two its headline uses is not stated in ``evaluate.py``).
 
-Task names are catalog names (``bucc`` is XTREME's ``bucc2018``). XTREME-R: classification
-(xnli, xcopa), structured prediction (udpos, panx), QA (xquad, mlqa, tydiqa), retrieval
-(tatoeba, mewsli_x, lareqa); its QA tasks use the same (EM + F1) / 2 rule here.
+Task names are catalog names (``bucc`` is XTREME's ``bucc2018``). XTREME-R, as
+``XTREME_R_GROUP2TASK`` in ``evaluate.py``: classification (xnli, xcopa), structured
+prediction (udpos, panx), QA (xquad, mlqa, tydiqa), retrieval (tatoeba, mewsli_x), multiple
+choice (xcopa); LAReQA counts in the overall score (``XTREME_R_TASK2LANGS``) but in no group.
+Its QA tasks use the same (EM + F1) / 2 rule here.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ BENCHMARK_GROUPS: dict[str, dict[str, list[str]]] = {
         "classification": ["xnli", "xcopa"],
         "structured_prediction": ["udpos", "panx"],
         "qa": ["xquad", "mlqa", "tydiqa"],
-        "retrieval": ["tatoeba", "mewsli_x", "lareqa"],
+        "retrieval": ["tatoeba", "mewsli_x"],
+        "multiple_choice": ["xcopa"],
     },
 }
+#: tasks of a benchmark's overall score that belong to no group
+UNGROUPED_TASKS: dict[str, list[str]] = {"xtreme": [], "xtreme-r": ["lareqa"]}
 QA_TASKS = frozenset({"xquad", "mlqa", "tydiqa"})
 _ALIASES = {"bucc2018": "bucc", "mewsli-x": "mewsli_x", "mewslix": "mewsli_x", "wikiann": "panx", "pos": "udpos", "ner": "panx"}
 
@@ -55,15 +60,15 @@ def benchmark_languages(task: str, benchmark: str = "xtreme") -> list[str]:
 
 
 def task_metric(task: str, scores: Mapping[str, float]) -> float:
-    """The single number XTREME uses for a task: (EM + F1) / 2 for QA, else F1, else accuracy."""
+    """The single number XTREME uses for a task: (EM + F1) / 2 for QA, else F1, else accuracy, else mAP@20."""
     if task in QA_TASKS:
         if "exact_match" not in scores or "f1" not in scores:
             raise XStiltsError(f"QA task '{task}' needs both 'exact_match' and 'f1', got {sorted(scores)}")
         return (scores["exact_match"] + scores["f1"]) / 2
-    for key in ("f1", "accuracy"):
+    for key in ("f1", "accuracy", "map@20"):
         if key in scores:
             return float(scores[key])
-    raise XStiltsError(f"task '{task}': no 'f1' or 'accuracy' among its scores {sorted(scores)}")
+    raise XStiltsError(f"task '{task}': no 'f1', 'accuracy' or 'map@20' among its scores {sorted(scores)}")
 
 
 def language_average(task: str, per_language: Mapping[str, Mapping[str, float]], benchmark: str = "xtreme",
@@ -105,7 +110,7 @@ def xtreme_scores(per_task: Mapping[str, Mapping], benchmark: str = "xtreme") ->
     if benchmark not in BENCHMARK_GROUPS:
         raise UnknownNameError("benchmark", benchmark, list(BENCHMARK_GROUPS))
     groups = BENCHMARK_GROUPS[benchmark]
-    known = {t for ts in groups.values() for t in ts}
+    known = {t for ts in groups.values() for t in ts} | set(UNGROUPED_TASKS.get(benchmark, []))
     task_scores = _benchmark_task_scores(per_task, known, benchmark)
     tasks = {t: task_metric(t, s) for t, s in task_scores.items()}
     group_scores = {g: sum(tasks[t] for t in ts) / len(ts) for g, ts in groups.items() if all(t in tasks for t in ts)}

@@ -27,6 +27,8 @@ Layouts:
 ``nli_tsv``               XNLI-style TSV: premise, hypothesis, label (no header)
 ``pawsx_tsv``             PAWS-X TSV with header: id, sentence1, sentence2, label
 ``tatoeba``               Tatoeba pair files: ``tatoeba.xxx-eng.xxx`` and ``.eng``, line-aligned
+``bucc2018``              BUCC 2018 official layout: ``xx-en.<part>.xx`` / ``.en`` (id TAB sentence)
+                          and ``.gold``; one whole corpus (:mod:`xstilts.tasks.bucc`)
 ``jsonl_<format>``        generic JSON lines for each format; field names in
                           :attr:`Format.json_fields` (remap them with the ``fields`` option,
                           label values with ``label_map``)
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.errors import ConfigError, DataError, UnknownNameError
+from xstilts.tasks.bucc import read_bucc2018
 from xstilts.tasks.formats import format_names, get_format
 from xstilts.tasks.formats._records import JsonRecord
 from xstilts.tasks.formats._records import check_label as _check_label
@@ -764,6 +767,7 @@ _FILE_READERS: dict[str, Reader] = {
     "nli_tsv": read_nli_tsv,
     "pawsx_tsv": read_pawsx_tsv,
     "tatoeba": read_tatoeba,
+    "bucc2018": read_bucc2018,  # official BUCC 2018 layout, whole corpora (xstilts.tasks.bucc)
     "delimited": read_delimited,
 }
 
@@ -773,7 +777,7 @@ READER_FORMATS: dict[str, str] = {
     "squad_json": "extractive_qa", "token_tsv": "tagging", "conllu": "tagging", "xcopa_jsonl": "multiple_choice",
     "commonsenseqa_jsonl": "multiple_choice", "cosmosqa_csv": "multiple_choice", "anli_csv": "classification",
     "nli_tsv": "classification", "pawsx_tsv": "classification", "tatoeba": "retrieval",
-    "delimited": "classification",
+    "bucc2018": "retrieval", "delimited": "classification",
 }
 
 

@@ -1,13 +1,17 @@
-"""Bitext retrieval with no training data (Tatoeba, BUCC).
+"""Bitext retrieval with no training data (Tatoeba, BUCC, Mewsli-X / LAReQA pairs).
 
 Featurisation tokenises both sides of every :class:`BitextExample` separately: two features
 per example, with ``side`` = ``"source"`` or ``"target"``. The evaluate layer embeds them
 (the encoder layer and pooling are its settings, see ``xstilts.models.predict``). The one
 retrieval decoder, :meth:`RetrievalFormat.retrieve`, turns those embeddings into a
-:class:`Retrieval` through :mod:`xstilts.metrics.retrieval`: for Tatoeba every source sentence's
-nearest target (cosine or margin; optionally the reverse direction too), for BUCC the pairs
-mined over the pool above a threshold. :meth:`RetrievalFormat.score` scores either from the
-predictions alone (so ``rescore`` recomputes every number from the prediction files).
+:class:`Retrieval` through :mod:`xstilts.metrics.retrieval`. Tatoeba, in XTREME's direction
+(``third_party/utils_retrieve.py`` ``similarity_search``): every *English* (target) sentence's
+nearest non-English (source) sentence, by cosine or margin; ``both_directions`` adds the
+other direction (``accuracy_xx_to_en``). ``map@20`` (Mewsli-X, LAReQA): every source ranks the
+pool of distinct targets. BUCC is mined over the whole comparable corpora of the official
+layout (:mod:`xstilts.tasks.bucc`, :mod:`xstilts.evaluate.bucc_eval`), never among gold pairs.
+:meth:`RetrievalFormat.score` scores from the predictions alone (so ``rescore`` recomputes
+every number from the prediction files).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from xstilts.tasks.types import BitextExample
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 SIDES = ("source", "target")
-DIRECTIONS = ("source_to_target", "target_to_source")
+#: "target_to_source" is XTREME's Tatoeba direction (English queries, non-English indexed)
+DIRECTIONS = ("target_to_source", "source_to_target")
+MAP_K = 20
 
 
 class RetrievalFormat(Format):
@@ -34,7 +40,7 @@ class RetrievalFormat(Format):
 
     name: ClassVar[str] = "retrieval"
     head_kind: ClassVar[str | None] = None
-    metrics: ClassVar[tuple[str, ...]] = ("tatoeba", "bucc")
+    metrics: ClassVar[tuple[str, ...]] = ("tatoeba", "bucc", "map@20")
     json_fields: ClassVar[dict[str, str]] = {"id": "id", "source": "source", "target": "target"}
 
     def example_from_json(self, record: JsonRecord, label_list: Sequence[str] | None = None) -> BitextExample:
@@ -103,24 +109,31 @@ class RetrievalFormat(Format):
         normalize: bool = True,
         both_directions: bool = False,
     ) -> Retrieval:
-        """Decode sentence embeddings of one language into a :class:`Retrieval` (Tatoeba and BUCC).
+        """Decode sentence embeddings of one language into a :class:`Retrieval`.
 
-        ``tatoeba``: every source (non-English) sentence's nearest target (English) sentence,
-        by cosine (``margin=None``) or margin score over ``k`` neighbours; ``both_directions``
-        adds target -> source. ``bucc``: bitext mining over the pool of all sentences
-        (:func:`~xstilts.metrics.mine_bitext`, margin ``margin`` or ``"ratio"``); the kept
-        pairs are those scoring above the F1-optimal threshold on these examples' gold pairs
-        (an oracle threshold, as ``bucc_f1`` without a threshold).
+        ``tatoeba``: XTREME's direction, every target (English) sentence's nearest source
+        (non-English) sentence, by cosine (``margin=None``) or margin score over ``k``
+        neighbours (``predictions``: English example id -> predicted example id);
+        ``both_directions`` adds source -> target (``reverse``). ``map@20``: every source
+        ranks the distinct targets (``predictions``: id -> the top 20 as example ids).
+        ``bucc`` is refused here: translation pairs hold no distractors
+        (:func:`xstilts.tasks.bucc.require_corpora`; corpora are mined by ``evaluate.bucc_eval``).
         """
         check_metric(self.name, metric, self.metrics)
+        if metric == "bucc":
+            from xstilts.tasks.bucc import require_corpora
+
+            require_corpora("bucc", examples)
+            raise XStiltsError("BUCC corpora are mined by xstilts.evaluate.bucc_eval.bucc_language, not by "
+                               "RetrievalFormat.retrieve (which decodes translation pairs)")
         if not examples:
             return Retrieval(metric, {})
         src, tgt = self.side_embeddings(features, embeddings, len(examples))
-        if metric == "bucc":
-            return _mine(examples, src, tgt, margin=margin or "ratio", k=k, normalize=normalize)
-        fwd = _nearest(examples, src, tgt, margin=margin, k=k, normalize=normalize)
-        bwd = _nearest(examples, tgt, src, margin=margin, k=k, normalize=normalize) if both_directions else None
-        return Retrieval(metric, fwd, reverse=bwd)
+        if metric == "map@20":
+            return _rank_pool(examples, src, tgt, normalize=normalize)
+        en_to_xx = _nearest(examples, tgt, src, margin=margin, k=k, normalize=normalize)
+        xx_to_en = _nearest(examples, src, tgt, margin=margin, k=k, normalize=normalize) if both_directions else None
+        return Retrieval(metric, en_to_xx, reverse=xx_to_en)
 
     def decode(
         self,
@@ -129,20 +142,20 @@ class RetrievalFormat(Format):
         outputs: dict[str, np.ndarray],
         label_list: Sequence[str] | None = None,
         *,
-        direction: str = "source_to_target",
+        direction: str = "target_to_source",
         metric: str = "tatoeba",
         **options: Any,
     ) -> dict[str, str]:
         """:meth:`retrieve`'s predictions from ``outputs["embeddings"]`` [F, H].
 
-        ``direction="source_to_target"`` (every non-English sentence looks for its English
-        translation) returns ``{source example id: id of the example whose target is
-        nearest}``; ``"target_to_source"`` the reverse. ``options``: ``margin``, ``k``,
-        ``normalize`` of :meth:`retrieve`.
+        ``direction="target_to_source"`` (XTREME's: every English sentence looks for its
+        non-English translation) returns ``{example id: id of the example whose source is
+        nearest to its target}``; ``"source_to_target"`` the other direction. ``options``:
+        ``margin``, ``k``, ``normalize`` of :meth:`retrieve`.
         """
         if direction not in DIRECTIONS:
             raise UnknownNameError("retrieval direction", direction, list(DIRECTIONS))
-        reverse = direction == "target_to_source"
+        reverse = direction == "source_to_target"
         known = {key: options[key] for key in ("margin", "k", "normalize") if key in options}
         found = self.retrieve(examples, features, outputs["embeddings"], metric, both_directions=reverse, **known)
         return (found.reverse or {}) if reverse else found.predictions
@@ -154,24 +167,27 @@ class RetrievalFormat(Format):
         metric: str,
         language: str | None = None,
     ) -> dict[str, float]:
-        """``tatoeba``: accuracy (percent) of ``{id: predicted target id}`` (gold: the example
-        itself). ``bucc``: F1 / precision / recall of the mined pairs ``{source id: target id}``
-        against the gold pairs (every example with itself)."""
+        """``tatoeba``: accuracy (percent) of ``{id: predicted id}`` (gold: the example itself).
+        ``map@20``: MRR@20 (= mAP@20 with one relevant candidate, XTREME ``utils_mewslix.evaluate``)
+        of ``{id: ranked example ids}`` against the first example sharing the query's target.
+        ``bucc``: F1 / precision / recall of the mined pairs ``{source id: target id}``
+        against the corpora's gold pairs."""
         check_metric(self.name, metric, self.metrics)
-        from xstilts.metrics import accuracy, prf
+        from xstilts.metrics import accuracy, mean_reciprocal_rank, prf
 
         if metric == "bucc":
             return prf([(str(s), str(t)) for s, t in predictions.items()], _gold_pairs(examples))
         check_coverage(examples, predictions, self.name)
+        if metric == "map@20":
+            return {"map@20": mean_reciprocal_rank(_pool_gold(examples), predictions, k=MAP_K)}
         return {"accuracy": accuracy([predictions[ex.id] for ex in examples], [ex.id for ex in examples])}
 
     def score_retrieval(self, examples: Sequence[BitextExample], found: Retrieval) -> dict[str, float]:
-        """Every score of a :class:`Retrieval`: :meth:`score` of its predictions, plus
-        ``accuracy_reverse`` and ``accuracy_both`` (their mean) when it holds the reverse direction."""
+        """Every score of a :class:`Retrieval`: :meth:`score` of its predictions (``accuracy`` in
+        XTREME's direction), plus ``accuracy_xx_to_en`` when it holds the other direction."""
         scores = self.score(examples, found.predictions, found.metric)
         if found.reverse is not None:
-            scores["accuracy_reverse"] = self.score(examples, found.reverse, found.metric)["accuracy"]
-            scores["accuracy_both"] = (scores["accuracy"] + scores["accuracy_reverse"]) / 2
+            scores["accuracy_xx_to_en"] = self.score(examples, found.reverse, found.metric)["accuracy"]
         return scores
 
 
@@ -179,14 +195,16 @@ class RetrievalFormat(Format):
 class Retrieval:
     """What the retrieval decoder found in one language (what ``predictions/<lang>.jsonl`` holds).
 
-    ``predictions``: tatoeba: every source example id -> the id whose target is nearest; bucc:
-    the mined pairs kept (source id -> target id), best first. ``reverse``: target example id ->
-    the id whose source is nearest (tatoeba with both directions). ``pair_scores``: bucc's
+    ``predictions``: tatoeba: every example id -> the id whose source (non-English) sentence is
+    nearest to its target (English) sentence (XTREME's direction); map@20: every example id ->
+    the ranked ids of its top 20 distinct targets; bucc: the mined pairs kept (source id ->
+    target id), best first. ``reverse``: example id -> the id whose target is nearest to its
+    source (tatoeba with both directions). ``pair_scores``: bucc's
     margin score of each kept pair (by source id); ``threshold``: the score threshold used.
     """
 
     metric: str
-    predictions: dict[str, str]
+    predictions: dict[str, Any]
     reverse: dict[str, str] | None = None
     pair_scores: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
@@ -206,7 +224,8 @@ class Retrieval:
     @classmethod
     def from_rows(cls, metric: str, rows: Sequence[dict[str, Any]]) -> Retrieval:
         """Inverse of :meth:`to_rows` (the threshold is not in the rows)."""
-        preds = {str(r["id"]): str(r["prediction"]) for r in rows}
+        preds = {str(r["id"]): ([str(x) for x in r["prediction"]] if isinstance(r["prediction"], list)
+                                else str(r["prediction"])) for r in rows}
         reverse = None
         if rows and all("prediction_reverse" in r for r in rows):
             reverse = {str(r["id"]): str(r["prediction_reverse"]) for r in rows}
@@ -214,8 +233,26 @@ class Retrieval:
         return cls(metric, preds, reverse=reverse, pair_scores=scores)
 
 
-def _gold_pairs(examples: Sequence[BitextExample]) -> set[tuple[str, str]]:
-    return {(ex.id, ex.id) for ex in examples}
+def _gold_pairs(examples: Sequence[Any]) -> set[tuple[str, str]]:
+    """The gold id pairs of BUCC corpora (:class:`xstilts.tasks.bucc.BuccCorpus`)."""
+    from xstilts.tasks.bucc import require_corpora
+
+    return set().union(*(corpus.gold or set() for corpus in require_corpora("bucc", examples)))
+
+
+def _pool_gold(examples: Sequence[BitextExample]) -> dict[str, str]:
+    """``{example id: id of the first example with the same target}`` (its relevant candidate)."""
+    first: dict[str, str] = {}
+    return {ex.id: first.setdefault(ex.target, ex.id) for ex in examples}
+
+
+def _rank_pool(examples: Sequence[BitextExample], src: np.ndarray, tgt: np.ndarray, *,
+               normalize: bool) -> Retrieval:
+    """map@20: every source ranks the distinct targets (deduplicated by text)."""
+    from xstilts.metrics import pair_pool_ranking
+
+    ranked, _ = pair_pool_ranking(src, tgt, [ex.target for ex in examples], k=MAP_K, normalize=normalize)
+    return Retrieval("map@20", {ex.id: [examples[int(r)].id for r in row] for ex, row in zip(examples, ranked)})
 
 
 def _nearest(examples: Sequence[BitextExample], queries: np.ndarray, keys: np.ndarray, *, margin: str | None,
@@ -226,15 +263,3 @@ def _nearest(examples: Sequence[BitextExample], queries: np.ndarray, keys: np.nd
     best = nearest_neighbours(queries, keys, margin=margin, k=k, normalize=normalize)
     return {examples[i].id: examples[int(j)].id for i, j in enumerate(best)}
 
-
-def _mine(examples: Sequence[BitextExample], src: np.ndarray, tgt: np.ndarray, *, margin: str, k: int,
-          normalize: bool) -> Retrieval:
-    """BUCC: mined pairs scoring above the F1-optimal threshold on the examples' gold pairs."""
-    from xstilts.metrics import mine_bitext, optimize_threshold
-
-    ids = [ex.id for ex in examples]
-    mined = [(ids[s], ids[t], score) for s, t, score in mine_bitext(src, tgt, k=k, margin=margin, normalize=normalize)]
-    threshold = float(optimize_threshold([((s, t), score) for s, t, score in mined], _gold_pairs(examples)))
-    kept = [(s, t, score) for s, t, score in mined if score > threshold]
-    return Retrieval("bucc", {s: t for s, t, _ in kept}, pair_scores={s: score for s, _, score in kept},
-                     threshold=threshold)
