@@ -32,28 +32,28 @@ from xstilts.provenance import provenance
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
-#: fraction of the encoder depth used by default for retrieval: XTREME's
-#: ``scripts/run_tatoeba.sh`` / ``run_bucc2018.sh`` take ``--specific_layer 7`` of 12 for
-#: mBERT-size models (7/12 = 0.58); it used 13 of 24 for XLM-R Large.
-DEFAULT_LAYER_FRACTION = 7 / 12
 
 
 def default_retrieval_layer(num_layers: int) -> int:
-    """XTREME's reference layer scaled to the encoder depth: ``round(7/12 * num_layers)`` (7 of 12, 14 of 24)."""
-    return max(1, min(num_layers, round(DEFAULT_LAYER_FRACTION * num_layers)))
+    """XTREME's default ``--specific_layer`` (7 of 12 = ``hidden_states[8]``, 13 of 24 = ``hidden_states[14]``);
+    layers are numbered as XTREME numbers them (:mod:`xstilts.evaluate.retrieval_layers`)."""
+    from xstilts.evaluate.retrieval_layers import default_retrieval_layer as xtreme_default
+
+    return xtreme_default(num_layers)
 
 
 @dataclass
 class RetrievalSettings:
     """How sentences are embedded and matched for retrieval tasks (all recorded in the output).
 
-    Defaults follow the XTREME reference (``third_party/evaluate_retrieval.py``): mean pooling
-    (attention-mask average) of a middle layer's hidden states, cosine similarity, nearest
-    neighbour from each non-English sentence to the English pool. ``layer=None`` means
-    :func:`default_retrieval_layer` of the encoder's depth (7 for a 12-layer model: XTREME's
-    ``--specific_layer 7``; middle layers of MLM encoders align languages best, the top
-    layers specialise to the pre-training objective). Index 0 is the embedding layer, N the
-    last; negative values count from the end. ``margin``: None (cosine) or ``ratio`` /
+    Defaults follow the XTREME reference (``third_party/evaluate_retrieval.py``, docs/PROTOCOL.md):
+    mean pooling (attention-mask average) of a middle layer's hidden states, cosine similarity,
+    every English sentence looks for its nearest non-English sentence (XTREME's direction;
+    ``both_directions`` adds the other one as ``accuracy_xx_to_en``), 512 tokens.
+    ``layer`` is numbered as XTREME's ``--specific_layer``: 0 = the first transformer layer's
+    output (``hidden_states[layer + 1]``; the embedding output is not a choice), negative
+    counts from the end; None = :func:`default_retrieval_layer` (7 of 12, 13 of 24).
+    ``margin``: None (cosine) or ``ratio`` /
     ``distance`` / ``absolute`` (margin scoring, k=``k`` neighbours). ``prefix`` is prepended
     to every sentence (e5 models are trained with ``"query: "``).
     """
@@ -65,7 +65,7 @@ class RetrievalSettings:
     both_directions: bool = False
     k: int = 4
     prefix: str = ""
-    max_length: int = 128
+    max_length: int = 512
 
     def validate(self) -> None:
         from xstilts.metrics import MARGINS
@@ -206,19 +206,29 @@ def _retrieval_target(run: _Run, retrieval: RetrievalSettings | None, max_length
     from xstilts.models.predict import SentenceEmbedding
     from xstilts.tasks.formats import FeaturizeOptions
 
+    from xstilts.evaluate.retrieval_layers import LAYER_CONVENTION, hidden_states_index, resolve_layer
+
     rs = replace(retrieval) if retrieval is not None else RetrievalSettings()
     rs.validate()
     n_layers = encoder_num_layers(run.model.encoder.config)
-    layer = default_retrieval_layer(n_layers) if rs.layer is None else rs.layer
-    if not -(n_layers + 1) <= layer <= n_layers:
-        raise XStiltsError(f"retrieval layer {layer} is out of range for a {n_layers}-layer encoder (0..{n_layers})")
-    layer = layer % (n_layers + 1)
-    run.retrieval, run.target = rs, SentenceEmbedding(layer=layer, pooling=rs.pooling)
+    layer = resolve_layer(rs.layer, n_layers)
+    hidden = hidden_states_index(layer, n_layers)
+    run.retrieval, run.target = rs, SentenceEmbedding(layer=hidden, pooling=rs.pooling)
     run.options = FeaturizeOptions(max_length=max_length or rs.max_length)
     run.settings["retrieval"] = {
-        **asdict(rs), "layer": layer, "num_layers": n_layers, "layer_default": rs.layer is None,
+        **asdict(rs), "layer": layer, "layer_convention": LAYER_CONVENTION, "hidden_states_index": hidden,
+        "num_layers": n_layers, "layer_default": rs.layer is None,
         "similarity": "cosine" if rs.margin is None else f"margin-{rs.margin}",
-        "direction": "source->english" + (" and english->source" if rs.both_directions else "")}
+        "direction": _retrieval_direction(run.spec.metric, rs.both_directions)}
+
+
+def _retrieval_direction(metric: str, both: bool) -> str:
+    """What the retrieval result's primary number retrieves (written into its settings)."""
+    if metric == "bucc":
+        return "bitext mining over both whole corpora (nearest neighbours both ways, margin-scored)"
+    if metric == "map@20":
+        return "source (query) -> pool of distinct targets, top 20"
+    return "english->xx (XTREME: English queries, non-English indexed)" + (" and xx->english" if both else "")
 
 
 def _head_target(run: _Run, featurize: dict[str, int], head: str | None = None) -> None:
@@ -301,8 +311,13 @@ def _evaluate_language(run: _Run, lang: str, report: EvalReport, out_path: Path 
     examples = _load_language(run, lang, report)
     if examples is None:
         return
-    features = _featurize(run, examples)
-    scores, rows = _decode_and_score(run, lang, examples, features, _predict(run, features, lang))
+    if run.spec.metric == "bucc":  # whole comparable corpora, not translation pairs
+        from xstilts.evaluate.bucc_eval import bucc_language
+
+        scores, rows = bucc_language(run, lang, examples)
+    else:
+        features = _featurize(run, examples)
+        scores, rows = _decode_and_score(run, lang, examples, features, _predict(run, features, lang))
     report.per_language[lang] = scores
     report.n_examples[lang] = len(examples)
     logger.info("%s/%s: %s (%d examples)", run.spec.name, lang, _fmt_scores(scores), len(examples))
