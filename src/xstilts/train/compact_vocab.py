@@ -97,6 +97,20 @@ class CompactVocabulary:
         logger.info("compact vocabulary: training %d of %d embedding rows", self.size, self.full.num_embeddings)
         return compact
 
+    def to(self, device: torch.device | str) -> CompactVocabulary:
+        """Move the full embedding (no longer a sub-module of the model while the compact one is
+        installed, so ``model.to`` / ``accelerator.prepare`` leave it behind) and the id tables
+        to ``device``: call after the model has moved, so the full matrix, the compact rows and
+        the tables live on one device (a checkpoint then scatters device values into a device
+        tensor, and ``restore`` gives the model back on its own device)."""
+        device = torch.device(device)
+        with torch.no_grad():
+            self.full.to(device)
+        self.remap_table = self.remap_table.to(device)
+        self._present = self._present.to(device)
+        self._tables = {}
+        return self
+
     def remap(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Map full-vocabulary ids to compact ids (every id must be in the compact set).
 

@@ -22,7 +22,8 @@ from xstilts.errors import ConfigError
 #: a stage's identity (:meth:`TrainConfig.identity`): the learning schedule, the data and its
 #: order (``group_by_length`` reorders batches, so it changes the weights), precision, ...
 OPERATIONAL_KEYS = frozenset({"save_every", "keep_last", "trackers", "log_every", "progress", "eval_batch_size",
-                              "data_dir", "keep_checkpoints"})
+                              "data_dir", "keep_checkpoints", "attn_implementation", "gradient_checkpointing",
+                              "tf32"})
 #: Settings of the dev evaluation during training. They change the result only through the
 #: choice of the final model: part of the identity when ``final_model`` is "best" (how often and
 #: on how many dev examples the candidates are scored decides which checkpoint wins), not when
@@ -172,6 +173,16 @@ class TrainConfig(_Strict):
     progress: bool = True
     data_dir: Path | None = None
     group_by_length: bool = True
+    #: attention kernel (operational: the same maths): "auto" = the model's default (SDPA where
+    #: transformers supports it), "sdpa", "eager", or "flash_attention_2" (CUDA with the
+    #: flash-attn package; with it the padding is dropped from the kernel's work)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    #: recompute activations in the backward pass (less memory, ~30 % more compute; the same
+    #: gradients: the recomputation replays the dropout masks). Operational.
+    gradient_checkpointing: bool = False
+    #: TF32 matrix multiplies on Ampere+ GPUs for fp32 work (``torch.backends.cuda.matmul``);
+    #: no effect on CPU or under bf16. Operational (device numerics, like the GPU model).
+    tf32: bool = True
 
     @model_validator(mode="after")
     def _something_to_train(self) -> "TrainConfig":

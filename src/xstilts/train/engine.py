@@ -43,14 +43,16 @@ from xstilts.train.modeling import (
     build_model,
     build_optimizer,
     build_scheduler,
+    configure_tf32,
     freeze_embeddings,
     load_weights,
     make_accelerator,
     max_positions,
     resolve_start,
+    to_device,
 )
 from xstilts.train.records import StageLog, StageRecord, read_done, write_done
-from xstilts.train.sampling import MLM_TASK, shard_batch
+from xstilts.train.sampling import MLM_TASK, shard_batch, shard_loss_weight
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,12 @@ class _LossMeter:
                "examples_per_s": self.examples / elapsed}
         self._reset()
         return rec
+
+
+def _module_device(module: torch.nn.Module, default: torch.device) -> torch.device:
+    """Where ``module``'s parameters are (the accelerator's device after ``prepare``)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else default
 
 
 def _seed_int(*words: int) -> int:
@@ -190,6 +198,9 @@ class StageTrainer:
         self.prepared, self.optimizer = acc.prepare(self.module, self.optimizer)
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]  # clipped every step
         self.device = acc.device
+        if self.compact is not None:  # the full embedding and the id tables follow the model
+            self.compact.to(_module_device(self.module, self.device))
+        configure_tf32(self.config, self.device)
         self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
 
     def _record_heldout(self) -> None:
@@ -222,8 +233,8 @@ class StageTrainer:
 
     def _task_batch(self, task: str, idx: list[int]) -> dict[str, torch.Tensor]:
         batch = self.data.formats[task].collate(rows(self.data.train[task], idx), self.pad_id)
-        batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        if self.compact is not None:
+        batch = to_device({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, self.device)
+        if self.compact is not None:  # on the device, with the table that lives there
             batch["input_ids"] = self.compact.remap(batch["input_ids"])
         return batch
 
@@ -240,9 +251,12 @@ class StageTrainer:
         """This process's share of micro-batch ``index`` (on the device) and the global batch size."""
         global_idx = self.data.streams[task].next()
         idx = shard_batch(global_idx, self.rank, self.world)
-        batch = self._mlm_batch(idx, index) if task == MLM_TASK else self._task_batch(task, idx)
+        if task == MLM_TASK:
+            batch = to_device(self._mlm_batch(idx, index), self.device)
+        else:
+            batch = self._task_batch(task, idx)
         self._batch_shape = (len(global_idx), int(batch["input_ids"].shape[-1]))
-        return {k: v.to(self.device) for k, v in batch.items()}, len(global_idx)
+        return batch, len(global_idx)
 
     def _optimizer_step(self) -> float:
         """Clip, step the optimizer and the scheduler; returns the LR the step used."""
@@ -265,8 +279,10 @@ class StageTrainer:
             task = self.data.sampler.task_at(self.state.micro_batches)
             batch, n = self._next_batch(task, self.state.micro_batches)
             sync = k == cfg.grad_accum - 1
+            weight = shard_loss_weight(n, self.rank, self.world)  # 1.0 unless the shards are uneven
             with contextlib.nullcontext() if sync else acc.no_sync(self.prepared):
-                loss = self.prepared(task, batch)["loss"] / cfg.grad_accum
+                loss = self.prepared(task, batch)["loss"]
+                loss = (loss * weight if weight != 1.0 else loss) / cfg.grad_accum
                 acc.backward(loss)
             step_loss += loss.detach()
             self.state.micro_batches += 1

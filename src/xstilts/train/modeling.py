@@ -113,8 +113,64 @@ def build_model(config: TrainConfig, tasks: Sequence[TaskData]) -> tuple[Any, An
     set_seed(config.seed)
     model, tokenizer = MultiTaskModel.from_pretrained(start, heads=config.init_heads)
     _check_lengths(config, model.encoder)
+    set_attention(model.encoder, config.attn_implementation)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model.encoder)
     _attach_heads(model, tasks, config.pooling)
     return model, tokenizer
+
+
+def set_attention(encoder: nn.Module, implementation: str) -> None:
+    """Use the attention kernel ``implementation`` ("auto": leave the model's default, SDPA
+    where transformers has it). ``flash_attention_2`` needs CUDA and the flash-attn package;
+    with it transformers unpads every batch and runs the variable-length kernel (padding-free:
+    no work on pad tokens). ConfigError (key ``attn_implementation``) when it cannot be used."""
+    if implementation == "auto":
+        return
+    if implementation == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not (torch.cuda.is_available() and is_flash_attn_2_available()):
+            raise ConfigError("flash_attention_2 needs a CUDA GPU and the flash-attn package "
+                              "(pip install flash-attn); use sdpa or auto", key="attn_implementation")
+    setter = getattr(encoder, "set_attn_implementation", None)
+    if setter is None:
+        raise ConfigError(f"this encoder ({type(encoder).__name__}) cannot change its attention kernel; use auto",
+                          key="attn_implementation")
+    try:
+        setter(implementation)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"{implementation} is not available for {type(encoder).__name__}: {exc}",
+                          key="attn_implementation") from exc
+
+
+def enable_gradient_checkpointing(encoder: nn.Module) -> None:
+    """Recompute the encoder's layer activations in the backward pass (non-reentrant
+    checkpointing, which replays the forward's RNG state: the same dropout masks, the same
+    gradients). ConfigError (key ``gradient_checkpointing``) for an encoder without support."""
+    if not getattr(encoder, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(encoder).__name__} does not support gradient checkpointing",
+                          key="gradient_checkpointing")
+    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def configure_tf32(config: TrainConfig, device: torch.device) -> None:
+    """TF32 matrix multiplies for fp32 work on a CUDA device when ``config.tf32`` (the default):
+    Ampere and later GPUs run fp32 matmuls ~8x faster with a 10-bit mantissa product. No effect
+    on CPU (nothing is set there) or on bf16 autocast regions."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = config.tf32
+    torch.backends.cudnn.allow_tf32 = config.tf32
+    torch.set_float32_matmul_precision("high" if config.tf32 else "highest")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` on ``device``; to a GPU through pinned memory with ``non_blocking`` copies (the
+    host does not wait for each copy: no sync per tensor per step)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def freeze_embeddings(model: Any) -> None:

@@ -110,6 +110,23 @@ def shard_batch(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
     return share
 
 
+def shard_loss_weight(global_size: int, rank: int, world_size: int) -> float:
+    """What this process's mean loss is multiplied by so that DDP's average over processes is
+    the mean over the global batch's examples: ``world * n_local / n_global``.
+
+    1.0 when the batch splits evenly. A batch smaller than the number of processes (the
+    paper's batch 4 on 8 GPUs, or an epoch's short last batch) gives the processes that
+    rerun an item (:func:`shard_batch`) weight 0, so no example counts twice; uneven shards
+    are weighted by their sizes.
+    """
+    if world_size <= 1 or global_size <= 0:
+        return 1.0
+    local = len(range(rank, global_size, world_size))
+    if local * world_size == global_size:
+        return 1.0
+    return world_size * local / global_size
+
+
 @dataclass
 class StreamState:
     """Where one task's data stream is: epoch and position (in batches) within that epoch."""
