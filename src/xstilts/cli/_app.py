@@ -21,6 +21,11 @@ from xstilts.errors import XStiltsError
 # ~10x slower here. Sleeping waiters cost little on a dedicated machine. Export
 # OMP_WAIT_POLICY=ACTIVE to override. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# transformers' and huggingface_hub's own bars ("Loading weights", downloads) and transformers'
+# own stderr handler would draw beside ours; their warnings still show (set before they import).
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 app = typer.Typer(
     name="xstilts",
@@ -35,19 +40,77 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def setup_logging(verbose: bool = False) -> None:
+#: third-party loggers kept one level above the user's (INFO noise shows only with --verbose)
+NOISY_LOGGERS = ("urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "transformers", "accelerate",
+                 "faiss", "torch", "matplotlib", "PIL", "numexpr", "h5py", "tensorboard", "wandb", "mlflow",
+                 "sentence_transformers", "httpx", "git")
+
+
+def _progress_safe_handler() -> logging.Handler:
+    """A rich log handler that writes through tqdm's lock: every progress bar is cleared, the
+    record printed and the bars redrawn, so a log line never lands inside a bar's line."""
     from rich.logging import RichHandler
 
+    class ProgressSafeHandler(RichHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            with write_lock():
+                super().emit(record)
+
+    return ProgressSafeHandler(console=err_console, show_path=False, rich_tracebacks=False,
+                               log_time_format="[%X]")
+
+
+def write_lock() -> Any:
+    """Context manager: progress bars (tqdm) cleared while the block writes to the terminal."""
+    if "tqdm" not in sys.modules:  # no bar can be on screen
+        import contextlib
+
+        return contextlib.nullcontext()
+    from tqdm import tqdm
+
+    return tqdm.external_write_mode(file=sys.stderr)
+
+
+def say(message: str, *, out: Console | None = None) -> None:
+    """Print one line (rich markup) without colliding with a progress bar."""
+    with write_lock():
+        (out or console).print(message, highlight=False, soft_wrap=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One handler for every log line (through the progress bars' lock); third-party loggers
+    one level above the user's (``-v``: DEBUG for xstilts, INFO for the rest)."""
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("XSTILTS_LOG", "INFO").upper(), logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    for noisy in ("urllib3", "filelock", "fsspec", "datasets", "huggingface_hub", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[_progress_safe_handler()], force=True)
+    third_party = min(logging.ERROR, max(level + 10, logging.INFO))
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(third_party)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(max(level, logging.WARNING))
+
+
+def task_progress(description: str, *, enabled: bool = True) -> Any:
+    """Context manager yielding ``on_task(index, total, name)``: a progress bar with an ETA on
+    stderr (transient; nothing when ``enabled`` is false or stderr is not a terminal)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def _cm() -> Any:
+        if not enabled or not err_console.is_terminal:
+            yield lambda i, n, name: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+            tid = bar.add_task(description, total=None)
+
+            def on_task(index: int, total: int, name: str) -> None:
+                bar.update(tid, total=total, completed=index, description=f"{description}: {name}")
+
+            yield on_task
+
+    return _cm()
 
 
 def handle_errors(func: F) -> F:

@@ -38,9 +38,16 @@ def data_check(
     from xstilts.tasks.catalog import use_catalogs
     from xstilts.tasks.loading import check_local_data
 
+    from xstilts.cli._app import task_progress
+    from xstilts.errors import DataNotFoundError
+
     use_catalogs(catalog)
     directory = resolve_data_dir(data_dir)
-    results = check_local_data(directory, tasks=task or None)
+    with task_progress("checking local data", enabled=not as_json) as on_task:
+        results = check_local_data(directory, tasks=task or None, on_task=on_task)
+    if not results:
+        raise DataNotFoundError(f"no task data found in {directory}: expected a folder per task (e.g. "
+                                "xnli/dev.de.tsv; `xstilts tasks show TASK` lists a task's files)")
     problems = [r for r in results if not r.ok]
     if as_json:
         payload = {

@@ -55,12 +55,13 @@ def _print_report(report: EvalReport, out: Path | None) -> None:
 @handle_errors
 def eval_cmd(
     model: str = typer.Option(..., "--model", "-m", help="xstilts model dir, a transformers AutoModelFor* dir (its head and id2label), or (retrieval) e5-small / a hub id / an encoder dir."),
-    task: str = typer.Option(..., "--task", "-t", help="Target task name (xstilts tasks list)."),
+    task: str = typer.Option(..., "--task", "-t", help="Target task name (see `xstilts tasks`)."),
     languages: str = typer.Option("all", "--languages", "-l", help="'all', 'xtreme', 'xtreme-r' or a comma list (de,fr)."),
     split: str | None = typer.Option(None, "--split", help="dev | test (default: the task's eval split)."),
     max_examples: int | None = typer.Option(None, "--max-examples", help="Seeded subsample per language (recorded)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the subsample."),
     batch_size: int = typer.Option(64, "--batch-size", help="Features per forward pass."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Maximum sequence length in tokens (default: the task's featurisation)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (autocast; fp16 needs a GPU). bf16 is ~2x faster on CPUs with bf16 instructions."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU if torch sees one) | cpu | cuda | cuda:N."),
     layer: int | None = typer.Option(None, "--layer", help="Retrieval: layer numbered as XTREME's --specific_layer (0 = first transformer layer = hidden_states[1]; default 7 of 12, 13 of 24)."),
@@ -77,6 +78,12 @@ def eval_cmd(
                                                "tensorboard | wandb | mlflow (repeatable; TensorBoard logs under OUT)."),
 ) -> None:
     """Evaluate a model zero-shot on every requested language of a task, in one process."""
+    from xstilts.cli._suggest import check_eval_request
+    from xstilts.tasks.catalog import use_catalogs as _use_catalogs
+
+    _use_catalogs(catalog)  # names, languages, precision, model and data dir fail here, before torch loads
+    check_eval_request(model=model, task=task, languages=languages, split=split, precision=precision,
+                       pooling=pooling, margin=margin, data_dir=data_dir)
     from xstilts.evaluate import RetrievalSettings, zero_shot_eval
     from xstilts.tasks.catalog import use_catalogs
     from xstilts.tracking import log_eval_report, parse_report_to
@@ -88,7 +95,7 @@ def eval_cmd(
     rs = RetrievalSettings(layer=layer, pooling=pooling, margin=margin, both_directions=both_directions, prefix=prefix)
     report = zero_shot_eval(model, task, languages, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed,
                             batch_size=batch_size, out_dir=out_dir, retrieval=rs, precision=precision, device=device,
-                            head=head, save_inputs=save_inputs)
+                            head=head, save_inputs=save_inputs, max_length=max_length)
     log_eval_report(report, trackers, out_dir)
     _print_report(report, out_dir)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from xstilts.cli._app import app, console, handle_errors
+from xstilts.cli._app import app, console, err_console, handle_errors
 from xstilts.tasks.catalog import CATALOG_HELP
 
 _STATE_STYLE = {"done": "green", "running": "cyan", "waiting": "dim", "failed": "red"}
@@ -39,13 +40,24 @@ def _totals_line(t: dict[str, Any]) -> str:
             f"estimated examples to process: {est}")
 
 
-def _load(spec: Path, output_dir: Path | None, catalog: list[Path] | None = None) -> Any:
+def _load(spec: Path, output_dir: Path | None, catalog: list[Path] | None = None,
+          assignments: list[str] | None = None) -> Any:
+    return _load_spec_and_plan(spec, output_dir, catalog, assignments)[1]
+
+
+def _load_spec_and_plan(spec: Path, output_dir: Path | None, catalog: list[Path] | None = None,
+                        assignments: list[str] | None = None) -> tuple[Any, Any]:
+    """The validated spec (KEY=VALUE ``assignments`` and ``--output-dir`` over the file) and its plan."""
+    from xstilts.cli._overrides import parse_assignments
     from xstilts.experiments import load_spec, plan_stages
     from xstilts.tasks.catalog import use_catalogs
 
     use_catalogs(catalog)  # before the spec is checked against the catalog (workers inherit it)
-    overrides = {"output_dir": str(output_dir.resolve())} if output_dir else None
-    return plan_stages(load_spec(spec, overrides=overrides))
+    overrides = parse_assignments(assignments or [])
+    if output_dir:
+        overrides["output_dir"] = str(output_dir.resolve())
+    loaded = load_spec(spec, overrides=overrides or None)
+    return loaded, plan_stages(loaded)
 
 
 def _summary(store: Any, plan: Any) -> None:
@@ -73,11 +85,17 @@ def _summary(store: Any, plan: Any) -> None:
 @handle_errors
 def run(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
+    assignments: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                                   help="Overrides of the spec: dotted keys, YAML values, validated "
+                                                        "like the file (seeds=[0,1] hyperparameters.target.max_steps=50)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved spec and every stage's "
+                                      "settings (YAML); run nothing."),
     workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (one GPU each when GPUs exist)."),
     launcher: str = typer.Option("local", "--launcher", help="local | slurm"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and totals; run nothing."),
     devices_per_stage: int = typer.Option(1, "--devices-per-stage", help="GPUs per stage (>1: accelerate launch)."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    output_dir: Path | None = typer.Option(None, "--out", "-o", "--output-dir", help="Override the spec's output_dir "
+                                           "(where the run writes)."),
     slurm_partition: str | None = typer.Option(None, "--slurm-partition", help="Slurm partition (launcher slurm)."),
     slurm_timeout_min: int = typer.Option(24 * 60, "--slurm-timeout-min", help="Slurm job time limit (minutes)."),
     max_jobs: int = typer.Option(0, "--max-jobs", help="Slurm: submit at most this many jobs (0: all; "
@@ -96,21 +114,21 @@ def run(
     UTF-8, parses): all problems are reported at once and nothing runs."""
     import sys
 
-    from rich.live import Live
-
-    from xstilts.errors import ConfigError
+    from xstilts.cli._suggest import check_choice
     from xstilts.experiments import open_store
     from xstilts.experiments.results import plan_rows, plan_totals
 
-    if launcher not in ("local", "slurm"):
-        raise ConfigError(f"unknown launcher '{launcher}'. Valid: local, slurm", key="--launcher")
+    check_choice("launcher", launcher, ("local", "slurm"))
     if report_to:
         import os
 
         from xstilts.tracking import ENV_VAR, parse_report_to
 
         os.environ[ENV_VAR] = ",".join(parse_report_to(report_to))  # the executor and its workers read it
-    plan = _load(spec, output_dir, catalog)
+    loaded, plan = _load_spec_and_plan(spec, output_dir, catalog, assignments)
+    if print_config:
+        console.print(_config_yaml(loaded, plan), highlight=False, soft_wrap=True, markup=False)
+        return
     if dry_run:
         from xstilts.experiments.store import store_path
 
@@ -137,24 +155,14 @@ def run(
                       f"jobs' results (logs: {sub.folder})")
         return
 
+    from xstilts.cli._progress import RunProgress
     from xstilts.experiments.runner import run_local
 
-    def render(store: Any) -> Any:
-        rows = plan_rows(plan, store)
-        active = [r for r in rows if r["state"] in ("running", "failed")]
-        from rich.console import Group
-        from rich.text import Text
-
-        parts: list[Any] = [Text.from_markup(_totals_line(plan_totals(rows)))]
-        if active:
-            parts.append(_plan_table(active, "running / failed"))
-        return Group(*parts)
-
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        def tick(store: Any) -> None:
-            live.update(render(store))
-
-        states = run_local(plan, workers=workers, devices_per_stage=devices_per_stage, on_tick=tick, command=command)
+    progress = RunProgress(plan, workers=workers)
+    progress.start()
+    states = run_local(plan, workers=workers, devices_per_stage=devices_per_stage, on_tick=progress.tick,
+                       command=command)
+    progress.finish()
     store = open_store(plan.output_dir)
     _summary(store, plan)
     failed = [sid for sid, st in states.items() if st == "failed"]
@@ -196,8 +204,8 @@ def status(
 def results(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | parquet | json"),
-    out: Path | None = typer.Option(None, "--out", help="Write to this file (default: stdout for csv/json)."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file (default: stdout for csv/json)."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Override the spec's output_dir."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Export the metrics of a spec's stages (one row per model/setup/target/language/seed/metric)."""
@@ -206,6 +214,9 @@ def results(
     from xstilts.experiments.results import export_results
     from xstilts.experiments.store import store_path
 
+    from xstilts.cli._suggest import check_choice
+
+    check_choice("format", fmt, ("table", "csv", "parquet", "json"))
     plan = _load(spec, output_dir, catalog)
     from xstilts.experiments.slurm import collect_if_submitted
 
@@ -255,11 +266,20 @@ def _preflight(plan: Any, *, full: bool, local: bool) -> None:
     if store_path(plan.output_dir).is_file():
         with open_store(plan.output_dir) as store:
             states = store.states(plan.stages)
-    with console.status("checking the plan's input files" + (" (full parse)" if full else "")):
-        report = preflight(plan, states=states, full=full, cuda=None if local else True)
-    if report.stages_checked:
-        console.print(f"checked {report.files_checked} input file(s) of {report.stages_checked} stage(s) to run"
-                      + (" (full parse)" if full else ""))
+    # the spinner shares the log handler's console (stderr), so a log line never lands on its line
+    with err_console.status("checking the plan's input files" + (" (full parse)" if full else "")):
+        preflight(plan, states=states, full=full, cuda=None if local else True)  # logs what it checked
+
+
+def _config_yaml(spec: Any, plan: Any) -> str:
+    """The resolved spec and every stage's settings, as YAML (``run --print-config``)."""
+    import yaml
+
+    stages = {sid: {"kind": st.kind, "description": st.description, "depends_on": list(st.depends_on),
+                    "settings": st.settings} for sid, st in plan.stages.items()}
+    data = {"spec": spec.model_dump(mode="json", exclude_none=True), "output_dir": str(plan.output_dir),
+            "data_dir": str(plan.data_dir) if plan.data_dir else None, "stages": stages}
+    return yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=False, allow_unicode=True, width=120)
 
 
 def _shown(path: Path) -> Path:

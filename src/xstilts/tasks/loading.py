@@ -123,11 +123,7 @@ def _load_hub(spec: TaskSpec, language: str, split: str) -> list[Example]:
         )
     reason = hub_offline_reason()
     if reason is not None:
-        raise DataNotFoundError(
-            f"{spec.name}/{language}/{split} is not in the local data dir and the Hugging Face hub is "
-            f"unreachable ({reason}). Expected local file(s): {_expected_local(spec, language, split)}. "
-            f"Pass --data-dir DIR (or set XSTILTS_DATA_DIR) to a folder holding them."
-        )
+        raise DataNotFoundError(_offline_message(spec, language, split, reason))
     import datasets
 
     examples: list[Example] = []
@@ -156,6 +152,20 @@ def _expected_local(spec: TaskSpec, language: str, split: str) -> str:
         return "none defined in the catalog"
     lang3 = spec.local.file_code(language)
     return ", ".join(t.format(lang=language, lang3=lang3) for t in spec.local.templates(split))
+
+
+def _offline_message(spec: TaskSpec, language: str, split: str, reason: str) -> str:
+    """What is missing when the hub is unreachable: a split the catalog defines no local file
+    for (only the hub has it), or the files the data dir lacks."""
+    if spec.local is None or not spec.local.templates(split):
+        local = [s for s in spec.splits if spec.local is not None and spec.local.templates(s)]
+        return (f"{spec.name}/{language}/{split} comes only from the Hugging Face hub, which is unreachable "
+                f"({reason}): the catalog defines no local file for {spec.name}'s '{split}' split"
+                + (f" (local files exist for: {', '.join(local)})" if local else "")
+                + ". Use a split with local files, or a user catalog (--catalog) whose entry maps the split to a file.")
+    return (f"{spec.name}/{language}/{split} is not in the local data dir and the Hugging Face hub is "
+            f"unreachable ({reason}). Expected local file(s): {_expected_local(spec, language, split)}. "
+            f"Put them under the data dir (--data-dir DIR or XSTILTS_DATA_DIR).")
 
 
 # --------------------------------------------------------------------------- public API
@@ -231,8 +241,11 @@ def _shown_paths(files: Sequence[Path], directory: Path | None) -> list[str]:
     return out
 
 
-def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | None = None) -> list[CheckResult]:
+def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | None = None,
+                     on_task: Any = None) -> list[CheckResult]:
     """Read every (task, language, split) with local files; record counts and problems, never stop.
+
+    ``on_task(index, total, name)`` is called before each task is checked (a progress display).
 
     A file shared by several tasks (``panx`` and ``panx_en``) is parsed once. Tasks of user
     catalogs whose paths are absolute are checked without a data dir (and, when asked for by
@@ -249,7 +262,9 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
         logger.warning("data dir not found: %s; checking only the tasks of user catalogs (their own paths)", shown)
     specs = [get_task(t) for t in tasks] if tasks else list_tasks()
     results: list[CheckResult] = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
+        if on_task is not None:
+            on_task(i, len(specs), spec.name)
         results.extend(_check_task(spec, directory if usable else None, missing_is_problem=bool(tasks)))
     return results
 

@@ -15,9 +15,25 @@ loading and fallback), ``records`` (``log.jsonl`` and the ``DONE`` record), ``sa
 ``mlm``, ``compact_vocab``, ``config``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from xstilts.train.config import MLMConfig, SamplerConfig, TaskMixture, TrainConfig, load_train_config, make_train_config
-from xstilts.train.data import TaskData
-from xstilts.train.engine import TrainResult, train_stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.train.data import TaskData
+    from xstilts.train.engine import TrainResult, train_stage
+
+# torch-importing names load on first use, so reading a config or a spec stays light (the CLI
+# checks a spec's names in well under a second)
+_LAZY = {"TaskData": "xstilts.train.data", "TrainResult": "xstilts.train.engine", "train_stage": "xstilts.train.engine"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xstilts.train' has no attribute {name!r}")
 
 __all__ = [
     "MLMConfig",

@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import logging
+
 import numpy as np
 import torch
 
 from xstilts.train.data import StageData
+
+logger = logging.getLogger(__name__)
 
 
 def dev_predictions(model: Any, data: StageData, *, pad_token_id: int, batch_size: int, precision: str,
@@ -30,6 +34,7 @@ def dev_predictions(model: Any, data: StageData, *, pad_token_id: int, batch_siz
     out: dict[str, dict[str, Any]] = {}
     for name, feats in data.dev.items():
         td, fmt = data.by_name[name], data.formats[name]
+        logger.info("dev evaluation of %s: %d examples (eval_max_examples caps it)", name, len(td.dev))
         outputs = predict(model, name, fmt, feats, batch_size=batch_size, pad_token_id=pad_token_id,
                           precision=precision, accelerator=accelerator, transform=transform, desc=f"dev {name}")
         out[name] = fmt.decode(td.dev, feats, outputs, label_list=td.label_list)
