@@ -13,9 +13,12 @@ MFU = achieved model FLOP/s ÷ the GPU's peak dense bf16 FLOP/s, with training F
 values; PaLM appendix B). The peak comes from the device name (``PEAK_BF16``); an unknown
 device gets no MFU rather than a guessed one.
 
-Timed: the training loop alone (xstilts ``TrainResult.loop_seconds``; Trainer: a callback from
-``on_train_begin`` to ``on_train_end``). The first steps (CUDA/cuBLAS warm-up) are inside both
-timings alike.
+Timed: steady-state steps only. The first ``warmup_steps`` optimizer steps (default: a tenth
+of the steps, at least 2: CUDA context, cuBLAS/cuDNN autotuning, allocator growth, lazy
+optimizer state) run untimed on both sides; the clock starts after a device synchronisation
+and stops after one at the end. xstilts: the ``StageTrainer`` recipe's ``train_step`` (set-up,
+logging and saving outside the timing); Trainer: a callback from the end of step
+``warmup_steps`` to ``on_train_end``.
 
 Run by ``python -m benchmarks.run`` only where ``torch.cuda.is_available()``; the ``tiny``
 shape lets the machinery run on a CPU (``python -m benchmarks.run --only gpu --mode quick``,
@@ -135,10 +138,23 @@ def _result(config: dict[str, Any], seconds: float, steps: int, model_dir: str) 
             "params_non_embedding": non_emb, "params_embedding": emb}
 
 
+def warmup_steps(config: dict[str, Any]) -> int:
+    """Untimed optimizer steps before the clock starts (both sides)."""
+    return int(config.get("warmup_steps", max(2, config["steps"] // 10)))
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from xstilts.train import TaskData, TrainConfig, train_stage
+    from xstilts.train import TaskData, TrainConfig
+    from xstilts.train.engine import StageTrainer
 
     tok = AutoTokenizer.from_pretrained(config["model_dir"])
     td = TaskData(name="pairs", format="classification", train=_examples(config, tok), label_list=["0", "1", "2"])
@@ -148,8 +164,17 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         seed=config.get("seed", 0), precision=config.get("precision", "bf16"), eval_every=0, save_every=0,
         progress=False,
     )
-    res = train_stage(cfg, workdir / "stage", task_data={"pairs": td})
-    return _result(config, res.loop_seconds, res.steps, config["model_dir"])
+    trainer = StageTrainer(cfg, workdir / "stage", task_data={"pairs": td})
+    trainer.setup()
+    warm = warmup_steps(config)
+    for _ in range(warm):
+        trainer.train_step()
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(config["steps"] - warm):
+        trainer.train_step()
+    _sync()
+    return _result(config, time.perf_counter() - t0, config["steps"] - warm, config["model_dir"])
 
 
 def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -172,16 +197,19 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         dataloader_pin_memory=torch.cuda.is_available(), optim="adamw_torch_fused", disable_tqdm=True,
     )
 
+    warm = warmup_steps(config)
+
     class LoopTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == warm:
+                _sync()
+                self.t0 = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            _sync()
             self.t1 = time.perf_counter()
 
     timer = LoopTimer()
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok), callbacks=[timer])
     trainer.train()
-    return _result(config, timer.t1 - timer.t0, trainer.state.global_step, config["model_dir"])
+    return _result(config, timer.t1 - timer.t0, trainer.state.global_step - warm, config["model_dir"])
