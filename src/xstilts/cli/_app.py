@@ -89,6 +89,17 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("py.warnings").setLevel(max(level, logging.WARNING))
 
 
+def phase_status(description: str) -> Any:
+    """Context manager: a spinner with the elapsed time on stderr (transient) for a phase whose
+    length is not known in advance; log lines print above it."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console,
+                        transient=True, disable=not err_console.is_terminal)
+    progress.add_task(description, total=None)
+    return progress
+
+
 def task_progress(description: str, *, enabled: bool = True) -> Any:
     """Context manager yielding ``on_task(index, total, name)``: a progress bar with an ETA on
     stderr (transient; nothing when ``enabled`` is false or stderr is not a terminal)."""

@@ -51,7 +51,7 @@ def check_data_dir(data_dir: str | Path | None, *, what: str = "--data-dir") -> 
                                 else f"data dir {path} ({what}) is a file, not a folder")
     if not any(path.iterdir()):
         raise DataNotFoundError(f"data dir {path} ({what}) is empty: expected a folder per task "
-                                "(e.g. xnli/dev.de.tsv); see `xstilts data check`")
+                                "(e.g. xnli/dev.de.tsv; `xstilts tasks show TASK` lists a task's files)")
     return path
 
 

@@ -42,6 +42,10 @@ def data_check(
     from xstilts.errors import DataNotFoundError
 
     use_catalogs(catalog)
+    if data_dir is not None and not catalog:  # a user catalog's tasks may not need one
+        from xstilts.cli._suggest import check_data_dir
+
+        check_data_dir(data_dir)
     directory = resolve_data_dir(data_dir)
     with task_progress("checking local data", enabled=not as_json) as on_task:
         results = check_local_data(directory, tasks=task or None, on_task=on_task)

@@ -41,7 +41,11 @@ def report(
         max_examples=max_examples, data_dir=str(data_dir) if data_dir else None,
         low_resource_languages=[c.strip() for c in low_resource.split(",") if c.strip()] if low_resource else None,
     )
-    result = build_report(output_dir, out, opts, spec=spec)
+    from xstilts.cli._app import phase_status
+
+    with phase_status("writing the report (statistics" + (", similarity: loads data and a model" if similarity else "")
+                      + ")"):
+        result = build_report(output_dir, out, opts, spec=spec)
     table = Table(title="xstilts report", show_header=False)
     table.add_row("HTML", str(result.html))
     table.add_row("Markdown", str(result.markdown))
