@@ -68,7 +68,8 @@ def test_finished_stage_records_provenance_and_drops_checkpoints(tiny_model_dir,
                         keep_checkpoints=True)
     assert kept.hash() == cfg.hash()
     train_stage(kept, tmp_path / "kept", task_data=synthetic("copycls"))
-    assert (tmp_path / "kept" / "checkpoints" / "step-6").is_dir() and (tmp_path / "kept" / "checkpoints" / "best").is_dir()
+    kept_ckpts = tmp_path / "kept" / "checkpoints"
+    assert (kept_ckpts / "step-6").is_dir() and (kept_ckpts / "best").is_dir()
     # a kill between DONE and the removal leaves checkpoints: the next call removes them
     (out / "checkpoints" / "step-6").mkdir(parents=True)
     assert train_stage(cfg, out, task_data=synthetic("copycls")).skipped and not (out / "checkpoints").exists()

@@ -53,7 +53,8 @@ def test_tracker_names_and_missing_packages_are_clear_errors(monkeypatch):
     with pytest.raises(UnknownNameError, match="tensorbord"):
         parse_report_to("tensorbord")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow") else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("wandb", "mlflow") else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'xstilts\[wandb\]'"):
         require_trackers(["wandb"])
     res = _cli("eval", "--model", "e5-small", "--task", "tatoeba", "--report-to", "mlflow")

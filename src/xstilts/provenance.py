@@ -82,6 +82,13 @@ def warm_caches() -> None:
     it claims a stage, keeping the time between a claim and the stage's start short)."""
     package_versions()
     git_state()
+    cpu_name()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The processor's name (``platform.processor()`` may run ``uname -p``: read once)."""
+    return platform.processor() or platform.machine()
 
 
 def device_info(device: Any = None) -> dict[str, Any]:
@@ -91,8 +98,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
     records the device a stage asked for before the stage starts; seconds matter there)."""
     if "torch" not in sys.modules and isinstance(device, str):
         kind = device.split(":")[0]
-        return {"type": kind, "name": (platform.processor() or platform.machine()) if kind == "cpu" else None,
-                "count": 1}
+        return {"type": kind, "name": cpu_name() if kind == "cpu" else None, "count": 1}
     import torch
 
     kind = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,7 +109,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
                 "cuda": torch.version.cuda}
     if kind == "mps":
         return {"type": "mps", "name": platform.machine(), "count": 1}
-    return {"type": kind, "name": platform.processor() or platform.machine(), "count": 1,
+    return {"type": kind, "name": cpu_name(), "count": 1,
             "threads": torch.get_num_threads()}
 
 

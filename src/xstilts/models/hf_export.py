@@ -348,7 +348,8 @@ def from_hf_model(hf: Any, layout: HFHeadLayout, head_name: str, tokenizer: Any,
     prefix = hf.base_model_prefix
     hf_state = hf.state_dict()
     head_names = [k for k in hf_state if not k.startswith(prefix + ".") or k.startswith(f"{prefix}.pooler.")]
-    labels = [hf.config.id2label[i] for i in range(hf.config.num_labels)] if head_class(layout.kind).has_labels else None
+    has_labels = head_class(layout.kind).has_labels
+    labels = [hf.config.id2label[i] for i in range(hf.config.num_labels)] if has_labels else None
     spec = HeadSpec.for_labels(head_name, layout.kind, labels)
     for candidate in layout.layouts:
         mapped = _map_names(candidate, head_names, prefix, to_hf=False)

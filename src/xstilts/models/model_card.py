@@ -131,6 +131,10 @@ def _zero_shot_lines(card: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _git_text(git: dict[str, Any]) -> str:
+    return f", git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}" if git else ""
+
+
 def render_model_card(card: dict[str, Any], hf_model: Any, auto_class: str) -> str:
     """The README.md text (YAML front matter + Markdown)."""
     config = hf_model.config
@@ -151,8 +155,7 @@ def render_model_card(card: dict[str, Any], hf_model: Any, auto_class: str) -> s
     if prov:
         pk = prov.get("packages") or {}
         body += ["", "## Provenance", "",
-                 f"- code: xstilts {pk.get('xstilts')}" + (f", git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}"
-                                                          if git else ""),
+                 f"- code: xstilts {pk.get('xstilts')}" + _git_text(git),
                  "- libraries: " + ", ".join(f"{k} {v}" for k, v in pk.items() if k != "xstilts"),
                  f"- python {prov.get('python')}, device {(prov.get('device') or {}).get('name')}"]
     return "\n".join(front + body) + "\n"
