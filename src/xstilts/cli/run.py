@@ -179,7 +179,8 @@ def run(
 @handle_errors
 def status(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Override the spec's output_dir."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", "--out", help="Override the spec's output_dir "
+                                           "(as for `xstilts run`)."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
 ) -> None:
     """Show every stage of a spec's plan with its state (done / running / waiting / failed)."""
@@ -244,7 +245,7 @@ def results(
 @handle_errors
 def worker(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o"),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", "--out"),
 ) -> None:
     """One store-claiming worker for a spec's plan (what `run --workers` and Slurm jobs run)."""
     from xstilts.experiments import open_store, run_worker
