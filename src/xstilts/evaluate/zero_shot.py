@@ -1,9 +1,12 @@
 """Zero-shot evaluation of one model on every language of a target task, in one process.
 
-The model (and the head the task needs) is loaded once; for each language the examples are
-loaded (optionally a seeded subsample), featurised through the shared feature cache, run
-through :func:`xstilts.models.predict.predict` (the one inference loop, shared with the
-training engine's dev evaluation), decoded and scored with the task's format. ``out_dir`` receives ``metrics.json`` and
+The model (and the head the task needs) is loaded once, and cast once to the inference
+precision; for each language the examples are loaded (optionally a seeded subsample) and
+featurised through the shared feature cache; the features of all languages run as one
+length-sorted stream of batches through :func:`xstilts.models.predict.predict_groups` (the
+one inference loop, shared with the training engine's dev evaluation: sorting every
+language's features together pads far less than one stream per language), and the outputs
+are split back, decoded and scored per language with the task's format. ``out_dir`` receives ``metrics.json`` and
 ``predictions/<lang>.jsonl`` (``{"id", "prediction", "gold"}`` rows, ``"input"`` too with
 ``save_inputs``), from which :func:`rescore` recomputes every number (it reads ``id`` and
 ``prediction`` only, so older files rescore too).
@@ -131,12 +134,6 @@ def resolve_languages(spec: Any, languages: Sequence[str] | str) -> list[str]:
         if code not in out:
             out.append(code)
     return out
-
-
-def _progress(iterable: Any, desc: str, total: int | None = None) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
 
 
 # ---------------------------------------------------------------------- one evaluation run
@@ -280,14 +277,7 @@ def _featurize(run: _Run, examples: list[Any]) -> list[dict[str, Any]]:
     if run.retrieval is not None and run.retrieval.prefix:
         p = run.retrieval.prefix
         examples = [replace(ex, source=p + ex.source, target=p + ex.target) for ex in examples]
-    return [dict(r) for r in featurize_cached(run.spec, examples, run.tokenizer, run.options)]
-
-
-def _predict(run: _Run, features: list[dict[str, Any]], lang: str) -> dict[str, np.ndarray]:
-    from xstilts.models.predict import predict
-
-    return predict(run.model, run.target, run.fmt, features, batch_size=run.batch_size, pad_token_id=run.pad_id,
-                   device=run.device, precision=run.precision, progress=True, desc=f"{run.spec.name}/{lang}")
+    return featurize_cached(run.spec, examples, run.tokenizer, run.options).to_list()
 
 
 def _decode_and_score(run: _Run, lang: str, examples: list[Any], features: list[dict[str, Any]],
@@ -306,18 +296,60 @@ def _decode_and_score(run: _Run, lang: str, examples: list[Any], features: list[
     return scores, [{"id": ex.id, "prediction": fmt.prediction_to_json(preds[ex.id])} for ex in examples]
 
 
-def _evaluate_language(run: _Run, lang: str, report: EvalReport, out_path: Path | None) -> None:
-    """Load, featurise, predict, decode and score one language into ``report`` (and its predictions file)."""
-    examples = _load_language(run, lang, report)
-    if examples is None:
-        return
-    if run.spec.metric == "bucc":  # whole comparable corpora, not translation pairs
-        from xstilts.evaluate.bucc_eval import bucc_language
+#: features of several languages run as one length-sorted stream of batches, up to this many
+#: features per stream (bounds the memory held by the outputs of a stream's languages)
+STREAM_FEATURES = 50_000
 
-        scores, rows = bucc_language(run, lang, examples)
-    else:
-        features = _featurize(run, examples)
-        scores, rows = _decode_and_score(run, lang, examples, features, _predict(run, features, lang))
+
+@dataclass
+class _Language:
+    """One language's examples and features, waiting for its stream's forward passes."""
+
+    lang: str
+    examples: list[Any]
+    features: list[dict[str, Any]]
+
+
+def _evaluate_languages(run: _Run, report: EvalReport, out_path: Path | None) -> None:
+    """Load and featurise every language, run the features of up to :data:`STREAM_FEATURES`
+    features' worth of languages as ONE length-sorted stream of batches (least padding: the
+    languages' sentences of a length share batches), then decode and score each language."""
+    pending: list[_Language] = []
+    for lang in run.languages:
+        examples = _load_language(run, lang, report)
+        if examples is None:
+            continue
+        if run.spec.metric == "bucc":  # whole comparable corpora, mined per language (not pairs)
+            from xstilts.evaluate.bucc_eval import bucc_language
+
+            scores, rows = bucc_language(run, lang, examples)
+            report.per_language[lang], report.n_examples[lang] = scores, len(examples)
+            if out_path is not None:
+                _write_jsonl(out_path / PREDICTIONS_DIR / f"{lang}.jsonl", rows)
+            continue
+        pending.append(_Language(lang, examples, _featurize(run, examples)))
+        if sum(len(p.features) for p in pending) >= STREAM_FEATURES:
+            _run_stream(run, pending, report, out_path)
+            pending = []
+    if pending:
+        _run_stream(run, pending, report, out_path)
+
+
+def _run_stream(run: _Run, pending: list[_Language], report: EvalReport, out_path: Path | None) -> None:
+    from xstilts.models.predict import predict_groups
+
+    outputs = predict_groups(run.model, run.target, run.fmt, [p.features for p in pending], batch_size=run.batch_size,
+                             pad_token_id=run.pad_id, device=run.device, precision=run.precision, progress=True,
+                             desc=f"{run.spec.name} ({len(pending)} languages)")
+    for item, out in zip(pending, outputs):
+        _score_language(run, item, out, report, out_path)
+
+
+def _score_language(run: _Run, item: _Language, outputs: dict[str, np.ndarray], report: EvalReport,
+                    out_path: Path | None) -> None:
+    """Decode and score one language into ``report`` (and its predictions file)."""
+    lang, examples = item.lang, item.examples
+    scores, rows = _decode_and_score(run, lang, examples, item.features, outputs)
     report.per_language[lang] = scores
     report.n_examples[lang] = len(examples)
     logger.info("%s/%s: %s (%d examples)", run.spec.name, lang, _fmt_scores(scores), len(examples))
@@ -395,8 +427,7 @@ def zero_shot_eval(
     out_path = Path(out_dir) if out_dir is not None else None
     if out_path is not None:
         (out_path / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
-    for lang in _progress(run.languages, f"{run.spec.name} languages"):
-        _evaluate_language(run, lang, report, out_path)
+    _evaluate_languages(run, report, out_path)
     _require_scores(run, report)
     report.average = average_scores(report.per_language)
     report.wall_time_s = round(time.perf_counter() - t0, 2)

@@ -165,14 +165,25 @@ def _shard(batches: list[list[int]], accelerator: Any) -> list[list[int]]:
     return mine or [[-1 - i for i in batches[0]]]
 
 
-def _in_feature_order(chunks: Sequence[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+def _in_feature_order(chunks: Sequence[tuple[np.ndarray, np.ndarray]], n: int, start: int = 0,
+                      width: int | None = None) -> np.ndarray:
     """Rows of (feature indices, outputs [B, ...]) chunks placed at their indices (indices < 0
-    are dropped); trailing dims padded with :data:`OUTPUT_PAD` to the widest chunk."""
+    are dropped); trailing dims padded with :data:`OUTPUT_PAD` to the widest chunk.
+
+    ``start``/``n``: only the rows of features ``start .. start + n - 1`` (one group of
+    :func:`predict_groups`), placed from row 0. ``width``: dim 1 cut to this many columns
+    (token-level outputs of a group: its own widest feature)."""
     tail = [max(a.shape[d] for _, a in chunks) for d in range(1, chunks[0][1].ndim)]
+    if width is not None and tail:
+        tail[0] = width
     out = np.full([n, *tail], OUTPUT_PAD, dtype=np.float32)
     for idx, arr in chunks:
-        keep = idx >= 0
-        out[(idx[keep],) + tuple(slice(0, s) for s in arr.shape[1:])] = arr[keep]
+        keep = (idx >= start) & (idx < start + n)
+        if not keep.any():
+            continue
+        if width is not None and arr.ndim > 1:
+            arr = arr[:, :width]
+        out[(idx[keep] - start,) + tuple(slice(0, s) for s in arr.shape[1:])] = arr[keep]
     return out
 
 
@@ -280,6 +291,49 @@ def predict(
     Returns ``{"logits"}`` / ``{"start_logits", "end_logits"}`` (as the head returns them, no
     loss) or ``{"embeddings"}``, float32 numpy arrays with one row per feature.
     """
+    chunks, _ = _predict_chunks(model, target, fmt, features, batch_size=batch_size, pad_token_id=pad_token_id,
+                                device=device, precision=precision, accelerator=accelerator, transform=transform,
+                                progress=progress, desc=desc)
+    return {k: _in_feature_order(v, len(features)) for k, v in chunks.items()}
+
+
+def predict_groups(
+    model: nn.Module,
+    target: str | SentenceEmbedding,
+    fmt: Collator,
+    groups: Sequence[Sequence[dict[str, Any]]],
+    **kwargs: Any,
+) -> list[dict[str, np.ndarray]]:
+    """:func:`predict` over several groups of features (e.g. every language of an evaluation)
+    as ONE length-sorted stream of batches, outputs split back per group.
+
+    Sorting all groups together fills batches with features of similar length from every
+    group (far less padding than one sorted stream per group). The results are those of one
+    :func:`predict` call per group up to float rounding (a feature's outputs do not depend on
+    its batch neighbours; only the padded width of its batch can change the kernels' summation
+    order, ~1e-6 in fp32), token-level outputs padded to each group's own widest feature, as
+    :func:`predict` pads them. Keywords: as :func:`predict`.
+    """
+    flat = [f for group in groups for f in group]
+    chunks, token_level = _predict_chunks(model, target, fmt, flat, **kwargs)
+    out: list[dict[str, np.ndarray]] = []
+    start = 0
+    for group in groups:
+        width = max((feature_length(f) for f in group), default=0)
+        out.append({k: _in_feature_order(v, len(group), start, width if token_level[k] else None)
+                    for k, v in chunks.items()} if group else {})
+        start += len(group)
+    return out
+
+
+def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Collator,
+                    features: Sequence[dict[str, Any]], *, batch_size: int = 64, pad_token_id: int = 0,
+                    device: str | torch.device | None = None, precision: str = "fp32", accelerator: Any = None,
+                    transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+                    progress: bool = False, desc: str = "predict",
+                    ) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], dict[str, bool]]:
+    """(feature indices, outputs) chunks of every output key (gathered over the processes), and
+    per key whether its dim 1 is the token axis (every chunk as wide as its longest feature)."""
     check_precision(precision)
     if device is None:
         device = accelerator.device if accelerator is not None else _model_device(model)
@@ -287,18 +341,21 @@ def predict(
     model.to(device)
     batches = length_sorted_batches(features, batch_size)
     if not batches:
-        return {}
+        return {}, {}
     show = progress and (accelerator is None or accelerator.is_main_process)
     step = _Step(fmt, features, pad_token_id, device, transform)
     was_training = model.training
     model.eval()
     try:
-        chunks = _run_batches(model, target, step, _progress(_shard(batches, accelerator), desc, show), precision)
+        chunks, token_level = _run_batches(model, target, step, _progress(_shard(batches, accelerator), desc, show),
+                                           precision)
     finally:
         model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
         chunks = {k: _gather(v, accelerator, device) for k, v in chunks.items()}
-    return {k: _in_feature_order(v, len(features)) for k, v in chunks.items()}
+        token_level = {k: bool(accelerator.gather(torch.tensor([int(v)], device=device)).all()) for k, v in
+                       sorted(token_level.items())}
+    return chunks, token_level
 
 
 @dataclass(frozen=True)
@@ -318,17 +375,21 @@ class _Step:
 
 
 def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step, batches: Iterable[list[int]],
-                 precision: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(feature indices, outputs) of every batch, per output key, without gradients."""
+                 precision: str) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], dict[str, bool]]:
+    """(feature indices, outputs) of every batch, per output key, without gradients; and per
+    key whether dim 1 of every batch's output is as wide as the batch's longest feature."""
     chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    token_level: dict[str, bool] = {}
     with contextlib.ExitStack() as stack:
         forward = _forward_fn(model, target, stack)
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_precision_context(model, precision, step.device))
         for idx in batches:
+            width = max(feature_length(step.features[i if i >= 0 else -1 - i]) for i in idx)
             for key, val in forward(step.inputs(idx)).items():
                 chunks.setdefault(key, []).append((np.asarray(idx), val.float().cpu().numpy()))
-    return chunks
+                token_level[key] = token_level.get(key, True) and val.dim() > 1 and val.shape[1] == width
+    return chunks, token_level
 
 
 def _progress(items: list[list[int]], desc: str, enabled: bool) -> Any:
@@ -349,6 +410,7 @@ __all__ = [
     "feature_length",
     "length_sorted_batches",
     "predict",
+    "predict_groups",
     "resolve_device",
     "truncated_encoder",
 ]

@@ -1,0 +1,125 @@
+"""Evaluation speed without changing results: one length-sorted stream across languages
+(``predict_groups``), one model load per ``zero_shot_eval`` call, a cheap tokenizer
+fingerprint that ignores the tokenizer's call state, and the MLQA punctuation table built on
+first use (not at import)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_predict import NER, _features, model  # noqa: F401 - the module-scoped model fixture
+from xstilts.models.predict import SentenceEmbedding, feature_length, predict, predict_groups
+
+
+@pytest.mark.parametrize("fmt_name,target", [
+    ("classification", "nli"), ("tagging", "ner"), ("extractive_qa", "qa"), ("multiple_choice", "mc"),
+    ("retrieval", SentenceEmbedding(layer=1, pooling="mean")),
+])
+def test_one_stream_across_groups_equals_one_predict_per_group(model, fmt_name, target):  # noqa: F811
+    m, tok = model
+    fmt, feats = _features(fmt_name, tok)
+    groups = [feats[:4], feats[4:5], [], feats[5:]]  # uneven groups, an empty one
+    together = predict_groups(m, target, fmt, groups, batch_size=3, pad_token_id=tok.pad_token_id)
+    assert len(together) == len(groups) and together[2] == {}
+    for group, got in zip(groups, together):
+        if not group:
+            continue
+        ref = predict(m, target, fmt, group, batch_size=3, pad_token_id=tok.pad_token_id)
+        assert set(got) == set(ref)
+        for key in ref:
+            assert got[key].shape == ref[key].shape, key  # token-level outputs: the group's own width
+            if got[key].ndim > 2 or (got[key].ndim == 2 and fmt_name in ("tagging", "extractive_qa")):
+                for i, f in enumerate(group):  # positions beyond a feature's length are padding: never read
+                    n = feature_length(f)
+                    np.testing.assert_allclose(got[key][i, :n], ref[key][i, :n], atol=1e-5)
+            else:
+                np.testing.assert_allclose(got[key], ref[key], atol=1e-5)
+
+
+def test_zero_shot_eval_loads_the_model_and_tokenizer_once(tiny_model_dir, tmp_path, monkeypatch):
+    """One encoder and one tokenizer load per call, however many languages."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from xstilts.evaluate import zero_shot_eval
+    from xstilts.models import HeadSpec, MultiTaskModel
+
+    monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data" / "panx"
+    data.mkdir(parents=True)
+    for lang in ("de", "fr", "es"):
+        (data / f"test-{lang}.tsv").write_text("\n\n".join(f"Anna\tB-PER\nlives\tO\nhere{i}\tO" for i in range(5)) + "\n")
+    from xstilts.tasks.catalog import get_task
+
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    m.add_head(HeadSpec(task="panx", kind="tagging", num_labels=len(get_task("panx").label_list)))
+    m.save(tmp_path / "model", tokenizer=tok)
+    counts = {"model": 0, "tokenizer": 0}
+    for cls, key in ((AutoModel, "model"), (AutoTokenizer, "tokenizer")):
+        real = cls.from_pretrained.__func__
+
+        def counting(c, *a, _real=real, _key=key, **k):
+            counts[_key] += 1
+            return _real(c, *a, **k)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(counting))
+    from xstilts.models import loading
+
+    real_cls = loading._model_class
+    monkeypatch.setattr(loading, "_model_class", lambda cfg: _counted(real_cls(cfg), counts))
+    rep = zero_shot_eval(tmp_path / "model", "panx", languages="de,fr,es", data_dir=tmp_path / "data", split="test")
+    assert sorted(rep.per_language) == ["de", "es", "fr"]
+    assert counts == {"model": 1, "tokenizer": 1}
+
+
+def _counted(cls, counts):
+    class Counted(cls):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_pretrained(c, *a, **k):
+            counts["model"] += 1
+            return cls.from_pretrained(*a, **k)
+
+    return Counted
+
+
+def test_tokenizer_fingerprint_ignores_the_call_state_and_is_cheap():
+    import time
+
+    from tests.helpers import xlmr_tokenizer
+    from xstilts.tasks.cache import _vocab_hash
+
+    tok = xlmr_tokenizer()
+    t0 = time.perf_counter()
+    fresh = _vocab_hash(tok)
+    seconds = time.perf_counter() - t0
+    tok(["a b c", "d"], truncation=True, max_length=3, padding="max_length")  # records truncation + padding
+    assert tok.backend_tokenizer.truncation is not None and tok.backend_tokenizer.padding is not None
+    assert _vocab_hash(tok) == fresh
+    tok.add_tokens(["<xstilts-new>"])
+    assert _vocab_hash(tok) != fresh
+    assert seconds < 1.5  # hashing the serialised backend, not parsing and re-dumping its JSON
+
+
+def test_mlqa_punctuation_is_built_on_first_use_not_at_import():
+    code = ("import xstilts.metrics.qa as q; assert q.mlqa_punctuation.cache_info().currsize == 0; "
+            "assert '«' in q.MLQA_PUNCT and q.mlqa_punctuation.cache_info().currsize == 1; "
+            "assert q.normalize_mlqa('Hello, «world»!', 'en') == 'hello world'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_groups_of_a_cast_model_run_without_autocast(model):  # noqa: F811
+    """bf16 inference of a model cast once runs as it is (no per-call weight re-cast)."""
+    import copy
+
+    from xstilts.models.predict import _precision_context, cast_for_inference
+
+    m, tok = model
+    cast = cast_for_inference(copy.deepcopy(m), "bf16")
+    assert isinstance(_precision_context(cast, "bf16", torch.device("cpu")), type(__import__("contextlib").nullcontext()))
+    fmt, feats = _features("tagging", tok)
+    out = predict_groups(cast, "ner", fmt, [feats[:3], feats[3:]], precision="bf16", pad_token_id=tok.pad_token_id)
+    assert out[0]["logits"].dtype == np.float32 and out[0]["logits"].shape[-1] == len(NER)
