@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -77,15 +78,21 @@ def reset_cache_stats() -> None:
         _STATS.tokenize_seconds = _STATS.load_seconds = 0.0
 
 
+#: the call state a fast tokenizer's JSON records first (``"truncation":...,"padding":...``)
+_CALL_STATE = re.compile(r'"truncation":(?:null|\{(?:[^{}]|\{[^{}]*\})*\}),"padding":(?:null|\{(?:[^{}]|\{[^{}]*\})*\})')
+
+
 def _vocab_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     h = hashlib.sha256()
     if backend is not None:
-        # the backend JSON also records the truncation/padding of the last call: leave those out
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        h.update(json.dumps(state, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        # the serialised backend (XLM-R: 17 MB, ~0.1 s to hash; parsing and re-dumping it took
+        # ~1.5 s) without the truncation/padding of the last call, which it also records
+        text = backend.to_str()
+        head = _CALL_STATE.sub('"truncation":null,"padding":null', text[:4096], count=1)
+        h.update(b"backend\x00")
+        h.update(head.encode("utf-8"))
+        h.update(text[4096:].encode("utf-8"))
     else:  # a slow tokenizer: its vocabulary and special tokens
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
         h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str).encode())
