@@ -74,3 +74,27 @@ def test_pair_pool_ranking_shares_candidates_and_scores_as_mrr():
     gold = {str(q): str(c) for q, c in enumerate(canonical)}
     assert mean_reciprocal_rank(gold, preds, k=20) == pytest.approx(250 / 3)
     assert mean_average_precision_at_k(queries, targets[[0, 1]], [{0}, {1}, {0}], k=20) == pytest.approx(250 / 3)
+
+
+def test_retrieval_format_map20_decodes_scores_and_round_trips():
+    # The same three mentions as above through the retrieval format (catalog metric map@20):
+    # predictions are ranked example ids, gold is the first example with the query's target.
+    import json
+
+    from xstilts.tasks.formats import get_format
+    from xstilts.tasks.formats.retrieval import Retrieval
+    from xstilts.tasks.types import BitextExample
+
+    ret = get_format("retrieval")
+    exs = [BitextExample("m0", "a", "E1"), BitextExample("m1", "b", "E2"), BitextExample("m2", "c", "E1")]
+    queries = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    targets = np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32)
+    emb = np.empty((6, 2), dtype=np.float32)
+    emb[0::2], emb[1::2] = queries, targets
+    feats = [{"example_index": i, "side": side} for i in range(3) for side in ("source", "target")]
+    found = ret.retrieve(exs, feats, emb, "map@20")
+    assert found.predictions == {"m0": ["m0", "m1"], "m1": ["m1", "m0"], "m2": ["m1", "m0"]}
+    scores = ret.score_retrieval(exs, found)
+    assert scores == {"map@20": pytest.approx(250 / 3)}
+    again = Retrieval.from_rows("map@20", json.loads(json.dumps(found.to_rows())))
+    assert ret.score_retrieval(exs, again) == scores
