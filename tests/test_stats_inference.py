@@ -162,7 +162,8 @@ def test_seed_level_test_matches_scipy_and_item_variance_widens_it():
 def test_item_variance_helpers_and_frames():
     assert float(binomial_item_variance(50.0, 50.0, 25)) == pytest.approx((0.25 + 0.25) / 25 * 1e4)
     assert math.isnan(float(binomial_item_variance(50.0, 50.0, 0)))
-    assert paired_item_variance([100, 0, 100, 100], [100, 0, 0, 100]) == pytest.approx(np.var([0, 0, 100, 0], ddof=1) / 4)
+    expected = np.var([0, 0, 100, 0], ddof=1) / 4
+    assert paired_item_variance([100, 0, 100, 100], [100, 0, 0, 100]) == pytest.approx(expected)
     rng = np.random.default_rng(1)
     g = _gains_frame(rng, 3, langs="ab")
     iv = pd.DataFrame({"language": ["a", "b"], "item_var": [4.0, 4.0]})
@@ -204,7 +205,8 @@ def test_difference_in_mean_gain_for_binary_measures():
     gain = rng.normal(size=24) + 2.0 * flag
     d = difference_in_mean_gain(gain, flag, n_boot=500, n_perm=2000)
     assert d["n_1"] == 12 and d["n_0"] == 12
-    assert d["ci_low"] <= d["difference"] <= d["ci_high"] and d["difference"] == pytest.approx(gain[:12].mean() - gain[12:].mean())
+    assert d["ci_low"] <= d["difference"] <= d["ci_high"]
+    assert d["difference"] == pytest.approx(gain[:12].mean() - gain[12:].mean())
     assert d["p"] < 0.01
     one_side = difference_in_mean_gain(gain, np.ones(24))
     assert math.isnan(one_side["difference"]) and "one side" in one_side["note"]
@@ -236,7 +238,8 @@ def _evidence_inputs(seeds, *, fail_baseline_seed=None):
                 if t == "panx" and seed == fail_baseline_seed:
                     base = 0.0
                 for s, gain in (("baseline", 0.0), ("anli", 1.5), ("cosmosqa", 0.0)):
-                    rows.append(("m", s, t, lang, seed, "test", metric, base + gain + rng.normal(0, 0.3), f"{s}{t}{seed}"))
+                    value = base + gain + rng.normal(0, 0.3)
+                    rows.append(("m", s, t, lang, seed, "test", metric, value, f"{s}{t}{seed}"))
     m = pd.DataFrame(rows, columns=["model", "setup", "target", "language", "seed", "split", "metric", "value",
                                     "stage_id"])
     gt = compute_gains(m)
@@ -294,3 +297,109 @@ def test_similarity_correlations_use_one_point_per_language_within_a_setup():
     diff = ev.differences["language"]
     assert set(diff["measure"]) == {"same_family"} and (diff["n_1"] + diff["n_0"] == 10).all()
     assert ev.correlations["language"]["p_adjusted"].notna().all()
+
+
+# --------------------------------------------------------------------------- the report
+
+P_VALUE_HEADERS = ("p_adj", "| p |", "p_value", "wilcoxon_p", "sign_flip_p", "spearman_p", "kendall_p")
+
+
+def _report(tmp_path, seeds, monkeypatch, **opts):
+    from tests.test_report import FAST, fake_texts, frames
+
+    from xstilts.analysis.report import ReportOptions, report_from_frames
+
+    monkeypatch.setattr("xstilts.analysis.similarity_sections.load_task_texts", fake_texts)
+    m, st = frames(seeds=seeds)
+    options = ReportOptions(**{**FAST, "tatoeba_examples": 20, **opts})
+    return report_from_frames(m, st, tmp_path / "rep" / "report.html", options=options, output_dir=tmp_path)
+
+
+def test_a_two_seed_report_prints_no_p_values(tmp_path, monkeypatch, tiny_model_dir):
+    res = _report(tmp_path, (1, 2), monkeypatch, encoder=str(tiny_model_dir))
+    md, html = res.markdown.read_text(), res.html.read_text()
+    assert "Descriptive only" in md and "descriptive only (2 seeds)" in md
+    for header in P_VALUE_HEADERS:
+        assert header not in md, header
+    assert "<th>p</th>" not in html and "<th>p_adj</th>" not in html and "p = " not in md
+    ev = res.data.evidence
+    assert not ev.inferential
+    mat_marks = [m for t in ev.gains.values() for m in t.get("p_adjusted", [])]
+    assert all(not np.isfinite(v) for v in mat_marks)
+    assert "Power." in md  # the design's MDE (what 3 seeds would detect) is stated even so
+
+
+def test_a_three_seed_report_prints_adjusted_p_values(tmp_path, monkeypatch):
+    res = _report(tmp_path, (1, 2, 3), monkeypatch, similarity=False)
+    md = res.markdown.read_text()
+    ev = res.data.evidence
+    assert ev.inferential and ev.n_tests > 10
+    assert "| p | p_adj | sig |" in md and "Holm" in md and f"{ev.n_tests} tests" in md
+    assert "seed-level t-test (3 runs)" in md
+    import re
+
+    from xstilts.analysis.evidence_render import gain_table
+
+    for col in ("p", "p_adj"):  # printed as "< 0.001", "0.012", "0.41", never "0.0"
+        assert all(re.fullmatch(r"< 0\.001|0\.\d{2,3}|1\.00|n/a", v) for v in gain_table(ev, "per_target")[col])
+    per_setup = ev.gains["per_setup"]
+    assert (per_setup["p_adjusted"] >= per_setup["p_value"] - 1e-12).all()
+    assert "Power." in md and "after correcting for" in md
+    # long tables collapsed in the Markdown, with their CSV beside the report
+    assert "<details><summary>" in md and (res.markdown.parent / "tables").is_dir()
+
+
+def test_item_counts_from_the_eval_stages_widen_the_intervals(tmp_path):
+    import json
+
+    from xstilts.analysis.evidence import item_variance
+
+    inp, _ = _evidence_inputs((1, 2, 3))
+    gains, how = item_variance(inp.gt.gains, inp.metrics, None)
+    assert "item_var" not in gains.columns and "not included" in how
+    for sid in inp.metrics["stage_id"].unique():
+        (tmp_path / "stages" / sid).mkdir(parents=True)
+        (tmp_path / "stages" / sid / "metrics.json").write_text(json.dumps({"n_examples": {"de": 30, "fr": 30, "sw": 20,
+                                                                                           "hi": 40}}))
+    gains, how = item_variance(inp.gt.gains, inp.metrics, tmp_path)
+    assert gains["item_var"].notna().all() and "median 30 items" in how and "binomial" in how
+    plain = infer_gains(inp.gt.gains, ("model", "setup", "target"))
+    wide = infer_gains(gains, ("model", "setup", "target"))
+    assert (wide["ci_high"] - wide["ci_low"] > plain["ci_high"] - plain["ci_low"]).all()
+
+
+def test_a_setup_with_two_seeds_among_three_seed_setups_is_described_not_tested():
+    from xstilts.analysis.evidence import compute_evidence
+    from xstilts.analysis.gains import compute_gains
+    from xstilts.analysis.groupings import attach_language_metadata
+
+    inp, data = _evidence_inputs((1, 2, 3))
+    m = inp.metrics[~((inp.metrics.setup == "cosmosqa") & (inp.metrics.seed == 3))]
+    inp.metrics, inp.gt = m, compute_gains(m)
+    inp.meta, _ = attach_language_metadata(inp.gt.gains)
+    ev = compute_evidence(inp, data)
+    pt = ev.gains["per_target"].set_index("setup")
+    assert ev.inferential and pt.loc["cosmosqa", "p_value"].isna().all() and pt.loc["anli", "p_value"].notna().all()
+    assert any("cosmosqa on panx" in n for n in ev.notes)
+
+
+
+def test_item_variance_from_the_runs_predictions_is_tighter_than_the_binomial_bound(tmp_path):
+    import json
+
+    from xstilts.analysis.evidence import discordance_item_variance, item_variance
+
+    assert discordance_item_variance({"a": "1", "b": "2"}, {"a": "1", "b": "0"}) == pytest.approx(0.5 * 1e4 / 2)
+    assert math.isnan(discordance_item_variance({"a": "1"}, {"b": "1"}))
+    inp, _ = _evidence_inputs((1, 2, 3))
+    for sid in inp.metrics["stage_id"].unique():
+        d = tmp_path / "stages" / sid
+        (d / "predictions").mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"n_examples": {lang: 30 for lang in ("de", "fr", "sw", "hi")}}))
+        for lang in ("de", "fr", "sw", "hi"):  # the runs disagree on 3 of 30 items
+            flip = 3 if not sid.startswith("baseline") else 0
+            rows = [{"id": f"{lang}-{i}", "prediction": int(i < flip)} for i in range(30)]
+            (d / "predictions" / f"{lang}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    gains, how = item_variance(inp.gt.gains, inp.metrics, tmp_path)
+    assert "predictions" in how and gains["item_var"].to_numpy() == pytest.approx(3 / 30 * 1e4 / 30)
+    assert (gains["item_var"] < binomial_item_variance(gains["score"], gains["baseline_score"], 30)).all()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from xstilts.analysis import evidence_render as er
 from xstilts.analysis import figures as figs
 from xstilts.analysis.metadata import language_label, language_name
 from xstilts.analysis.sections import (
@@ -44,6 +45,7 @@ from xstilts.analysis.similarity_sections import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.analysis.evidence import Evidence
     from xstilts.analysis.report import ReportData, ReportOptions
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def _with_language_names(frame: pd.DataFrame, position: int) -> pd.DataFrame:
 # --------------------------------------------------------------------------- sections
 
 
-def render_overview(s: Section, ov: Overview, opts: ReportOptions) -> None:
+def render_overview(s: Section, ov: Overview, opts: ReportOptions, ev: Evidence | None = None) -> None:
     setups = ", ".join(x for x in ov.setups if x != ov.baseline) or "none"
     s.text.append(
         f"Model(s): {', '.join(ov.models) or 'none'}. Intermediate setups: {setups} "
@@ -135,12 +137,16 @@ def render_overview(s: Section, ov: Overview, opts: ReportOptions) -> None:
         "A gain is a run's zero-shot score minus the baseline's score for the same model, target, language and seed, "
         "in points of the target's primary metric (" +
         ", ".join(f"{t}: {ov.metric_by_target[t]} on {ov.split_by_target[t]}" for t in ov.targets) + "). "
-        "Averages weigh languages equally within a target and targets equally within a setup. "
+        "Averages weigh languages equally within a target and targets equally within a setup."
+        + ("" if ev is not None else " "
         f"Uncertainty: standard deviation across seeds, {int(opts.confidence * 100)}% percentile-bootstrap CI "
         f"({opts.n_boot:,} resamples of seeds and languages, numpy seed {opts.seed}), and one-sided paired tests "
         "over (language, seed) cells that the setup beats the baseline: Wilcoxon signed-rank (scipy) and a sign-flip "
-        f"permutation test (exact up to 16 cells, else {opts.n_perm:,} permutations)."
+        f"permutation test (exact up to 16 cells, else {opts.n_perm:,} permutations).")
     )
+    if ev is not None:
+        s.text.extend(er.method_paragraphs(ev, opts))
+        s.text.extend(t for t in (er.power_paragraph(ev), er.failed_paragraph(ev)) if t)
     s.notes.extend(ov.notes)
     if len(ov.missing_baseline):
         s.tables.append(("Results without a matching baseline run (left out of the gains)", ov.missing_baseline))
@@ -165,7 +171,10 @@ def _heatmap_matrix(pt: pd.DataFrame, setup_means: pd.Series,
     return mat, ann
 
 
-def render_gains(s: Section, g: GainsResult, metric_by_target: dict[str, str]) -> None:
+def render_gains(s: Section, g: GainsResult, metric_by_target: dict[str, str], ev: Evidence | None = None) -> None:
+    if ev is not None:
+        _render_gains_evidence(s, ev, metric_by_target)
+        return
     s.text.append("The paper's main figure: mean gain of each intermediate setup (rows) on each target (columns); "
                   "the last column averages the targets. Blue = better than the baseline, red = worse.")
     for model, pt in g.per_target.groupby("model", sort=True):
@@ -189,9 +198,34 @@ def render_gains(s: Section, g: GainsResult, metric_by_target: dict[str, str]) -
         s.text.append("No setup beats the baseline at p < 0.05 on both paired tests.")
 
 
-def render_per_language(s: Section, r: PerLanguageResult, metric_by_target: dict[str, str]) -> None:
+def _render_gains_evidence(s: Section, ev: Evidence, metric_by_target: dict[str, str]) -> None:
+    s.text.append("The paper's main figure: mean gain of each intermediate setup (rows) on each target (columns); "
+                  "the last column averages the targets. Blue = better than the baseline, red = worse; the colour "
+                  "scale is fixed at ± the larger of 2 points and the design's minimal detectable effect.")
+    cell = ("mean [95% CI]; * marks p_adj < 0.05 after correction" if ev.inferential
+            else "mean and range over seeds (descriptive only: fewer than 3 seeds)")
+    for model in sorted(ev.gains["per_target"]["model"].unique()):
+        mat, kw = er.gain_heatmap_args(ev, model, metric_by_target)
+        s.figures.append(Figure(
+            f"gain_heatmap_{slug(model)}",
+            f"Mean gain over the baseline, intermediate setup × target ({model}). Cells: {cell}, in points of each "
+            "target's primary metric; 'average' weighs targets equally; hatched: a failed or at-chance run.",
+            partial(figs.gain_heatmap, mat, title=f"Gain over the no-intermediate baseline — {model}",
+                    xlabel="target task (primary metric)", ylabel="intermediate setup",
+                    cbar_label=gain_label(metric_by_target), **kw),
+        ))
+    s.tables.append(("Gain per setup and target", er.gain_table(ev, "per_target")))
+    s.tables.append(("Gain per setup (targets weighed equally)", er.gain_table(ev, "per_setup")))
+    s.tables.append(("Gain over all setups and targets", er.gain_table(ev, "overall")))
+    s.text.append(er.significance_sentence(ev))
+
+
+def render_per_language(s: Section, r: PerLanguageResult, metric_by_target: dict[str, str],
+                        ev: Evidence | None = None) -> None:
     s.notes.extend(r.notes)
-    for (model, target), g in r.per_language.groupby(["model", "target"], sort=True):
+    if ev is not None:
+        _render_language_panels(s, ev, metric_by_target)
+    for (model, target), g in (r.per_language.groupby(["model", "target"], sort=True) if ev is None else []):
         g = g.copy()
         order_codes = g.groupby("language")["mean_gain"].mean().sort_values(ascending=False).index.tolist()
         g["language_label"] = g["language"].map(language_label)
@@ -207,8 +241,31 @@ def render_per_language(s: Section, r: PerLanguageResult, metric_by_target: dict
     s.tables.append(("Gain per language (mean and std across seeds)", round_frame(_with_language_names(r.per_language, 4))))
 
 
-def render_families(s: Section, r: FamilyResult, metric_by_target: dict[str, str]) -> None:
+def _render_language_panels(s: Section, ev: Evidence, metric_by_target: dict[str, str]) -> None:
+    from xstilts.analysis.figures import JOSHI_LABELS
+
+    for (model, target), _ in ev.meta.groupby(["model", "target"], sort=True):
+        for group, name, order, seq in (("family", "per_language", None, False),
+                                        ("resource_class", "per_language_resource", None, True)):
+            frame = er.language_panel_frame(ev.meta, model, target, group)
+            if group == "resource_class":
+                frame[group] = frame[group].map(lambda c: JOSHI_LABELS[int(float(c))] if c != "unknown" else c)
+                order = [c for c in [*JOSHI_LABELS, "unknown"] if c in set(frame[group])]
+            s.figures.append(Figure(
+                f"{name}_{slug(model)}_{slug(target)}",
+                f"Gain per language on {target} ({model}), grouped and coloured by {group.replace('_', ' ')}; within a "
+                "group sorted by gain; one panel per setup; error bars: lowest and highest seed.",
+                partial(figs.language_gain_panels, frame, group=group, group_order=order, sequential=seq,
+                        title=f"{target}: gain per language by {group.replace('_', ' ')} — {model}",
+                        ylabel=gain_label(metric_by_target, [target])),
+            ))
+
+
+def render_families(s: Section, r: FamilyResult, metric_by_target: dict[str, str], ev: Evidence | None = None) -> None:
     s.notes.extend(r.notes)
+    if ev is not None:
+        _render_families_evidence(s, r, ev, metric_by_target)
+        return
     for model, g in r.by_family.groupby("model", sort=True):
         mat = g.pivot(index="family", columns="setup", values="mean_gain")
         mat.index = [f"{f} ({r.languages_per_family.get(f, 0)} lang.)" for f in mat.index]
@@ -231,6 +288,29 @@ def render_families(s: Section, r: FamilyResult, metric_by_target: dict[str, str
     s.tables.append(("Gain by script", round_frame(r.by_script)))
 
 
+def _render_families_evidence(s: Section, r: FamilyResult, ev: Evidence, metric_by_target: dict[str, str]) -> None:
+    for model in sorted(ev.gains["family"]["model"].unique()):
+        mat, kw = er.family_heatmap_args(ev, model, r.languages_per_family)
+        s.figures.append(Figure(
+            f"family_heatmap_{slug(model)}",
+            f"Mean gain by language family × intermediate setup ({model}), over all targets; languages weigh equally "
+            "within a target" + ("; * marks p_adj < 0.05 after correction." if ev.inferential else "."),
+            partial(figs.gain_heatmap, mat, title=f"Gain by language family — {model}", xlabel="intermediate setup",
+                    ylabel="language family (number of languages)", cbar_label=gain_label(metric_by_target), **kw),
+        ))
+    fam = ev.gains["family"]
+    neg = fam[(fam["mean_gain"] < 0) & (fam["family"] != "unknown")]
+    if len(neg):
+        s.text.append("**Flagged — families with a negative mean gain:** " + "; ".join(
+            f"{x.setup} on {x.family} ({x.mean_gain:+.2f}"
+            + (f", p_adj {er.format_p(x.p_adjusted)}" if ev.inferential else "") + ")" for x in neg.itertuples()) + ".")
+    else:
+        s.text.append("No language family has a negative mean gain.")
+    s.tables.append(("Gain by language family", er.gain_table(ev, "family")))
+    s.tables.append(("Gain by genus (described, not tested)", er.gain_table(ev, "genus")))
+    s.tables.append(("Gain by script (described, not tested)", er.gain_table(ev, "script")))
+
+
 def _render_resource_curves(s: Section, r: ResourceResult, metric_by_target: dict[str, str]) -> None:
     if r.no_class_languages:
         s.notes.append(f"No resource class for {', '.join(r.no_class_languages)}: left out of the curves, "
@@ -248,15 +328,19 @@ def _render_resource_curves(s: Section, r: ResourceResult, metric_by_target: dic
         ))
 
 
-def render_resource(s: Section, r: ResourceResult, metric_by_target: dict[str, str]) -> None:
-    _render_resource_curves(s, r, metric_by_target)
-    s.tables.append(("Gain by resource class", round_frame(r.by_class)))
+def render_resource(s: Section, r: ResourceResult, metric_by_target: dict[str, str], ev: Evidence | None = None) -> None:
+    if ev is None:
+        _render_resource_curves(s, r, metric_by_target)
+        s.tables.append(("Gain by resource class", round_frame(r.by_class)))
+    else:
+        _render_resource_points(s, r, ev, metric_by_target)
     if r.low_languages is not None:
         s.text.append(f"Low-resource subset (user list): {', '.join(r.low_languages)}.")
     else:
         s.text.append(f"Low-resource subset: Joshi classes {', '.join(map(str, r.low_classes))}; "
                       "high-resource: the others.")
-    s.tables.append(("Gain on low- vs high-resource languages", round_frame(r.by_level)))
+    s.tables.append(("Gain on low- vs high-resource languages", round_frame(r.by_level) if ev is None
+                     else er.gain_table(ev, "resource_level")))
     if len(r.flagged):
         s.text.append("**Flagged — helps high-resource but hurts low-resource languages:** " + "; ".join(
             f"{x.setup} on {x.target} (high {x.gain_high:+.2f}, low {x.gain_low:+.2f})" for x in r.flagged.itertuples())
@@ -269,14 +353,47 @@ def render_resource(s: Section, r: ResourceResult, metric_by_target: dict[str, s
                      round_frame(r.divergence)))
 
 
+def _render_resource_points(s: Section, r: ResourceResult, ev: Evidence, metric_by_target: dict[str, str]) -> None:
+    if r.no_class_languages:
+        s.notes.append(f"No resource class for {', '.join(r.no_class_languages)}: left out of the figure, "
+                       "shown as 'unknown' in the table.")
+    for model in sorted(ev.gains["resource_class"]["model"].unique()):
+        frame = er.resource_points_frame(ev, model)
+        if frame.empty:
+            s.notes.append("No language has a resource class: no resource figure.")
+            continue
+        s.figures.append(Figure(
+            f"resource_curves_{slug(model)}",
+            f"Mean gain by Joshi et al. (2020) resource class ({model}): one point per setup and class"
+            + (", bars: 95% seed-level CI" if ev.inferential else " (descriptive only: no intervals)")
+            + "; n = languages in the class.",
+            partial(figs.resource_points, frame, title=f"Gain by resource class — {model}",
+                    ylabel=gain_label(metric_by_target)),
+        ))
+    s.tables.append(("Gain by resource class", er.gain_table(ev, "resource_class")))
+
+
 def _scatter(name: str, caption: str, title: str, points: pd.DataFrame, measures: list[str], corr: pd.DataFrame,
-             ylabel: str) -> Figure:
+             ylabel: str, ev: Evidence | None = None, key: str = "") -> Figure:
+    extra: dict[str, Any] = {}
+    if ev is not None:
+        corr, extra = er.scatter_inputs(ev, key, measures)
     return Figure(name, caption, partial(figs.similarity_scatter, points, measures, corr, title=title, ylabel=ylabel,
-                                         label_column="label", measure_labels=MEASURE_LABELS))
+                                         label_column="label", measure_labels=MEASURE_LABELS, **extra))
+
+
+def _evidence_tables(s: Section, ev: Evidence | None, key: str) -> bool:
+    """The section's correlations and binary-measure differences from the evidence (False: none)."""
+    if ev is None:
+        return False
+    s.tables.append(("Rank correlation of each measure with the gain (at its unit; p corrected over the report)",
+                     er.correlation_table(ev, key)))
+    s.tables.append(("Binary measures: difference in mean gain (yes − no)", er.difference_table(ev, key)))
+    return True
 
 
 def render_task_similarity(s: Section, r: TaskSimilarityResult, opts: ReportOptions,
-                           metric_by_target: dict[str, str]) -> None:
+                           metric_by_target: dict[str, str], ev: Evidence | None = None) -> None:
     s.notes.extend(r.notes)
     if r.encoder_name:
         s.text.append(f"Embedding and sub-word measures use the encoder/tokenizer of '{r.encoder_name}' "
@@ -297,16 +414,20 @@ def render_task_similarity(s: Section, r: TaskSimilarityResult, opts: ReportOpti
         s.figures.append(_scatter(
             "task_similarity_vs_gain",
             "Task similarity (x) against mean gain per (setup, target) (y), with Spearman/Kendall correlation and "
-            "95% bootstrap CIs.", "Task similarity vs gain", r.points, r.measures, r.corr, gain_label(metric_by_target)))
+            "95% bootstrap CIs; points coloured by target, line: least-squares fit with its 95% band.",
+            "Task similarity vs gain", r.points, r.measures, r.corr, gain_label(metric_by_target), ev, "task"))
     s.tables.append(("Similarity of each intermediate task to each target task", round_frame(r.table)))
-    s.tables.append(("Rank correlation of each measure with the gain (all languages)", round_frame(r.corr)))
-    s.tables.append(("Rank correlation per language family", round_frame(r.family_corr)))
+    if not _evidence_tables(s, ev, "task"):
+        s.tables.append(("Rank correlation of each measure with the gain (all languages)", round_frame(r.corr)))
+    s.tables.append(("Rank correlation per language family" + ("" if ev is None else " (described, not tested)"),
+                     round_frame(r.family_corr if ev is None else er.without_p(r.family_corr))))
     s.tables.append(("Points behind the scatter plots", round_frame(r.points)))
     if len(r.points) < 3:
         s.notes.append(f"Only {len(r.points)} (setup, target) point(s): correlations need at least 3 and are n/a.")
 
 
-def render_language_similarity(s: Section, r: LanguageSimilarityResult, metric_by_target: dict[str, str]) -> None:
+def render_language_similarity(s: Section, r: LanguageSimilarityResult, metric_by_target: dict[str, str],
+                               ev: Evidence | None = None) -> None:
     s.notes.extend(r.notes)
     s.text.append(f"Parallel text: Tatoeba (up to {r.tatoeba_examples} sentence pairs per language with English). "
                   "Reference languages: English, plus the languages of a setup's intermediate training data.")
@@ -315,15 +436,17 @@ def render_language_similarity(s: Section, r: LanguageSimilarityResult, metric_b
         s.figures.append(_scatter(
             "language_similarity_vs_gain",
             "Similarity of each target language to the reference language(s) (x) against its gain averaged over "
-            "targets (y), one point per (setup, language).", "Language similarity vs gain", r.points, r.measures,
-            r.corr, gain_label(metric_by_target)))
+            "targets (y), one point per (setup, language), coloured by setup; the correlation above each panel is "
+            "at the language level (one point per language, gains averaged over setups).", "Language similarity vs gain",
+            r.points, r.measures, r.corr, gain_label(metric_by_target), ev, "language"))
     for refs, tab in r.tables.items():
         s.tables.append((f"Language similarity to {', '.join(refs)}", round_frame(_with_language_names(tab, 1))))
-    s.tables.append(("Rank correlation of language similarity with the gain (overall and per family)",
-                     round_frame(r.corr)))
+    if not _evidence_tables(s, ev, "language"):
+        s.tables.append(("Rank correlation of language similarity with the gain (overall and per family)",
+                         round_frame(r.corr)))
 
 
-def render_domain(s: Section, r: DomainResult, metric_by_target: dict[str, str]) -> None:
+def render_domain(s: Section, r: DomainResult, metric_by_target: dict[str, str], ev: Evidence | None = None) -> None:
     s.text.append("Domain similarity between each intermediate task's English text and each target's: "
                   "vocabulary-distribution divergence and embedding similarity; 'in-domain' pairs share the catalog's "
                   "text domain.")
@@ -337,7 +460,7 @@ def render_domain(s: Section, r: DomainResult, metric_by_target: dict[str, str])
         s.figures.append(_scatter(
             "domain_similarity_vs_gain",
             "Domain divergence / similarity of intermediate vs target text (x) against mean gain per (setup, target) (y).",
-            "Domain similarity vs gain", r.points, r.measures, r.corr, gain_label(metric_by_target)))
+            "Domain similarity vs gain", r.points, r.measures, r.corr, gain_label(metric_by_target), ev, "domain"))
     if r.in_vs_out is not None:
         s.tables.append(("In-domain vs out-of-domain intermediate tasks (mean gain per (setup, target) pair)",
                          round_frame(r.in_vs_out)))
@@ -345,7 +468,8 @@ def render_domain(s: Section, r: DomainResult, metric_by_target: dict[str, str])
             s.notes.append(f"All pairs are {r.single_kind}: no in-/out-of-domain contrast is possible.")
     else:
         s.notes.append("The task catalog gives no domain for these tasks: no in-/out-of-domain comparison.")
-    s.tables.append(("Rank correlation of domain measures with the gain", round_frame(r.corr)))
+    if not _evidence_tables(s, ev, "domain"):
+        s.tables.append(("Rank correlation of domain measures with the gain", round_frame(r.corr)))
 
 
 def render_settings(s: Section, r: SettingsResult | None) -> None:
@@ -366,23 +490,24 @@ def render_sections(data: ReportData, opts: ReportOptions) -> list[Section]:
     """The report's sections (in :data:`SECTIONS` order) from its computed results."""
     sec = {sid: Section(sid, title) for sid, title in SECTIONS}
     mbt = data.overview.metric_by_target
-    render_overview(sec["overview"], data.overview, opts)
+    ev = getattr(data, "evidence", None)
+    render_overview(sec["overview"], data.overview, opts, ev)
     for sid, why in data.skipped.items():
         sec[sid].notes.append(why)
     if data.gains is not None:
-        render_gains(sec["gains"], data.gains, mbt)
+        render_gains(sec["gains"], data.gains, mbt, ev)
     if data.per_language is not None:
-        render_per_language(sec["per-language"], data.per_language, mbt)
+        render_per_language(sec["per-language"], data.per_language, mbt, ev)
     if data.families is not None:
-        render_families(sec["families"], data.families, mbt)
+        render_families(sec["families"], data.families, mbt, ev)
     if data.resource is not None:
-        render_resource(sec["resource"], data.resource, mbt)
+        render_resource(sec["resource"], data.resource, mbt, ev)
     if data.task_similarity is not None:
-        render_task_similarity(sec["task-similarity"], data.task_similarity, opts, mbt)
+        render_task_similarity(sec["task-similarity"], data.task_similarity, opts, mbt, ev)
     if data.language_similarity is not None:
-        render_language_similarity(sec["language-similarity"], data.language_similarity, mbt)
+        render_language_similarity(sec["language-similarity"], data.language_similarity, mbt, ev)
     if data.domain is not None:
-        render_domain(sec["domain"], data.domain, mbt)
+        render_domain(sec["domain"], data.domain, mbt, ev)
     render_settings(sec["settings"], data.settings)
     return list(sec.values())
 
@@ -479,7 +604,15 @@ class _Document:
         after = f"<p class='note'>Every row: {html.escape(common)}</p>" if common else ""
         self.h.append(f"<details{' open' if len(df) <= 12 else ''}><summary>{html.escape(caption)} ({len(df)} rows)"
                       f"</summary><div class='tablewrap'>{_html_table(df)}</div>{after}</details>")
-        self.md += [f"**{caption}**", "", _md_table(df), ""] + ([f"_Every row: {common}_", ""] if common else [])
+        if len(df) > er.LONG_TABLE_ROWS:  # collapsed in Markdown too, and the full table as CSV beside it
+            csv = self.fig_dir.parent / "tables" / f"{slug(caption)}.csv"
+            csv.parent.mkdir(exist_ok=True)
+            df.to_csv(csv, index=False)
+            self.md += [f"<details><summary><b>{html.escape(caption)}</b> ({len(df)} rows; "
+                        f"<a href='tables/{csv.name}'>CSV</a>)</summary>", "", _md_table(df), "</details>", ""]
+        else:
+            self.md += [f"**{caption}**", "", _md_table(df), ""]
+        self.md += [f"_Every row: {common}_", ""] if common else []
 
     def section(self, s: Section) -> None:
         self.h.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2>")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from xstilts.analysis.evidence import Evidence, compute_evidence
 from xstilts.analysis.gains import compute_gains
 from xstilts.analysis.groupings import LOW_RESOURCE_CLASSES
 from xstilts.analysis.records import setup_tasks, stage_uses
@@ -78,6 +79,7 @@ class ReportOptions:
     tatoeba_examples: int = 1000
     data_dir: str | None = None
     setup_tasks: dict[str, list[str]] | None = None  # setup -> its intermediate tasks (override)
+    correction: str = "holm"  # multiple-testing correction over every test of the report: "holm" or "fdr_bh"
 
 
 @dataclass
@@ -93,6 +95,7 @@ class ReportData:
     language_similarity: LanguageSimilarityResult | None = None
     domain: DomainResult | None = None
     settings: SettingsResult | None = None
+    evidence: Evidence | None = None  # seed-level inference, corrected p-values, MDE (analysis.evidence)
     skipped: dict[str, str] = field(default_factory=dict)  # section id -> why it is empty
 
 
@@ -194,6 +197,7 @@ def compute_report(metrics: pd.DataFrame, stages: pd.DataFrame, opts: ReportOpti
         _compute_similarity(data, inp, output_dir)
     else:
         data.skipped = dict.fromkeys(SIMILARITY_SECTIONS, "Similarity analyses were turned off (--no-similarity).")
+    data.evidence = compute_evidence(inp, data, output_dir=output_dir)
     return data
 
 
