@@ -123,10 +123,12 @@ def test_killed_worker_then_resume(tmp_path: Path) -> None:
     proc = mp.get_context("spawn").Process(target=_worker, args=(plan, str(rec), str(hold)))
     proc.start()
     deadline = time.time() + 60
-    while time.time() < deadline and not any(
-            sid for sid, st in store.states().items() if st == "running"):
+    def held() -> list[str]:  # the victim may first run a (quick, not held) target stage: wait for the held one
+        return [sid for sid, st in store.states().items() if st == "running" and plan.stages[sid].kind == "intermediate"]
+
+    while time.time() < deadline and not held():
         time.sleep(0.05)
-    running = [sid for sid, st in store.states().items() if st == "running"]
+    running = held()
     assert len(running) == 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
