@@ -309,8 +309,10 @@ def test_log_lines_clear_an_active_progress_bar(monkeypatch):
     assert "a log line" in text
 
 
-def test_third_party_info_is_kept_below_the_users_level():
+def test_third_party_info_is_kept_below_the_users_level(monkeypatch):
     from xstilts.cli import _app
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")  # setup_logging(True) sets it; restored after
 
     _app.setup_logging(False)
     assert logging.getLogger("faiss").getEffectiveLevel() == logging.WARNING

@@ -83,6 +83,8 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else getattr(logging, os.environ.get("XSTILTS_LOG", "INFO").upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", handlers=[_progress_safe_handler()], force=True)
     third_party = min(logging.ERROR, max(level + 10, logging.INFO))
+    if verbose:  # transformers reads its verbosity when it is first imported (after this)
+        os.environ["TRANSFORMERS_VERBOSITY"] = "info"
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(third_party)
     logging.captureWarnings(True)
