@@ -343,3 +343,19 @@ def test_run_progress_lines_and_estimate():
     assert len(lines) == 1 and "in 30s" in lines[0] and "1/3 done" in lines[0]
     assert progress.remaining_seconds() == pytest.approx(60.0)  # one more target + one eval at the overall mean
     assert _progress.fmt_duration(75) == "1m15s" and _progress.fmt_duration(3700) == "1h01m"
+
+
+def test_train_split_and_dev_eval_cap(caplog):
+    from xstilts.cli.train import DEFAULT_EVAL_MAX_EXAMPLES, _cap_dev_eval, _stage_config
+    from xstilts.errors import ConfigError
+
+    cfg = _stage_config(None, {"model": "e5-small"}, ["anli"], 8, "dev")
+    assert cfg.tasks[0].split == "dev" and cfg.tasks[0].max_examples == 8
+    with caplog.at_level(logging.INFO, logger="xstilts.cli"):
+        capped = _cap_dev_eval(cfg, None, None)
+    assert capped.eval_max_examples == DEFAULT_EVAL_MAX_EXAMPLES and "capped" in caplog.text
+    assert _cap_dev_eval(cfg, 0, None).eval_max_examples is None  # 0: every dev example
+    assert _cap_dev_eval(cfg, 50, None).eval_max_examples == 50
+    assert _cap_dev_eval(capped.model_copy(update={"eval_max_examples": 7}), None, None).eval_max_examples == 7
+    with pytest.raises(ConfigError, match="--split needs --task"):
+        _stage_config(None, {"model": "e5-small"}, None, None, "dev")
