@@ -51,7 +51,7 @@ from xstilts.train.modeling import (
     resolve_start,
     to_device,
 )
-from xstilts.train.records import StageLog, StageRecord, read_done, write_done
+from xstilts.train.records import DoneRecord, StageLog, read_done, write_done
 from xstilts.train.sampling import MLM_TASK, shard_batch, shard_loss_weight
 
 logger = logging.getLogger(__name__)
@@ -463,7 +463,7 @@ class StageTrainer:
         model_dir = self.output_dir / MODEL_DIR
         if self.is_main:
             self.save_final()
-            write_done(self.output_dir, StageRecord(
+            write_done(self.output_dir, DoneRecord(
                 steps=st.step, config_hash=self.config_hash, dev_metrics=dev_metrics, best_score=st.best_score,
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
                 seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json"),
@@ -498,7 +498,7 @@ def drop_checkpoints(output_dir: Path, config: TrainConfig) -> None:
         logger.info("finished stage %s: checkpoints removed (keep_checkpoints: true keeps them)", output_dir)
 
 
-def _finished(config: TrainConfig, output_dir: Path, done: StageRecord) -> TrainResult:
+def _finished(config: TrainConfig, output_dir: Path, done: DoneRecord) -> TrainResult:
     config_hash = config.hash()
     if done.config_hash != config_hash:
         raise CheckpointError(f"{output_dir} holds a finished stage trained with another config (hash "

@@ -16,7 +16,7 @@ from xstilts.train.checkpoint import write_json_atomic
 
 
 @dataclass
-class StageRecord:
+class DoneRecord:
     """The ``DONE`` file of a finished stage (JSON; written last, atomically)."""
 
     steps: int
@@ -34,7 +34,7 @@ class StageRecord:
     provenance: dict[str, Any] = field(default_factory=dict)  # xstilts.provenance.provenance(): versions, git, device
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StageRecord:
+    def from_json(cls, data: dict[str, Any]) -> DoneRecord:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("steps", 0)
@@ -42,18 +42,18 @@ class StageRecord:
         return cls(**values)
 
 
-def read_done(output_dir: Path) -> StageRecord | None:
+def read_done(output_dir: Path) -> DoneRecord | None:
     """The stage's ``DONE`` record, or None when the stage has not finished."""
     f = output_dir / DONE_FILE
     if not f.is_file():
         return None
     try:
-        return StageRecord.from_json(json.loads(f.read_text()))
+        return DoneRecord.from_json(json.loads(f.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"{f} is unreadable ({exc}); delete it to finish the stage again") from None
 
 
-def write_done(output_dir: Path, record: StageRecord) -> None:
+def write_done(output_dir: Path, record: DoneRecord) -> None:
     """Mark the stage finished (``finished_at`` is set to now)."""
     record.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json_atomic(output_dir / DONE_FILE, asdict(record))
