@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -224,15 +225,15 @@ def test_flags_exist():
     assert "-o, --out" in _help("results").replace("--out -o", "-o, --out") or "--out" in _help("results")
 
 
-def _options(command: click.Command) -> dict[str, list[str]]:
+def _options(command: Any) -> dict[str, list[str]]:
     return {p.name: list(p.opts) for p in command.params if getattr(p, "param_type_name", "") == "option"}
 
 
-def _commands() -> dict[str, click.Command]:
+def _commands() -> dict[str, Any]:
     root = typer.main.get_command(app)
-    out: dict[str, click.Command] = {}
+    out: dict[str, Any] = {}
 
-    def walk(cmd: click.Command, path: str) -> None:
+    def walk(cmd: Any, path: str) -> None:
         out[path] = cmd
         for name, sub in getattr(cmd, "commands", {}).items():
             walk(sub, f"{path} {name}".strip())
