@@ -67,7 +67,8 @@ def test_the_plan_and_train_config_share_one_definition() -> None:
     config = TrainConfig(model="m", tasks=[{"task": "panx"}])
     for key in OPERATIONAL_KEYS:
         value = {"save_every": 3, "keep_last": 9, "trackers": ["x"], "log_every": 2, "progress": False,
-                 "eval_batch_size": 3, "data_dir": "/elsewhere"}[key]
+                 "eval_batch_size": 3, "data_dir": "/elsewhere", "keep_checkpoints": True,
+                 "attn_implementation": "eager", "gradient_checkpointing": True, "tf32": False}[key]
         assert config.model_copy(update={key: value}).hash() == config.hash(), key
     for key, value in (("group_by_length", False), ("learning_rate", 1e-3), ("compact_vocab", False)):
         assert config.model_copy(update={key: value}).hash() != config.hash(), key
