@@ -24,13 +24,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
 from xstilts.paths import METRICS_FILE, PREDICTIONS_DIR
 from xstilts.provenance import provenance
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.tasks.catalog import TaskSpec
+    from xstilts.tasks.formats import Format
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def average_scores(per_language: dict[str, dict[str, float]]) -> dict[str, float
 
 
 # ---------------------------------------------------------------------- helpers
-def resolve_languages(spec: Any, languages: Sequence[str] | str) -> list[str]:
+def resolve_languages(spec: TaskSpec, languages: Sequence[str] | str) -> list[str]:
     """``"all"``, a benchmark name (``"xtreme"``, ``"xtreme-r"``), a comma list or a sequence -> catalog codes."""
     from xstilts.tasks.catalog import check_language
 
@@ -141,8 +145,8 @@ def resolve_languages(spec: Any, languages: Sequence[str] | str) -> list[str]:
 class _Run:
     """Everything one :func:`zero_shot_eval` call resolved once: task, model, target, options."""
 
-    spec: Any
-    fmt: Any
+    spec: TaskSpec
+    fmt: Format
     split: str
     languages: list[str]
     data_root: Path | None
@@ -485,7 +489,7 @@ def _read_metrics(out_dir: Path) -> EvalReport:
         raise DataError(mpath, f"not a metrics file of xstilts eval ({exc})") from None
 
 
-def _gold_examples(spec: Any, old: EvalReport, lang: str, root: Path | None, path: Path) -> list[Any]:
+def _gold_examples(spec: TaskSpec, old: EvalReport, lang: str, root: Path | None, path: Path) -> list[Any]:
     """The examples an evaluation scored in ``lang`` (same split, subsample and seed)."""
     from xstilts.tasks.loading import load_examples
 
@@ -497,7 +501,7 @@ def _gold_examples(spec: Any, old: EvalReport, lang: str, root: Path | None, pat
         raise XStiltsError(f"{path}: predictions for language '{lang}' of {spec.name}/{old.split}, but no gold data: {exc}") from None
 
 
-def _rescore_language(spec: Any, fmt: Any, examples: list[Any], rows: list[dict[str, Any]], lang: str,
+def _rescore_language(spec: TaskSpec, fmt: Format, examples: list[Any], rows: list[dict[str, Any]], lang: str,
                       path: Path) -> dict[str, float]:
     """Scores of one predictions file (formats scored by embeddings: the retrieval decoder's rows)."""
     from xstilts.tasks.formats._common import check_coverage

@@ -233,7 +233,7 @@ def stage_id(kind: str, settings: dict[str, Any], upstream: tuple[str, ...] | li
 # --------------------------------------------------------------------------- building
 
 
-def resolve_target_languages(task: Any, languages: str | list[str], split: str, data_dir: Path | None) -> list[str]:
+def resolve_target_languages(task: TaskSpec, languages: str | list[str], split: str, data_dir: Path | None) -> list[str]:
     """``"all"``: the languages with local files for ``split`` when the data dir has any, else the
     task's XTREME(-R) languages, else all its languages; ``"xtreme"``/``"xtreme-r"``: that list."""
     if isinstance(languages, list):

@@ -25,10 +25,13 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from xstilts import paths
 from xstilts.tasks.formats import FeaturizeOptions, get_format
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.tasks.catalog import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +40,6 @@ CACHE_VERSION = 1
 META_FILE = "xstilts_features.json"
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_SECONDS = 24 * 3600
-
-
-class TaskLike(Protocol):
-    """What the cache needs from a task (the catalog's ``TaskSpec`` satisfies it)."""
-
-    name: str
-    format: str
-    label_list: list[str] | None
 
 
 @dataclasses.dataclass
@@ -140,7 +135,7 @@ def examples_fingerprint(examples: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
-def features_key(task: TaskLike, examples: Sequence[Any], tokenizer: Any, options: FeaturizeOptions) -> str:
+def features_key(task: TaskSpec, examples: Sequence[Any], tokenizer: Any, options: FeaturizeOptions) -> str:
     """The cache key of ``examples`` featurised for ``task`` with ``tokenizer`` and ``options``."""
     fmt = get_format(task.format)
     parts = {
@@ -189,7 +184,7 @@ def _save_quietly(dataset: Any, directory: Path) -> None:
 
 
 def featurize_cached(
-    task: TaskLike,
+    task: TaskSpec,
     examples: Sequence[Any],
     tokenizer: Any,
     options: FeaturizeOptions | None = None,
