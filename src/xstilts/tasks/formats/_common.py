@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from xstilts.errors import UnknownNameError, XStiltsError
 
 #: label value ignored by the losses (torch's CrossEntropyLoss default ``ignore_index``)
@@ -106,14 +104,3 @@ def group_features(features: Sequence[Mapping[str, Any]], n_examples: int) -> li
             )
         groups[idx].append(i)
     return groups
-
-
-def stack_in_order(chunks: Sequence[tuple[Sequence[int], np.ndarray]], n: int, pad: float) -> np.ndarray:
-    """Put per-batch model outputs back in feature order: ``chunks`` holds (feature indices,
-    array [B, ...]) pairs; trailing dims are padded with ``pad`` to the widest batch. The
-    result ``[n, ...]`` is what ``Format.decode`` takes."""
-    tail = [max(a.shape[d] for _, a in chunks) for d in range(1, chunks[0][1].ndim)]
-    out = np.full([n, *tail], pad, dtype=np.float32)
-    for idx, arr in chunks:
-        out[(np.asarray(idx),) + tuple(slice(0, s) for s in arr.shape[1:])] = arr
-    return out
