@@ -5,16 +5,22 @@ same weights on both sides) is evaluated zero-shot on every local language of a 
 target (XQuAD, 12 languages) and a tagging target (PAN-X, every local language), on
 the first ``max_examples`` examples of each language (same deterministic subsample).
 
-- xstilts: one ``zero_shot_eval`` call per task; the model is loaded once, features
-  are sorted by length into dynamically padded batches, run under ``inference_mode``.
+- xstilts: one ``zero_shot_eval`` call per task; the model is loaded once, the features of
+  all languages are sorted by length together into dynamically padded batches (one stream),
+  run under ``inference_mode``.
   The feature cache is cold (a fresh cache dir), so tokenising is timed too.
 - baseline: what a ``transformers`` user writes: for each language, ``Trainer.predict``
   on that language's features (the same featuriser, 384-token QA windows, stride 128),
   then the same decoder (n-best span post-processing / first-sub-token tags), with the
   same batch size. (transformers 5 removed the ``question-answering`` pipeline.)
 
-Precision: ``fp32`` on both sides, or ``bf16`` on both sides (xstilts: ``precision="bf16"``
-autocast; Trainer: ``bf16_full_eval=True``, the whole model cast to bf16).
+Precision: ``fp32`` on both sides, or ``bf16`` on both sides (xstilts: ``precision="bf16"``,
+the model cast once to bf16; Trainer: ``bf16_full_eval=True``, the whole model cast to bf16).
+
+Scores: both sides score every language with the task's own scorer and report the average
+of the primary metric per task (``score_xquad``, ``score_panx``), so the speed is compared at identical scores
+(fp32: the same numbers up to float rounding of differently padded batches; bf16: within
+bf16 rounding). ``run.py`` records both and flags a difference.
 
 Timed: model loading + every language, end to end. Examples/s = questions + sentences
 over seconds. The heads are untrained (this measures speed, not quality).
@@ -60,6 +66,7 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     model_dir = _model_dir(workdir, config["model"])
     cold_feature_cache(workdir)  # tokenising is timed
     n = 0
+    scores: dict[str, float] = {}
     t0 = time.perf_counter()
     for task in ("xquad", "panx"):
         langs = _languages(task, config.get("data_dir"))
@@ -67,8 +74,17 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
                              max_examples=config["max_examples"], batch_size=config["batch_size"],
                              precision=config.get("precision", "fp32"))
         n += sum(rep.n_examples.values())
+        scores[f"score_{task}"] = _primary_average(task, rep.per_language)
     elapsed = time.perf_counter() - t0
-    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed}
+    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed, **scores}
+
+
+def _primary_average(task: str, per_language: dict[str, dict[str, float]]) -> float:
+    """The unweighted mean over languages of the task's primary metric."""
+    from xstilts.tasks.catalog import get_task
+
+    key = get_task(task).primary_metric
+    return sum(s[key] for s in per_language.values()) / len(per_language)
 
 
 def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -85,6 +101,7 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     model_dir = _model_dir(workdir, config["model"])
     data_dir = config.get("data_dir")
     n = 0
+    per_language: dict[str, dict[str, dict[str, float]]] = {"xquad": {}, "panx": {}}
     t0 = time.perf_counter()
     enc_dir = model_dir / "encoder"
     tok = AutoTokenizer.from_pretrained(enc_dir)
@@ -103,7 +120,8 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats[0]]
         out = qa_trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
         start, end = out.predictions[:2] if isinstance(out.predictions, tuple) else out.predictions
-        qa_fmt.decode(exs, feats, {"start_logits": start, "end_logits": end})
+        preds = qa_fmt.decode(exs, feats, {"start_logits": start, "end_logits": end})
+        per_language["xquad"][lang] = qa_fmt.score(exs, preds, xquad.metric, language=lang)
         n += len(exs)
     panx = get_task("panx")
     fmt = get_format("tagging")
@@ -116,10 +134,12 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         keep = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in feats[0]]
         out = trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
         logits = out.predictions
-        fmt.decode(exs, feats, {"logits": logits}, label_list=panx.label_list)
+        preds = fmt.decode(exs, feats, {"logits": logits}, label_list=panx.label_list)
+        per_language["panx"][lang] = fmt.score(exs, preds, panx.metric, language=lang)
         n += len(exs)
-    elapsed = time.perf_counter() - t0
-    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed}
+    elapsed = time.perf_counter() - t0  # decoding and scoring are timed on both sides
+    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed,
+            **{f"score_{task}": _primary_average(task, langs) for task, langs in per_language.items()}}
 
 
 def _copy_linear(linear, heads: dict, task: str) -> None:

@@ -10,6 +10,16 @@ this job: length-grouped batches (``train_sampling_strategy="group_by_length"``)
 no logging/saving/evaluation during training, no dataloader workers (2 cores), and
 the fastest AdamW torch offers on the device (``adamw_torch_fused``).
 
+Variants (``run.py`` reports each as its own row, so the ratio says where the speed comes from):
+
+- ``compact_vocab`` (config, default true): xstilts with its compact vocabulary on or off
+  (off = the dense 250k-row embedding, gradient and AdamW update, as the Trainer has them).
+- ``trimmed`` (config, default false): the Trainer gets what xstilts's compact vocabulary
+  gives: its input embedding cut to the token ids the data uses (features remapped, rows
+  copied; the same numbers as the full matrix for those ids), and xstilts's own batch order
+  (``xstilts.train.sampling.batch_order``: the same shuffle and 50x mega-batch sort window as
+  ``group_by_length``), so what is left of the ratio is the loop itself.
+
 Timed: the training loop alone on both sides, from its first batch to its last optimizer
 step (xstilts: ``TrainResult.loop_seconds``; Trainer: a callback from ``on_train_begin`` to
 ``on_train_end``), on features already tokenised, so set-up, saving and evaluation are
@@ -92,11 +102,14 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     task, fmt, opts, train, dev = _data(config, tokenizer)
     feats = fmt.featurize(train, tokenizer, opts, task.label_list)
     dev_feats = fmt.featurize(dev, tokenizer, opts, task.label_list)
-    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in feats[0]]
-    ds = Dataset.from_list([{k: f[k] for k in keep} for f in feats])
-
     torch.manual_seed(config["seed"])
     model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(task.label_list))
+    order = None
+    if config.get("trimmed"):
+        feats, dev_feats = _trim_vocabulary(model, tokenizer, feats, dev_feats)
+        order = _xstilts_order(feats, config)
+    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in feats[0]]
+    ds = Dataset.from_list([{k: f[k] for k in keep} for f in feats])
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"),
         per_device_train_batch_size=config["batch_size"],
@@ -128,8 +141,9 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
             self.t1 = time.perf_counter()
 
     timer = LoopTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForTokenClassification(tokenizer),
-                      callbacks=[timer])
+    trainer_cls = Trainer if order is None else _ordered_trainer(Trainer, order)
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=DataCollatorForTokenClassification(tokenizer),
+                          callbacks=[timer])
     trainer.train()
     elapsed = timer.t1 - timer.t0
 
@@ -143,6 +157,53 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     f1 = _dev_f1(fmt, task, dev, dev_feats, _predict(call, fmt, dev_feats, pad))
     return {"seconds": elapsed, "examples_per_s": len(feats) / elapsed, "tokens_per_s": _tokens(feats) / elapsed,
             "dev_f1": f1, "steps": trainer.state.global_step}
+
+
+def _trim_vocabulary(model, tokenizer, feats, dev_feats):
+    """Cut ``model``'s input embedding to the ids ``feats``/``dev_feats`` use (and the special
+    tokens), rows copied, and remap the features' ids: the compact vocabulary, by hand."""
+    import torch
+
+    from xstilts.train.compact_vocab import collect_token_ids
+
+    ids = sorted(collect_token_ids(feats) | collect_token_ids(dev_feats) | set(tokenizer.all_special_ids))
+    table = {old: new for new, old in enumerate(ids)}
+    full = model.get_input_embeddings()
+    with torch.no_grad():
+        trimmed = torch.nn.Embedding(len(ids), full.weight.shape[1], _weight=full.weight[torch.tensor(ids)].clone())
+    model.set_input_embeddings(trimmed)
+    remap = [dict(f, input_ids=[table[i] for i in f["input_ids"]]) for f in feats]
+    remap_dev = [dict(f, input_ids=[table[i] for i in f["input_ids"]]) for f in dev_feats]
+    # the collator pads with the tokenizer's id and XLM-R's position ids skip it: it must keep its number
+    # (it does: the special ids are the lowest, and the table keeps the order)
+    assert table[tokenizer.pad_token_id] == tokenizer.pad_token_id, "the pad id moved in the trimmed vocabulary"
+    return remap, remap_dev
+
+
+def _xstilts_order(feats, config: dict[str, Any]) -> list[int]:
+    """xstilts's epoch-0 batch order of these features (shuffle + 50x mega-batch length sort), flattened."""
+    from xstilts.train.sampling import batch_order
+
+    lengths = [len(f["input_ids"]) for f in feats]
+    return [i for batch in batch_order(lengths, config["batch_size"], config["seed"], 0) for i in batch]
+
+
+def _ordered_trainer(trainer_cls, order: list[int]):
+    """A ``Trainer`` whose training sampler yields ``order`` (one epoch)."""
+    from torch.utils.data import Sampler
+
+    class FixedOrder(Sampler):
+        def __iter__(self):
+            return iter(order)
+
+        def __len__(self) -> int:
+            return len(order)
+
+    class OrderedTrainer(trainer_cls):
+        def _get_train_sampler(self, *args, **kwargs):
+            return FixedOrder()
+
+    return OrderedTrainer
 
 
 def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
