@@ -29,6 +29,14 @@ def _pct(side: dict[str, Any]) -> str:
     return f"{100 * v:.1f} %" if isinstance(v, (int, float)) else "n/a"
 
 
+def _scores(ours: dict[str, Any], base: dict[str, Any], key: str) -> str:
+    """``a / b`` of a score both sides report (median), ``≠`` marked when they differ beyond 0.01."""
+    a, b = (ours.get(key) or {}).get("median"), (base.get(key) or {}).get("median")
+    if a is None or b is None:
+        return "—"
+    return f"{a:.2f} / {b:.2f}" + ("" if abs(a - b) <= 0.01 else " ≠")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     out = [
@@ -78,15 +86,17 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "(`benchmarks/gpu_bench.py`; n/a for a device not in its table).", ""]
     if "eval" in b:
         out += ["## Zero-shot evaluation throughput (XQuAD + PAN-X, every local language)", "",
-                "| setting | ratio (median, range) | xstilts examples/s | baseline examples/s | peak RSS MB xstilts | peak RSS MB baseline |",
-                "|---|---|---|---|---|---|"]
+                "| setting | ratio (median, range) | xstilts examples/s | baseline examples/s | XQuAD F1 xstilts / baseline | PAN-X F1 xstilts / baseline | peak RSS MB xstilts | peak RSS MB baseline |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in b["eval"]:
             o, t = r["ours"], r["baseline"]
             out.append(f"| {r['name']} | {_ratio(r)} | "
-                       f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
+                       f"{_med(o, 'examples_per_s')} | {_med(t, 'examples_per_s')} | {_scores(o, t, 'score_xquad')} | "
+                       f"{_scores(o, t, 'score_panx')} | {_med(o, 'peak_rss_mb', 0)} | {_med(t, 'peak_rss_mb', 0)} |")
         s = b["eval"][0]["settings"]
-        out += ["", f"Baseline: per language, `Trainer.predict` on the same features (XQuAD: 384-token windows, stride 128; PAN-X) and the same decoder, batch {s['batch_size']}; "
-                f"{s['max_examples']} examples per language.", ""]
+        out += ["", f"Baseline: per language, `Trainer.predict` on the same features (XQuAD: 384-token windows, stride 128; PAN-X) and the same decoder, batch {s['batch_size']}. "
+                "Scores: the average over languages of each task's primary metric on both sides (untrained heads: "
+                "they check that both sides compute the same thing; a difference is marked ≠).", ""]
     if "retrieval" in b:
         out += ["## Retrieval (Tatoeba, e5-small)", "", "| languages | pairs | sentences/s | seconds | average accuracy | peak RSS MB |", "|---|---|---|---|---|---|"]
         for r in b["retrieval"]:

@@ -22,11 +22,20 @@ from typing import Any
 
 from benchmarks.common import REPO, interleaved, machine_info, run_side
 
+#: training rows: xstilts (compact vocabulary on) vs Trainer; compact off vs Trainer (what the
+#: compact vocabulary is worth); compact on vs a Trainer given the same trimmed vocabulary and
+#: xstilts's batch order (what is left: the loop itself). Each variant overrides the config.
+TRAIN_VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"compact_vocab": False, "label": "compact off"},
+    {"trimmed": True, "label": "vs Trainer with trimmed vocabulary + xstilts batch order"},
+]
+
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
         "store": {"sizes": [2000], "workers": 4, "seconds": 1.0},
         "train": {"model": "tiny", "n_train": 256, "n_dev": 100, "batch_size": 16, "max_length": 128, "lr": 1e-3, "seed": 0,
-                  "precisions": ["fp32"], "reps": 2},
+                  "precisions": ["fp32"], "reps": 2, "variants": TRAIN_VARIANTS},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 1},
         "retrieval": {"model": "e5-small", "max_examples": 20, "batch_size": 128},
         "gpu": {"shape": "tiny", "seq_lens": [64], "batch_size": 8, "steps": 6, "reps": 1, "allow_cpu": True},
@@ -34,16 +43,18 @@ MODES: dict[str, dict[str, Any]] = {
     "default": {
         "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 3.0},
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
-                  "precisions": ["bf16", "fp32"], "reps": 2},
-        "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"]},
+                  "precisions": ["bf16", "fp32"], "reps": 2, "variants": TRAIN_VARIANTS},
+        "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"],
+                 "variants": [{}, {"max_examples": 300, "reps": 1}]},
         "retrieval": {"model": "e5-small", "max_examples": 50, "batch_size": 128},
         "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 60, "reps": 2},
     },
     "full": {
         "store": {"sizes": [10000, 50000], "workers": 16, "seconds": 10.0},
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
-                  "precisions": ["bf16", "fp32"], "reps": 5},
-        "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"]},
+                  "precisions": ["bf16", "fp32"], "reps": 5, "variants": TRAIN_VARIANTS},
+        "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"],
+                 "variants": [{"max_examples": 20}, {}]},
         "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
         "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 200, "reps": 3},
     },
@@ -56,14 +67,18 @@ def log(msg: str) -> None:
 
 def _per_precision(bench: str, cfg: dict[str, Any], data_dir: str | None, what: str, name: str,
                    vary_seed: bool = False) -> list[dict[str, Any]]:
-    """One interleaved comparison per precision in ``cfg["precisions"]``."""
+    """One interleaved comparison per precision in ``cfg["precisions"]`` and variant in
+    ``cfg["variants"]`` (config overrides; ``label`` names the row, ``reps`` its repetitions)."""
     rows = []
-    for precision in cfg.get("precisions", ["fp32"]):
-        conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps")} | {"precision": precision, "data_dir": data_dir}
-        log(f"{bench}: {conf['model']} {precision}, {what.format(**conf)}")
-        comp = interleaved(bench, conf, cfg["reps"], "examples_per_s", name=f"{name} {conf['model']} {precision} (CPU)",
-                           log=log, vary_seed=vary_seed)
-        rows.append(comp.summary() | {"settings": conf})
+    for variant in cfg.get("variants", [{}]):
+        for precision in cfg.get("precisions", ["fp32"]):
+            conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps", "variants")} | {
+                k: v for k, v in variant.items() if k not in ("label", "reps")} | {"precision": precision, "data_dir": data_dir}
+            label = variant.get("label") or what.format(**conf)
+            log(f"{bench}: {conf['model']} {precision}, {label}")
+            comp = interleaved(bench, conf, variant.get("reps", cfg["reps"]), "examples_per_s",
+                               name=f"{name} {conf['model']} {precision}, {label} (CPU)", log=log, vary_seed=vary_seed)
+            rows.append(comp.summary() | {"settings": conf, "variant": variant.get("label", "")})
     return rows
 
 
@@ -73,8 +88,7 @@ def bench_train(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any
 
 
 def bench_eval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
-    return _per_precision("eval", cfg, data_dir, "XQuAD + PAN-X, every local language, {max_examples} examples each",
-                          "zero-shot eval")
+    return _per_precision("eval", cfg, data_dir, "{max_examples} examples per language", "zero-shot eval")
 
 
 def bench_retrieval(cfg: dict[str, Any], data_dir: str | None) -> list[dict[str, Any]]:
