@@ -47,7 +47,7 @@ def check_data_dir(data_dir: str | Path | None, *, what: str = "--data-dir") -> 
         return None
     path = Path(data_dir).expanduser()
     if not path.is_dir():
-        raise DataNotFoundError(f"data dir {path} ({what}) does not exist" if not path.exists()
+        raise DataNotFoundError(f"data dir not found: {path} ({what}: no such folder)" if not path.exists()
                                 else f"data dir {path} ({what}) is a file, not a folder")
     if not any(path.iterdir()):
         raise DataNotFoundError(f"data dir {path} ({what}) is empty: expected a folder per task "

@@ -245,7 +245,8 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
                      on_task: Any = None) -> list[CheckResult]:
     """Read every (task, language, split) with local files; record counts and problems, never stop.
 
-    ``on_task(index, total, name)`` is called before each task is checked (a progress display).
+    ``on_task(done, total, name)`` is called before each (task, language, split) is read, with
+    the number read so far and the total (a progress display).
 
     A file shared by several tasks (``panx`` and ``panx_en``) is parsed once. Tasks of user
     catalogs whose paths are absolute are checked without a data dir (and, when asked for by
@@ -262,14 +263,23 @@ def check_local_data(data_dir: str | Path | None = None, tasks: Sequence[str] | 
         logger.warning("data dir not found: %s; checking only the tasks of user catalogs (their own paths)", shown)
     specs = [get_task(t) for t in tasks] if tasks else list_tasks()
     results: list[CheckResult] = []
-    for i, spec in enumerate(specs):
+    where = directory if usable else None
+    total = sum(len(local_availability(spec, where)) for spec in specs) if on_task is not None else 0
+
+    done = [0]
+
+    def item(name: str) -> None:
         if on_task is not None:
-            on_task(i, len(specs), spec.name)
-        results.extend(_check_task(spec, directory if usable else None, missing_is_problem=bool(tasks)))
+            on_task(done[0], total, name)
+            done[0] += 1
+
+    for spec in specs:
+        results.extend(_check_task(spec, where, missing_is_problem=bool(tasks), on_item=item))
     return results
 
 
-def _check_task(spec: TaskSpec, directory: Path | None, missing_is_problem: bool = False) -> list[CheckResult]:
+def _check_task(spec: TaskSpec, directory: Path | None, missing_is_problem: bool = False,
+                on_item: Any = None) -> list[CheckResult]:
     """The check results of every (language, split) of one task found locally; with
     ``missing_is_problem``, a task with no local file at all is one problem naming what was looked for."""
     found = local_availability(spec, directory)
@@ -280,6 +290,8 @@ def _check_task(spec: TaskSpec, directory: Path | None, missing_is_problem: bool
                                        key=lambda kv: (spec.languages.index(kv[0][0]), spec.splits.index(kv[0][1]))):
         files = spec.local.resolve(directory, language, split)  # type: ignore[union-attr]
         rel = _shown_paths(files, directory)
+        if on_item is not None:
+            on_item(f"{spec.name}/{language}/{split}")
         try:
             parts = _read_parts(spec, language, files, use_cache=False)
             examples = _concat(files, parts)
