@@ -13,13 +13,20 @@ from xstilts.analysis.similarity import (
     SimilarityCache,
     cosine,
     empirical_fisher_diagonal,
-    example_text,
     language_similarity_table,
     mean_embedding,
     task_similarity_table,
 )
 from tests.test_analysis import lang, task_spec
-from xstilts.tasks.types import BitextExample, ClassificationExample, MultipleChoiceExample, TaggingExample
+from xstilts.tasks.formats import get_format
+from xstilts.tasks.types import (
+    Answer,
+    BitextExample,
+    ClassificationExample,
+    MultipleChoiceExample,
+    QAExample,
+    TaggingExample,
+)
 
 TEXTS = {
     "a": ["a man is walking his dog in the park", "the weather is cold today"],
@@ -41,23 +48,29 @@ def tiny(tiny_model_dir):
     return load_encoder_for_analysis(str(tiny_model_dir))
 
 
-def test_example_text_covers_formats():
-    assert example_text(ClassificationExample("1", "p", "h", "e")) == "p h"
-    assert example_text(MultipleChoiceExample("1", "ctx", "q", ["x", "y"], 0)) == "ctx q x y"
-    assert example_text(TaggingExample("1", ["a", "b"], ["O", "O"])) == "a b"
-    assert example_text(BitextExample("1", "Hallo", "Hello")) == "Hello"
+def test_input_text_covers_formats():
+    def text(fmt, example):
+        return get_format(fmt).input_text(example)
 
+    assert text("classification", ClassificationExample("1", "p", "h", "e")) == "p h"
+    assert text("multiple_choice", MultipleChoiceExample("1", "ctx", "q", ["x", "y"], 0)) == "ctx q x y"
+    assert text("extractive_qa", QAExample("1", "the context", "a question?", [Answer("the", 0)])) == \
+        "a question? the context"
+    assert text("tagging", TaggingExample("1", ["a", "b"], ["O", "O"])) == "a b"
+    assert text("retrieval", BitextExample("1", "Hallo", "Hello")) == "Hello"
 
     @dataclasses.dataclass
-    class ToyExample:  # a format registered from outside the package
+    class ToyExample:  # a format registered from outside the package: the default, every text field
         id: str
         claim: str
         evidence: list[str]
         label: int | None = None
 
-    assert example_text(ToyExample("1", "a claim", ["one", "two"], 1)) == "a claim one two"
+    from tests.test_format_registry import FlagFormat
+
+    assert FlagFormat().input_text(ToyExample("1", "a claim", ["one", "two"], 1)) == "a claim one two"
     with pytest.raises(TypeError):
-        example_text(object())
+        FlagFormat().input_text(object())
 
 
 def test_text_embedding_similarity_and_cache(tiny, tmp_path):

@@ -25,7 +25,6 @@ The model-based measures are cached in a JSON file (see :class:`SimilarityCache`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -45,14 +44,7 @@ from xstilts.analysis.stats import rank_correlation
 from xstilts.errors import XStiltsError
 from xstilts.languages import Language, find_language
 from xstilts.tasks.catalog import TaskSpec
-from xstilts.tasks.types import (
-    BitextExample,
-    ClassificationExample,
-    Example,
-    MultipleChoiceExample,
-    QAExample,
-    TaggingExample,
-)
+from xstilts.tasks.types import Example
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +86,6 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 # --------------------------------------------------------------------------- text
 
 
-def example_text(example: Example) -> str:
-    """The input text of one example of any format, as one string (a bitext pair: its English side;
-    an example type of a format registered from outside: all its text fields)."""
-    parts: list[str | None]
-    if isinstance(example, ClassificationExample):
-        parts = [example.text_a, example.text_b]
-    elif isinstance(example, MultipleChoiceExample):
-        parts = [example.context, example.question, *example.choices]
-    elif isinstance(example, QAExample):
-        parts = [example.question, example.context]
-    elif isinstance(example, TaggingExample):
-        parts = [" ".join(example.tokens)]
-    elif isinstance(example, BitextExample):
-        parts = [example.target]
-    else:  # a format registered from outside: every text field, in field order
-        parts = _text_fields(example)
-    return " ".join(p for p in parts if p)
-
-
-def _text_fields(example: Any) -> list[str]:
-    """The string (and list-of-string) fields of a dataclass example, ``id`` excepted."""
-    if not dataclasses.is_dataclass(example):
-        raise TypeError(f"cannot take text from {type(example).__name__}")
-    parts: list[str] = []
-    for f in dataclasses.fields(example):
-        value = getattr(example, f.name)
-        if f.name == "id":
-            continue
-        if isinstance(value, str):
-            parts.append(value)
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            parts.append(" ".join(value))
-    return parts
-
-
 def load_task_texts(
     task: str,
     *,
@@ -146,6 +103,7 @@ def load_task_texts(
     (English).
     """
     from xstilts.tasks.catalog import get_task
+    from xstilts.tasks.formats import get_format
     from xstilts.tasks.loading import load_examples, local_availability
 
     spec = get_task(task)
@@ -154,7 +112,8 @@ def load_task_texts(
     examples = load_examples(spec, language, split, data_dir=data_dir, max_examples=max_examples, seed=seed)
     if side == "source":
         return [ex.source for ex in examples]
-    return [example_text(ex) for ex in examples]
+    fmt = get_format(spec.format)
+    return [fmt.input_text(ex) for ex in examples]
 
 
 def _pick_split(spec: TaskSpec, language: str, data_dir: str | Path | None, availability: Callable) -> str:

@@ -11,6 +11,7 @@ interface, so adding a format is one module here plus one head class.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xstilts.tasks.formats._records import HubRows, JsonRecord
+
+
+def join_text(parts: Sequence[str | None]) -> str:
+    """The non-empty ``parts`` joined by spaces (one example's input text)."""
+    return " ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,26 @@ class Format(ABC):
     def is_labelled(self, example: Any) -> bool:
         """Whether ``example`` carries a gold label (a split without labels cannot be scored)."""
         return getattr(example, "label", None) is not None
+
+    def input_text(self, example: Any) -> str:
+        """The input text of ``example`` as one string (what a text-similarity measure reads).
+
+        The default joins the example's string and list-of-string fields in field order,
+        ``id`` excepted; formats whose examples hold gold labels as strings override it.
+        Raises TypeError for an example that is not a dataclass.
+        """
+        if not dataclasses.is_dataclass(example):
+            raise TypeError(f"cannot take text from {type(example).__name__}")
+        parts: list[str] = []
+        for f in dataclasses.fields(example):
+            value = getattr(example, f.name)
+            if f.name == "id":
+                continue
+            if isinstance(value, str):
+                parts.append(value)
+            elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                parts.append(" ".join(value))
+        return join_text(parts)
 
     # ------------------------------------------------------------------ predictions as JSON
     def prediction_to_json(self, prediction: Any) -> Any:

@@ -18,7 +18,7 @@ from xstilts.tasks.formats._common import (
     require_label_list,
 )
 from xstilts.tasks.formats._records import HubRows, JsonRecord
-from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.formats.base import FeaturizeOptions, Format, join_text
 from xstilts.tasks.types import ClassificationExample
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -54,6 +54,10 @@ class ClassificationFormat(Format):
             out.append(ClassificationExample(id=rows.id(row, i), text_a=rows.get(row, "text_a"),
                                              text_b=rows.get(row, "text_b"), label=label))
         return out
+
+    def input_text(self, example: ClassificationExample) -> str:
+        """The text and, for a pair, the second text (the label is not input)."""
+        return join_text([example.text_a, example.text_b])
 
     def featurize(
         self,

@@ -46,7 +46,7 @@ import numpy as np
 from xstilts.errors import ConfigError, DataError, XStiltsError
 from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column, group_features
 from xstilts.tasks.formats._records import HubRows, JsonRecord, require_field
-from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.formats.base import FeaturizeOptions, Format, join_text
 from xstilts.tasks.types import Answer, QAExample
 
 logger = logging.getLogger(__name__)
@@ -281,6 +281,10 @@ class ExtractiveQAFormat(Format):
     def is_labelled(self, example: QAExample) -> bool:
         """Whether the question has gold answers or is marked unanswerable."""
         return bool(example.answers) or example.is_impossible
+
+    def input_text(self, example: QAExample) -> str:
+        """The question and the context (not the answers)."""
+        return join_text([example.question, example.context])
 
     def featurize(
         self,

@@ -22,7 +22,7 @@ from xstilts.tasks.formats._common import (
     pad_2d,
 )
 from xstilts.tasks.formats._records import HubRows, JsonRecord
-from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.formats.base import FeaturizeOptions, Format, join_text
 from xstilts.tasks.types import MultipleChoiceExample
 
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -92,6 +92,10 @@ class MultipleChoiceFormat(Format):
     def prediction_from_json(self, value: Any) -> int:
         """A choice index."""
         return int(value)
+
+    def input_text(self, example: MultipleChoiceExample) -> str:
+        """The context, the question and every choice."""
+        return join_text([example.context, example.question, *example.choices])
 
     def featurize(
         self,

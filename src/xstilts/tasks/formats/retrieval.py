@@ -25,7 +25,7 @@ import numpy as np
 from xstilts.errors import UnknownNameError, XStiltsError
 from xstilts.tasks.formats._common import check_coverage, check_metric, collate_flat, column
 from xstilts.tasks.formats._records import JsonRecord
-from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.formats.base import FeaturizeOptions, Format, join_text
 from xstilts.tasks.types import BitextExample
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -50,6 +50,10 @@ class RetrievalFormat(Format):
     def is_labelled(self, example: BitextExample) -> bool:
         """A translation pair is its own gold alignment."""
         return True
+
+    def input_text(self, example: BitextExample) -> str:
+        """The English side of the pair (``target``)."""
+        return join_text([example.target])
 
     def featurize(
         self,

@@ -48,7 +48,7 @@ from xstilts.tasks.formats._common import (
     require_label_list,
 )
 from xstilts.tasks.formats._records import HubRows, JsonRecord
-from xstilts.tasks.formats.base import FeaturizeOptions, Format
+from xstilts.tasks.formats.base import FeaturizeOptions, Format, join_text
 from xstilts.tasks.types import TaggingExample
 
 logger = logging.getLogger(__name__)
@@ -178,6 +178,10 @@ class TaggingFormat(Format):
     def is_labelled(self, example: TaggingExample) -> bool:
         """Whether the sentence has tags."""
         return example.tags is not None
+
+    def input_text(self, example: TaggingExample) -> str:
+        """The sentence's words (not the tags)."""
+        return join_text([" ".join(example.tokens)])
 
     def featurize(
         self,
