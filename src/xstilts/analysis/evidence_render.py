@@ -40,9 +40,10 @@ def method_paragraphs(ev: Evidence, opts: Any) -> list[str]:
         "**Statistics.** The unit of replication is the training run (seed): the baseline and a setup trained with the "
         "same seed form one pair, and all languages of a run share it, so (language, seed) cells are not independent. "
         "Each group's gain is computed per seed (languages averaged within a target, targets with equal weight), and "
-        f"the per-seed gains ({ev.n_seeds} seeds) are tested against 0 with a two-sided "
-        f"t-test (seed-level paired test, S − 1 degrees of freedom) with its {conf}% t interval. Evaluation-item "
-        f"sampling variance is {ev.item_variance}.",
+        f"the per-seed gains ({ev.n_seeds} seeds) {'are' if ev.inferential else 'would be'} tested against 0 with "
+        f"a two-sided t-test (seed-level paired test, S − 1 degrees of freedom) with its {conf}% t interval"
+        + ("" if ev.inferential else f" (from {MIN_SEEDS_FOR_INFERENCE} seeds on)")
+        + f". Evaluation-item sampling variance is {ev.item_variance}.",
     ]
     if ev.inferential:
         out.append(f"Every p-value of this report ({ev.n_tests} tests: gains per setup and target, per setup, overall, "
@@ -55,11 +56,13 @@ def method_paragraphs(ev: Evidence, opts: Any) -> list[str]:
                    f"{MIN_SEEDS_FOR_INFERENCE} training runs no p-values, confidence intervals or significance marks "
                    "are shown; the tables give the mean and the range of the per-seed gains.")
     out.extend(ev.notes)
+    how = ("p-values from permutation tests (exact up to 8 points), CIs from a paired BCa bootstrap (scipy), with a "
+           "Fisher-z interval where the bootstrap is degenerate" if ev.inferential else
+           "coefficients only (descriptive)")
     out.append("Correlations are computed at their unit of replication: one point per (setup, target) pair for task "
-               "and domain similarity, one point per language within a setup for language similarity; p-values from "
-               "permutation tests (exact up to 8 points), CIs from a paired BCa bootstrap (scipy), with a Fisher-z "
-               "interval where the bootstrap is degenerate. Binary measures (same format, same family, ...) are "
-               "reported as the difference in mean gain between the two kinds of points, with a BCa CI.")
+               f"and domain similarity, one point per language within a setup for language similarity; {how}. Binary "
+               "measures (same format, same family, ...) are reported as the difference in mean gain between the two "
+               "kinds of points" + (", with a BCa CI." if ev.inferential else "."))
     return out
 
 
