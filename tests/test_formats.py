@@ -277,3 +277,12 @@ def test_tagging_round_trip_real_panx(shared_data, tokenizer, lang):
     # sentences longer than max_length are split into windows: every word is scored
     assert all(preds[ex.id] == ex.tags for ex in examples)
     assert get_format("tagging").score(examples, preds, "ner_f1")["f1"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("name, example", [
+    ("classification", ClassificationExample("u1", "a text")),
+    ("multiple_choice", MultipleChoiceExample("u1", "ctx", "q", ["x", "y"])),
+])
+def test_scoring_unlabelled_examples_names_them(name, example):
+    with pytest.raises(XStiltsError, match=rf"{name}: 1 examples have no gold label \(e.g. 'u1'\)"):
+        get_format(name).score([example], {"u1": "x" if name == "classification" else 0}, "accuracy")

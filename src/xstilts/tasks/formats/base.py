@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xstilts.errors import XStiltsError
 from xstilts.tasks.formats._records import HubRows, JsonRecord
 
 
@@ -95,6 +96,12 @@ class Format(ABC):
     def is_labelled(self, example: Any) -> bool:
         """Whether ``example`` carries a gold label (a split without labels cannot be scored)."""
         return getattr(example, "label", None) is not None
+
+    def require_labelled(self, examples: Sequence[Any]) -> None:
+        """XStiltsError naming how many of ``examples`` carry no gold label (:meth:`is_labelled`)."""
+        unlabelled = [ex.id for ex in examples if not self.is_labelled(ex)]
+        if unlabelled:
+            raise XStiltsError(f"{self.name}: {len(unlabelled)} examples have no gold label (e.g. '{unlabelled[0]}')")
 
     def input_text(self, example: Any) -> str:
         """The input text of ``example`` as one string (what a text-similarity measure reads).

@@ -125,9 +125,7 @@ class ClassificationFormat(Format):
         """Accuracy (percent) of predicted label strings against the gold labels."""
         check_metric(self.name, metric, self.metrics)
         check_coverage(examples, predictions, self.name)
-        unlabelled = [ex.id for ex in examples if ex.label is None]
-        if unlabelled:
-            raise XStiltsError(f"classification: {len(unlabelled)} examples have no gold label (e.g. '{unlabelled[0]}')")
+        self.require_labelled(examples)
         from xstilts.metrics import accuracy
 
         return {"accuracy": accuracy([predictions[ex.id] for ex in examples], [ex.label for ex in examples])}

@@ -186,9 +186,7 @@ class MultipleChoiceFormat(Format):
         """Accuracy (percent) of the predicted choice indices."""
         check_metric(self.name, metric, self.metrics)
         check_coverage(examples, predictions, self.name)
-        unlabelled = [ex.id for ex in examples if ex.label is None]
-        if unlabelled:
-            raise XStiltsError(f"multiple_choice: {len(unlabelled)} examples have no gold label (e.g. '{unlabelled[0]}')")
+        self.require_labelled(examples)
         from xstilts.metrics import accuracy
 
         return {"accuracy": accuracy([int(predictions[ex.id]) for ex in examples], [int(ex.label) for ex in examples])}
