@@ -85,7 +85,7 @@ def _summary(store: Any, plan: Any) -> None:
 @handle_errors
 def run(
     spec: Path = typer.Argument(..., help="Experiment spec (YAML)."),
-    assignments: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...",
+    assignments: list[str] | None = typer.Argument(None, metavar="KEY=VALUE",
                                                    help="Overrides of the spec: dotted keys, YAML values, validated "
                                                         "like the file (seeds=[0,1] hyperparameters.target.max_steps=50)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved spec and every stage's "
