@@ -332,7 +332,7 @@ def test_full_disk_in_a_stage_stops_with_one_clear_error(tmp_path: Path, error: 
     with pytest.raises(DiskFullError) as info:
         run_local(plan, executor=FullDiskExecutor(rec, error))
     msg = str(info.value)
-    assert "no space left on the file system of" in msg and "run the same command again" in msg
+    assert "no space left on device on the file system of" in msg and "run the same command again" in msg
     assert sum(records(rec, "start").values()) == 1  # no next stage
     with open_store(plan.output_dir) as s:
         assert set(s.states().values()) == {"waiting"}  # the claim went back; nothing failed
@@ -734,7 +734,7 @@ def test_full_disk_cli_real_model(tmp_path: Path, tiny_model_dir: Path, shared_d
                                capture_output=True, text=True, timeout=900)
             text = r.stdout + r.stderr
             assert r.returncode == 2, text[-3000:]
-            assert "no space left on the file system of" in text and str(mnt) in text, text[-3000:]
+            assert "no space left on device on the file system of" in text and str(mnt) in text, text[-3000:]
             assert "Traceback" not in text, text[-3000:]
             assert _integrity(out) == "ok"
             with open_store(out) as s:

@@ -98,6 +98,6 @@ def disk_full_error(exc: BaseException, paths: Iterable[str | Path], what: str =
         where = f" on the file system of {path} (mounted at {_mount_point(path)}, {_human(free)} free)"
     doing = f" while {what}" if what else ""
     return DiskFullError(
-        f"no space left{where}{doing} ({type(exc).__name__}: {str(exc).strip()[:200]}). Free space there, or point "
+        f"no space left on device{where}{doing} ({type(exc).__name__}: {str(exc).strip()[:200]}). Free space there, or point "
         "XSTILTS_HOME (models, feature cache) and the run's output_dir at a larger disk, then run the same command "
         "again: finished stages are kept and an interrupted stage resumes from its last checkpoint.")
