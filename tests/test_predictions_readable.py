@@ -15,7 +15,8 @@ import yaml
 
 from xstilts.evaluate import rescore, zero_shot_eval
 from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog, use_catalogs
-from xstilts.tasks.loading import example_gold, example_input, readable_rows
+from xstilts.tasks.formats import get_format
+from xstilts.tasks.loading import readable_rows
 from xstilts.tasks.types import Answer, BitextExample, ClassificationExample, MultipleChoiceExample, QAExample, TaggingExample
 
 NER = ["O", "B-LOC", "I-LOC"]
@@ -69,16 +70,24 @@ def write_catalog(root: Path) -> Path:
 
 
 def test_gold_and_input_of_every_example_type() -> None:
-    assert example_gold(ClassificationExample("a", "x", "y", "neutral")) == "neutral"
-    assert example_gold(MultipleChoiceExample("b", "c", "q", ["p", "q"], 1)) == 1
+    def gold(fmt, example):
+        return get_format(fmt).gold_json(example)
+
+    assert gold("classification", ClassificationExample("a", "x", "y", "neutral")) == "neutral"
+    assert gold("multiple_choice", MultipleChoiceExample("b", "c", "q", ["p", "q"], 1)) == 1
     qa = QAExample("c", "ctx", "q?", [Answer("ctx", 0), Answer("ct", 0)])
-    assert example_gold(qa) == ["ctx", "ct"] and example_gold(QAExample("d", "c", "q", is_impossible=True)) == []
-    assert example_gold(TaggingExample("e", ["a"], ["O"])) == ["O"] and example_gold(TaggingExample("f", ["a"])) is None
-    assert example_gold(BitextExample("7", "s", "t")) == "7"
-    assert example_input(qa) == {"question": "q?", "context": "ctx"}
-    assert example_input(ClassificationExample("a", "x")) == {"text_a": "x"}
+    assert gold("extractive_qa", qa) == ["ctx", "ct"]
+    assert gold("extractive_qa", QAExample("d", "c", "q", is_impossible=True)) == []
+    assert gold("tagging", TaggingExample("e", ["a"], ["O"])) == ["O"]
+    assert gold("tagging", TaggingExample("f", ["a"])) is None
+    assert gold("retrieval", BitextExample("7", "s", "t")) == "7"
+    assert get_format("extractive_qa").input_json(qa) == {"question": "q?", "context": "ctx"}
+    assert get_format("classification").input_json(ClassificationExample("a", "x")) == {"text_a": "x"}
+    assert get_format("tagging").input_json(TaggingExample("e", ["a", "b"], ["O", "O"])) == {"tokens": ["a", "b"]}
+    assert get_format("retrieval").input_json(BitextExample("7", "s", "t")) == {"source": "s", "target": "t"}
     rows = readable_rows([ClassificationExample("a", "x", None, "yes")],
-                         [{"id": "a", "prediction": "no"}, {"id": "zz", "prediction": "yes"}], inputs=True)
+                         [{"id": "a", "prediction": "no"}, {"id": "zz", "prediction": "yes"}],
+                         fmt=get_format("classification"), inputs=True)
     assert rows == [{"id": "a", "prediction": "no", "gold": "yes", "input": {"text_a": "x"}},
                     {"id": "zz", "prediction": "yes", "gold": None}]
 

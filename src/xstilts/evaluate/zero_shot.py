@@ -360,7 +360,8 @@ def _score_language(run: _Run, item: _Language, outputs: dict[str, np.ndarray], 
     if out_path is not None:
         from xstilts.tasks.loading import readable_rows
 
-        rows = readable_rows(examples, rows, inputs=run.save_inputs)  # + gold (and input): readable on their own
+        # + gold (and input): readable on their own
+        rows = readable_rows(examples, rows, fmt=run.fmt, inputs=run.save_inputs)
         _write_jsonl(out_path / PREDICTIONS_DIR / f"{lang}.jsonl", rows)
 
 

@@ -19,16 +19,9 @@ from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
 from xstilts.hub import hub_offline_reason
 from xstilts.paths import resolve_data_dir
 from xstilts.tasks.catalog import HubSource, TaskSpec, check_language, check_split, get_task, list_tasks
-from xstilts.tasks.formats import HubRows, get_format
+from xstilts.tasks.formats import Format, HubRows, get_format
 from xstilts.tasks.readers import get_reader
-from xstilts.tasks.types import (
-    BitextExample,
-    ClassificationExample,
-    Example,
-    MultipleChoiceExample,
-    QAExample,
-    TaggingExample,
-)
+from xstilts.tasks.types import Example
 
 logger = logging.getLogger(__name__)
 
@@ -318,48 +311,18 @@ def _nothing_found(spec: TaskSpec, directory: Path | None) -> CheckResult:
 # --------------------------------------------------------------------------- readable predictions
 
 
-def example_gold(example: Example) -> Any:
-    """An example's gold label / answer as a JSON value, in the shape of its prediction:
-    classification: the label; multiple choice: the index of the right choice; QA: the list
-    of gold answer texts (``[]`` when unanswerable); tagging: the tags; retrieval: the id of
-    the aligned sentence (its own). None where the split has no gold labels."""
-    if isinstance(example, (ClassificationExample, MultipleChoiceExample)):
-        return example.label
-    if isinstance(example, QAExample):
-        return [a.text for a in example.answers]
-    if isinstance(example, TaggingExample):
-        return list(example.tags) if example.tags is not None else None
-    if isinstance(example, BitextExample):
-        return example.id
-    return getattr(example, "label", None)
-
-
-def example_input(example: Example) -> dict[str, Any]:
-    """An example's input text fields (what the model read), as a JSON object."""
-    if isinstance(example, ClassificationExample):
-        return {"text_a": example.text_a, **({"text_b": example.text_b} if example.text_b is not None else {})}
-    if isinstance(example, MultipleChoiceExample):
-        return {"context": example.context, "question": example.question, "choices": list(example.choices)}
-    if isinstance(example, QAExample):
-        return {"question": example.question, "context": example.context}
-    if isinstance(example, TaggingExample):
-        return {"tokens": list(example.tokens)}
-    if isinstance(example, BitextExample):
-        return {"source": example.source, "target": example.target}
-    return {}
-
-
-def readable_rows(examples: Sequence[Example], rows: Sequence[dict[str, Any]], *,
+def readable_rows(examples: Sequence[Example], rows: Sequence[dict[str, Any]], *, fmt: Format,
                   inputs: bool = False) -> list[dict[str, Any]]:
     """Prediction rows (``{"id", "prediction", ...}``) with each example's ``gold`` (and, with
-    ``inputs``, its ``input`` fields) added, so errors can be read without joining files.
+    ``inputs``, its ``input`` fields) added as ``fmt`` writes them (:meth:`Format.gold_json`,
+    :meth:`Format.input_json`), so errors can be read without joining files.
     Rows whose id is no example's (mined retrieval pairs) get ``gold: null``."""
     by_id = {ex.id: ex for ex in examples}
     out = []
     for row in rows:
         ex = by_id.get(str(row["id"]))
-        extra: dict[str, Any] = {"gold": example_gold(ex) if ex is not None else None}
+        extra: dict[str, Any] = {"gold": fmt.gold_json(ex) if ex is not None else None}
         if inputs and ex is not None:
-            extra["input"] = example_input(ex)
+            extra["input"] = fmt.input_json(ex)
         out.append({**row, **extra})
     return out

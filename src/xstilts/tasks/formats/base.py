@@ -28,6 +28,20 @@ def join_text(parts: Sequence[str | None]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _text_fields(example: Any) -> dict[str, Any]:
+    """The string and (non-empty) list-of-string fields of a dataclass example, ``id`` excepted."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(example):
+        value = getattr(example, f.name)
+        if f.name == "id":
+            continue
+        if isinstance(value, str):
+            out[f.name] = value
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            out[f.name] = list(value)
+    return out
+
+
 @dataclass(frozen=True)
 class FeaturizeOptions:
     """Everything featurisation depends on (part of the tokenised-cache key)."""
@@ -112,16 +126,17 @@ class Format(ABC):
         """
         if not dataclasses.is_dataclass(example):
             raise TypeError(f"cannot take text from {type(example).__name__}")
-        parts: list[str] = []
-        for f in dataclasses.fields(example):
-            value = getattr(example, f.name)
-            if f.name == "id":
-                continue
-            if isinstance(value, str):
-                parts.append(value)
-            elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-                parts.append(" ".join(value))
-        return join_text(parts)
+        return join_text([" ".join(v) if isinstance(v, list) else v for v in _text_fields(example).values()])
+
+    def input_json(self, example: Any) -> dict[str, Any]:
+        """The input fields of ``example`` (what the model read) as a JSON object, for readable
+        prediction rows. The default: its string and list-of-string fields, ``id`` excepted."""
+        return _text_fields(example) if dataclasses.is_dataclass(example) else {}
+
+    def gold_json(self, example: Any) -> Any:
+        """The gold label / answer of ``example`` as a JSON value in the shape of its prediction
+        (None where the split has no gold labels). The default: its ``label`` field."""
+        return getattr(example, "label", None)
 
     # ------------------------------------------------------------------ predictions as JSON
     def prediction_to_json(self, prediction: Any) -> Any:

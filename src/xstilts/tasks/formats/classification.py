@@ -55,6 +55,10 @@ class ClassificationFormat(Format):
                                              text_b=rows.get(row, "text_b"), label=label))
         return out
 
+    def input_json(self, example: ClassificationExample) -> dict[str, Any]:
+        """``text_a`` and, for a pair, ``text_b``."""
+        return {"text_a": example.text_a, **({"text_b": example.text_b} if example.text_b is not None else {})}
+
     def input_text(self, example: ClassificationExample) -> str:
         """The text and, for a pair, the second text (the label is not input)."""
         return join_text([example.text_a, example.text_b])

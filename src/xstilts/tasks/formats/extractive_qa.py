@@ -282,6 +282,14 @@ class ExtractiveQAFormat(Format):
         """Whether the question has gold answers or is marked unanswerable."""
         return bool(example.answers) or example.is_impossible
 
+    def input_json(self, example: QAExample) -> dict[str, Any]:
+        """The question and the context."""
+        return {"question": example.question, "context": example.context}
+
+    def gold_json(self, example: QAExample) -> list[str]:
+        """The gold answer texts (``[]`` when unanswerable)."""
+        return [a.text for a in example.answers]
+
     def input_text(self, example: QAExample) -> str:
         """The question and the context (not the answers)."""
         return join_text([example.question, example.context])

@@ -93,6 +93,10 @@ class MultipleChoiceFormat(Format):
         """A choice index."""
         return int(value)
 
+    def input_json(self, example: MultipleChoiceExample) -> dict[str, Any]:
+        """The context, the question and the choices."""
+        return {"context": example.context, "question": example.question, "choices": list(example.choices)}
+
     def input_text(self, example: MultipleChoiceExample) -> str:
         """The context, the question and every choice."""
         return join_text([example.context, example.question, *example.choices])

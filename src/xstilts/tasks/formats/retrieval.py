@@ -51,6 +51,14 @@ class RetrievalFormat(Format):
         """A translation pair is its own gold alignment."""
         return True
 
+    def input_json(self, example: BitextExample) -> dict[str, Any]:
+        """Both sides of the pair."""
+        return {"source": example.source, "target": example.target}
+
+    def gold_json(self, example: BitextExample) -> str:
+        """The id of the aligned sentence: its own."""
+        return example.id
+
     def input_text(self, example: BitextExample) -> str:
         """The English side of the pair (``target``)."""
         return join_text([example.target])

@@ -179,6 +179,14 @@ class TaggingFormat(Format):
         """Whether the sentence has tags."""
         return example.tags is not None
 
+    def input_json(self, example: TaggingExample) -> dict[str, Any]:
+        """The sentence's words."""
+        return {"tokens": list(example.tokens)}
+
+    def gold_json(self, example: TaggingExample) -> list[str] | None:
+        """The tags (None: an untagged split)."""
+        return list(example.tags) if example.tags is not None else None
+
     def input_text(self, example: TaggingExample) -> str:
         """The sentence's words (not the tags)."""
         return join_text([" ".join(example.tokens)])
