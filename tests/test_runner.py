@@ -123,8 +123,11 @@ def test_killed_worker_then_resume(tmp_path: Path) -> None:
     proc = mp.get_context("spawn").Process(target=_worker, args=(plan, str(rec), str(hold)))
     proc.start()
     deadline = time.time() + 60
-    def held() -> list[str]:  # the victim may first run a (quick, not held) target stage: wait for the held one
-        return [sid for sid, st in store.states().items() if st == "running" and plan.stages[sid].kind == "intermediate"]
+    def held() -> list[str]:  # the victim may first run a (quick, not held) target stage: wait for the held one,
+        # claimed in the store and started by the executor (a kill between the two would leave one start record)
+        started = records(rec, "start")
+        return [sid for sid, st in store.states().items()
+                if st == "running" and plan.stages[sid].kind == "intermediate" and started[sid] >= 1]
 
     while time.time() < deadline and not held():
         time.sleep(0.05)
