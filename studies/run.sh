@@ -45,15 +45,9 @@ fi
 mkdir -p "$out" "$rep"
 
 "$xs" run "$spec" -o "$out" "$@"
-# a finished stage keeps model/ (what downstream stages and the report read); its resumable
-# checkpoints/ (hundreds of MB each) are dropped unless XSTILTS_STUDIES_KEEP_CHECKPOINTS=1
-if [[ "${XSTILTS_STUDIES_KEEP_CHECKPOINTS:-0}" != 1 && -d "$out/stages" ]]; then
-  for d in "$out"/stages/*/; do
-    [[ -f "$d/DONE" && -d "$d/checkpoints" ]] && rm -rf "$d/checkpoints"
-  done
-fi
+# a finished stage keeps model/ and drops its checkpoints/ (TrainConfig.keep_checkpoints: false)
 "$xs" report "$out" --spec "$spec" --out "$rep/report/report.html"
-"$xs" results "$spec" -o "$out" --format csv --out "$rep/results.csv"
+"$xs" results "$spec" --output-dir "$out" --format csv --out "$rep/results.csv"
 
 mkdir -p "$dest/figures"
 rm -f "$dest"/figures/*.png
