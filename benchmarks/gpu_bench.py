@@ -78,6 +78,14 @@ def flops_per_token(n_params_non_embedding: int, layers: int, hidden: int, seq_l
     return 6.0 * n_params_non_embedding + 12.0 * layers * hidden * seq_len
 
 
+def _pairs_spec() -> Any:
+    """The catalog entry of the synthetic sentence-pair task the benchmark trains."""
+    from xstilts.tasks.catalog import TaskSpec
+
+    return TaskSpec(name="pairs", format="classification", role="both", languages=["en"], splits=["train"],
+                    eval_split="train", metric="accuracy", primary_metric="accuracy", label_list=["0", "1", "2"])
+
+
 def _examples(config: dict[str, Any], tokenizer: Any) -> list[Any]:
     """``n_train`` sentence pairs, each side at least ``seq_len`` tokens (truncation makes the pair exact)."""
     import random
@@ -157,7 +165,7 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from xstilts.train.engine import StageTrainer
 
     tok = AutoTokenizer.from_pretrained(config["model_dir"])
-    td = TaskData(name="pairs", format="classification", train=_examples(config, tok), label_list=["0", "1", "2"])
+    td = TaskData(_pairs_spec(), train=_examples(config, tok))
     cfg = TrainConfig(
         model=config["model_dir"], tasks=[{"task": "pairs"}], learning_rate=1e-5, weight_decay=0.01, warmup_ratio=0.1,
         max_steps=config["steps"], batch_size=config["batch_size"], max_length=config["seq_len"], max_grad_norm=1.0,

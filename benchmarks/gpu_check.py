@@ -94,8 +94,9 @@ def pair_task(n: int, seq_len: int, tokenizer: Any, seed: int = 0) -> Any:
     """A sentence-pair task whose every example fills ``seq_len`` tokens (generated words)."""
     import random
 
-    from xstilts.train import TaskData
+    from xstilts.tasks.catalog import TaskSpec
     from xstilts.tasks.types import ClassificationExample
+    from xstilts.train import TaskData
 
     rng = random.Random(seed)
     words = ["house", "river", "green", "talks", "slowly", "under", "bridge", "morning", "city", "light"]
@@ -105,7 +106,9 @@ def pair_task(n: int, seq_len: int, tokenizer: Any, seed: int = 0) -> Any:
 
     train = [ClassificationExample(id=str(i), text_a=side(), text_b=side(), label=rng.choice(["0", "1", "2"]))
              for i in range(n)]
-    return TaskData(name="pairs", format="classification", train=train, label_list=["0", "1", "2"])
+    return TaskData(TaskSpec(name="pairs", format="classification", role="both", languages=["en"], splits=["train"],
+                             eval_split="train", metric="accuracy", primary_metric="accuracy", label_list=["0", "1", "2"]),
+                    train=train)
 
 
 def train_config(model_dir: Path, *, steps: int, batch: int, seq_len: int, precision: str, save_every: int = 0) -> Any:

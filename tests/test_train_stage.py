@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_train_support import stage_config, synthetic
+from tests.test_train_support import stage_config, synthetic, task_spec
 from xstilts.errors import CheckpointError, ConfigError, UnknownNameError
 from xstilts.train import TaskData, train_stage
 
@@ -101,7 +101,7 @@ def test_finished_stage_is_skipped_and_foreign_output_dir_refused(tiny_model_dir
 def test_bad_input_fails_before_training(tiny_model_dir, tmp_path):
     with pytest.raises(UnknownNameError):
         train_stage(stage_config(tiny_model_dir, tasks=[{"task": "no_such_task"}]), tmp_path / "a")
-    retrieval = TaskData(name="ret", format="retrieval", train=[object()])
+    retrieval = TaskData(task_spec("ret", "retrieval", "tatoeba", "accuracy"), train=[object()])
     with pytest.raises(ConfigError, match="cannot be trained"):
         train_stage(stage_config(tiny_model_dir, tasks=[{"task": "ret"}]), tmp_path / "b", task_data={"ret": retrieval})
     with pytest.raises(ConfigError) as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 
+from xstilts.tasks.catalog import TaskSpec
 from xstilts.tasks.types import Answer, ClassificationExample, MultipleChoiceExample, QAExample, TaggingExample
 from xstilts.train.data import TaskData
 
@@ -15,6 +16,12 @@ FILLER = ("house river green table window music paper stone cloud bread garden l
           "summer blue train letter forest coffee").split()
 LABELS = ["yes", "no", "maybe"]
 NAMES = ["Anna", "Pedro", "Yuki", "Omar"]
+
+
+def task_spec(name: str, format: str, metric: str, primary_metric: str, label_list: list[str] | None = None) -> TaskSpec:
+    """A catalog entry for a synthetic task (English train and dev splits)."""
+    return TaskSpec(name=name, format=format, role="both", languages=["en"], splits=["train", "dev"],
+                    eval_split="dev", metric=metric, primary_metric=primary_metric, label_list=label_list)
 
 
 def _filler(rng: random.Random, n: int) -> list[str]:
@@ -31,9 +38,8 @@ def classification_task(n_train: int = 240, n_dev: int = 60, seed: int = 0, name
         words.insert(rng.randint(0, len(words)), label)
         return ClassificationExample(id=f"{name}-{i}", text_a=" ".join(words), label=label)
 
-    return TaskData(name=name, format="classification", train=[make(i) for i in range(n_train)],
-                    dev=[make(n_train + i) for i in range(n_dev)], label_list=list(LABELS),
-                    metric="accuracy", primary_metric="accuracy")
+    return TaskData(task_spec(name, "classification", "accuracy", "accuracy", list(LABELS)),
+                    train=[make(i) for i in range(n_train)], dev=[make(n_train + i) for i in range(n_dev)])
 
 
 def multiple_choice_task(n_train: int = 240, n_dev: int = 60, seed: int = 1, name: str = "copymc") -> TaskData:
@@ -50,8 +56,8 @@ def multiple_choice_task(n_train: int = 240, n_dev: int = 60, seed: int = 1, nam
         return MultipleChoiceExample(id=f"{name}-{i}", context=" ".join(words), question="who is it?",
                                      choices=choices, label=label)
 
-    return TaskData(name=name, format="multiple_choice", train=[make(i) for i in range(n_train)],
-                    dev=[make(n_train + i) for i in range(n_dev)], metric="accuracy", primary_metric="accuracy")
+    return TaskData(task_spec(name, "multiple_choice", "accuracy", "accuracy"),
+                    train=[make(i) for i in range(n_train)], dev=[make(n_train + i) for i in range(n_dev)])
 
 
 def qa_task(n_train: int = 240, n_dev: int = 60, seed: int = 2, name: str = "copyqa") -> TaskData:
@@ -65,8 +71,8 @@ def qa_task(n_train: int = 240, n_dev: int = 60, seed: int = 2, name: str = "cop
         return QAExample(id=f"{name}-{i}", context=context, question="who is it?",
                          answers=[Answer(text=name_, start=len(before) + 1)])
 
-    return TaskData(name=name, format="extractive_qa", train=[make(i) for i in range(n_train)],
-                    dev=[make(n_train + i) for i in range(n_dev)], metric="squad", primary_metric="f1")
+    return TaskData(task_spec(name, "extractive_qa", "squad", "f1"),
+                    train=[make(i) for i in range(n_train)], dev=[make(n_train + i) for i in range(n_dev)])
 
 
 def tagging_task(n_train: int = 240, n_dev: int = 60, seed: int = 3, name: str = "copyner") -> TaskData:
@@ -79,9 +85,8 @@ def tagging_task(n_train: int = 240, n_dev: int = 60, seed: int = 3, name: str =
         tags = ["B-PER" if t in NAMES else "O" for t in tokens]
         return TaggingExample(id=f"{name}-{i}", tokens=tokens, tags=tags)
 
-    return TaskData(name=name, format="tagging", train=[make(i) for i in range(n_train)],
-                    dev=[make(n_train + i) for i in range(n_dev)], label_list=["O", "B-PER", "I-PER"],
-                    metric="ner_f1", primary_metric="f1")
+    return TaskData(task_spec(name, "tagging", "ner_f1", "f1", ["O", "B-PER", "I-PER"]),
+                    train=[make(i) for i in range(n_train)], dev=[make(n_train + i) for i in range(n_dev)])
 
 
 TASKS = {"copycls": classification_task, "copymc": multiple_choice_task, "copyqa": qa_task, "copyner": tagging_task}

@@ -7,13 +7,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xstilts.errors import ConfigError, DataError, DataNotFoundError
 from xstilts.train.config import TaskMixture, TrainConfig, dev_split_of, trains_on_dev_split
 from xstilts.train.sampling import MLM_TASK, BatchStream, TaskSampler, task_probabilities
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xstilts.tasks.catalog import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -24,31 +27,49 @@ HELDOUT_FILE = "heldout.json"
 
 @dataclass
 class TaskData:
-    """One task of a stage, ready to featurise: what train needs of a catalog task, plus its examples.
+    """One task of a stage, ready to featurise: its catalog :class:`TaskSpec` plus its examples.
 
     Built from the catalog by :func:`load_task_data`; tests and library users may build one
-    directly (e.g. a synthetic task) and pass it to ``train_stage(..., task_data=...)``.
+    directly (e.g. a synthetic task with its own ``TaskSpec``) and pass it to
+    ``train_stage(..., task_data=...)``. Name, format, labels and metrics are the spec's.
     """
 
-    name: str
-    format: str
+    spec: TaskSpec
     train: list[Any]
     dev: list[Any] | None = None
-    label_list: list[str] | None = None
-    metric: str = "accuracy"
-    primary_metric: str = "accuracy"
-    spec: Any = None  # the catalog TaskSpec, when there is one (enables the tokenised-feature cache)
     extra: list[Any] = field(default_factory=list)
     #: ids of the examples held out of the training split for dev evaluation (None: nothing held
     #: out, the task trains on another split than it is dev-evaluated on)
     heldout_ids: list[str] | None = None
+    #: featurise through the shared tokenised-feature cache (catalog data); False: in memory
+    cache_features: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def format(self) -> str:
+        return self.spec.format
+
+    @property
+    def label_list(self) -> list[str] | None:
+        return self.spec.label_list
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    @property
+    def primary_metric(self) -> str:
+        return self.spec.primary_metric
 
 
-def _read_extra_file(spec: Any, path: Path, language: str, key: str) -> list[Any]:
+def _read_extra_file(spec: TaskSpec, path: Path, language: str, key: str) -> list[Any]:
     """Read a file in the task's local format with the catalog reader of that task."""
     from xstilts.tasks.readers import read_file
 
-    local = getattr(spec, "local", None)
+    local = spec.local
     if local is None:
         raise ConfigError(f"task '{spec.name}' has no local file reader, so extra_files cannot be read", key=key)
     return list(read_file(local.reader, path, label_list=spec.label_list, language=language, **dict(local.options)))
@@ -133,8 +154,7 @@ def load_task_data(mix: TaskMixture, config: TrainConfig, index: int) -> TaskDat
                                 max_examples=config.eval_max_examples, seed=config.seed)
     except DataNotFoundError as exc:
         logger.warning("task %s: no English %s split (%s); training without dev evaluation", spec.name, dev_split, exc)
-    return TaskData(name=spec.name, format=spec.format, train=train, dev=dev, label_list=spec.label_list,
-                    metric=spec.metric, primary_metric=spec.primary_metric, spec=spec,
+    return TaskData(spec=spec, train=train, dev=dev, cache_features=True,
                     heldout_ids=None if heldout is None else [str(ex.id) for ex in heldout])
 
 
@@ -160,10 +180,10 @@ def hold_out_dev(examples: Sequence[Any], size: int, seed: int, what: str) -> tu
 
 
 def featurize_task(td: TaskData, examples: Sequence[Any], tokenizer: Any, options: Any) -> Any:
-    """Features of ``examples`` (cached Arrow dataset when the task has a catalog spec, else a list)."""
+    """Features of ``examples`` (cached Arrow dataset for catalog data, else a list)."""
     from xstilts.tasks.formats import get_format
 
-    if td.spec is not None:
+    if td.cache_features:
         from xstilts.tasks.cache import featurize_cached
 
         return featurize_cached(td.spec, list(examples), tokenizer, options)
