@@ -74,3 +74,12 @@ def test_results_errors_and_plan_overrides(tmp_path: Path, monkeypatch: pytest.M
     finally:
         monkeypatch.delenv(CATALOG_ENV, raising=False)
         reset_catalog()
+
+
+@pytest.mark.parametrize("module", ["xstilts.experiments.spec", "xstilts.train", "xstilts.analysis"])
+def test_spec_train_config_and_analysis_imports_leave_torch_unloaded(module: str) -> None:
+    """A spec is read and checked, and analysis imported, without loading torch (~5 s)."""
+    code = (f"import sys, {module}; import xstilts.train as t; t.TrainConfig;"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not heavy, heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
