@@ -12,15 +12,29 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_predict import NER, _features, model  # noqa: F401 - the module-scoped model fixture
+from tests.test_predict import NER, _features
+from xstilts.models import HeadSpec, MultiTaskModel
 from xstilts.models.predict import SentenceEmbedding, feature_length, predict, predict_groups
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The tiny encoder with a head of every kind (as in test_predict), in train mode."""
+    torch.manual_seed(0)
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    m.add_head(HeadSpec(task="nli", kind="classification", num_labels=3))
+    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
+    m.add_head(HeadSpec(task="qa", kind="extractive_qa"))
+    m.add_head(HeadSpec(task="mc", kind="multiple_choice"))
+    m.train()
+    return m, tok
 
 
 @pytest.mark.parametrize("fmt_name,target", [
     ("classification", "nli"), ("tagging", "ner"), ("extractive_qa", "qa"), ("multiple_choice", "mc"),
     ("retrieval", SentenceEmbedding(layer=1, pooling="mean")),
 ])
-def test_one_stream_across_groups_equals_one_predict_per_group(model, fmt_name, target):  # noqa: F811
+def test_one_stream_across_groups_equals_one_predict_per_group(model, fmt_name, target):
     m, tok = model
     fmt, feats = _features(fmt_name, tok)
     groups = [feats[:4], feats[4:5], [], feats[5:]]  # uneven groups, an empty one
@@ -46,7 +60,6 @@ def test_zero_shot_eval_loads_the_model_and_tokenizer_once(tiny_model_dir, tmp_p
     from transformers import AutoModel, AutoTokenizer
 
     from xstilts.evaluate import zero_shot_eval
-    from xstilts.models import HeadSpec, MultiTaskModel
 
     monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
     data = tmp_path / "data" / "panx"
@@ -111,7 +124,7 @@ def test_mlqa_punctuation_is_built_on_first_use_not_at_import():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_predict_groups_of_a_cast_model_run_without_autocast(model):  # noqa: F811
+def test_predict_groups_of_a_cast_model_run_without_autocast(model):
     """bf16 inference of a model cast once runs as it is (no per-call weight re-cast)."""
     import copy
 
@@ -123,3 +136,23 @@ def test_predict_groups_of_a_cast_model_run_without_autocast(model):  # noqa: F8
     fmt, feats = _features("tagging", tok)
     out = predict_groups(cast, "ner", fmt, [feats[:3], feats[3:]], precision="bf16", pad_token_id=tok.pad_token_id)
     assert out[0]["logits"].dtype == np.float32 and out[0]["logits"].shape[-1] == len(NER)
+
+
+def test_a_directory_tokenizer_is_loaded_once_and_copied(tiny_model_dir, monkeypatch):
+    """Loading the same model directory again copies the tokenizer loaded first (each caller its
+    own object, the same ids) instead of rebuilding it from its JSON."""
+    from transformers import AutoTokenizer
+
+    from xstilts.models import loading
+
+    loads = []
+    real = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
+    monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    _, first = loading.load_encoder(str(tiny_model_dir))
+    _, second = loading.load_encoder(str(tiny_model_dir))
+    assert len(loads) == 1 and first is not second
+    assert first("a tiny test").input_ids == second("a tiny test").input_ids
+    second.add_tokens(["<only-in-second>"])
+    assert len(first) != len(second)  # copies: one caller's change is not another's

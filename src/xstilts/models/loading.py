@@ -98,7 +98,7 @@ def _model_class(config: Any) -> Any:
 
 def _load_from(source: str, name: str, local_files_only: bool) -> tuple[Any, Any]:
     """from_pretrained the config, encoder and tokenizer from ``source`` (dir or cached hub id)."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
     cls = _model_class(config)
@@ -111,10 +111,34 @@ def _load_from(source: str, name: str, local_files_only: bool) -> tuple[Any, Any
         kwargs.pop("add_pooling_layer", None)
         model = cls.from_pretrained(source, **kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        tokenizer = _load_tokenizer(source, local_files_only)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model '{name}': no usable tokenizer in {source} ({exc})") from exc
     return model, tokenizer
+
+
+#: tokenizers loaded from local directories, by (dir, tokenizer files' size and mtime): loading
+#: XLM-R's rebuilds its 250k-piece vocabulary from the JSON in Python (seconds); a copy of a
+#: loaded one (each caller gets its own object) takes about a third of that
+_TOKENIZERS: dict[tuple[Any, ...], Any] = {}
+_TOKENIZERS_KEPT = 2
+
+
+def _load_tokenizer(source: str, local_files_only: bool) -> Any:
+    import copy
+
+    from transformers import AutoTokenizer
+
+    path = Path(source)
+    if not path.is_dir():
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    key = (str(path.resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*token*"))))
+    if key not in _TOKENIZERS:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        while len(_TOKENIZERS) >= _TOKENIZERS_KEPT:
+            _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
+        _TOKENIZERS[key] = tokenizer
+    return copy.deepcopy(_TOKENIZERS[key])
 
 
 def load_encoder(name_or_path: str | Path, *, local_files_only: bool | None = None) -> tuple[Any, Any]:
