@@ -150,7 +150,7 @@ class TrainConfig(_Strict):
     doc_stride: int = Field(default=128, gt=0)
     max_query_length: int = Field(default=64, gt=0)
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # on a GPU use bf16 (see train/engine.py)
     max_grad_norm: float | None = Field(default=1.0)
     freeze_embeddings: bool = False
     pooling: Literal["cls", "mean"] = "cls"

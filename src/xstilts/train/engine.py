@@ -11,7 +11,21 @@ so a stage killed at any moment and started again with the same config resumes f
 last checkpoint and ends with the same weights as an uninterrupted run (CPU, same seed).
 
 Distribution: every process computes the same global batch order and takes a strided shard
-of every batch (``batch_size`` is the global micro-batch size); DDP averages gradients.
+of every batch (``batch_size`` is the global micro-batch size); DDP averages gradients, and
+each process's loss is weighted by its share of the batch
+(:func:`~xstilts.train.sampling.shard_loss_weight`), so a global batch smaller than the number
+of processes (the paper's batch 4 on 8 GPUs) counts every example once.
+
+GPU: ``precision: bf16`` is the recommended setting on a GPU (Ampere or later: A100, H100,
+H200; fp32 is the default only because it is exact on every device, and fp32 work there runs
+with TF32 matmuls unless ``tf32: false``). After ``accelerator.prepare`` everything follows the
+model's device (the compact vocabulary's full embedding and id tables included); batches are
+copied through pinned memory with ``non_blocking`` and remapped on the device.
+``attn_implementation`` picks the attention kernel (``flash_attention_2`` runs padding-free:
+transformers unpads each batch for the varlen kernel; CUDA + flash-attn only) and
+``gradient_checkpointing`` trades compute for activation memory. Batches are collated in the
+training process (no DataLoader workers: collation of pre-tokenised features is a few ms a
+step, and a prefetching worker would draw batches ahead of the resumable stream state).
 Dev evaluation runs through the shared inference loop (:func:`xstilts.models.predict.predict`),
 which shards the dev batches over the processes and gathers the outputs.
 """
