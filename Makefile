@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test venv clean
+.PHONY: quickstart test test-all venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,8 +21,12 @@ quickstart: $(STAMP)
 	$(BIN)/xstilts run configs/quickstart.yaml
 	$(BIN)/xstilts report runs/quickstart --spec configs/quickstart.yaml
 
-## run the test suite
+## run the test suite (what CI runs): everything but the minutes-long soak tests
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not soak"
+
+## every test, the soak tests included (fault injection with real processes, whole local data)
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

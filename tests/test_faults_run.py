@@ -407,7 +407,7 @@ class BigWriter(RecordingExecutor):
         return out
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_full_tmpfs_output_dir_real(tmp_path: Path) -> None:
     """A real 2 MB file system as the output dir: the second model write fills it."""
     mnt = tmp_path / "small"
@@ -545,7 +545,7 @@ def test_eval_done_without_metrics_is_redone(tmp_path: Path) -> None:
     assert records(rec, "start")[ev] == 2
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_eval_with_a_wrong_data_dir_fails_then_runs_once_fixed(tmp_path: Path, tiny_model_dir: Path,
                                                                shared_data: Path) -> None:
     """The real executor: an eval-only target (Tatoeba, base model) with a data dir lacking its files
@@ -672,7 +672,7 @@ def _tiny_spec(tmp_path: Path, model: Path, data: Path, out: str, steps: int = 4
             "data_dir": str(data), "output_dir": str(tmp_path / out)}
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_sigterm_cli_two_workers_real_model(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     """`xstilts run --workers 2` on a tiny model: SIGTERM while both train; every process ends (by
     PID), claims are released; the rerun finishes with the same metrics as an uninterrupted run."""
@@ -711,7 +711,7 @@ def test_sigterm_cli_two_workers_real_model(tmp_path: Path, tiny_model_dir: Path
     assert (a["value"] - b["value"]).abs().max() < 1e-6
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_full_disk_cli_real_model(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     """`xstilts run` with the output dir, then XSTILTS_HOME, on a real small tmpfs: one clear error
     naming the file system, exit 2, no traceback, a consistent store; training stops."""
@@ -745,7 +745,7 @@ def test_full_disk_cli_real_model(tmp_path: Path, tiny_model_dir: Path, shared_d
             _umount(mnt)
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_sigstop_real_training_stage(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     """A worker training a tiny model is SIGSTOPped past stale_after; a second worker takes the stage
     over and finishes it; the first stops within seconds of SIGCONT and never marks the stage."""

@@ -177,7 +177,7 @@ def _oracle_file(path: Path, lang: str, labels: list[str], metric: str, tokenize
     return len(examples), n_feats, TAGGING.score(examples, preds, metric)
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_oracle_scores_100_on_every_local_file(shared_data, tokenizer, task):
     """Oracle decoding scores 100.0 on EVERY labelled PAN-X / UD-POS file in the shared data

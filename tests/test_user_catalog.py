@@ -280,7 +280,7 @@ def test_cli_check_eval_with_another_tasks_head_and_rescore(tmp_path: Path, tiny
     assert rescore(out).per_language == metrics["per_language"]
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_cli_run_and_report_on_a_user_task(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A tiny run whose spec names the user catalog (catalogs:), then its report from the CLI
     (the unknown language is reported by code, without metadata)."""
