@@ -296,7 +296,7 @@ def test_log_lines_clear_an_active_progress_bar(monkeypatch):
 
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
-    monkeypatch.setattr(_app.err_console, "file", stream)
+    monkeypatch.setattr(_app.err_console, "_file", stream)  # not "file": its getter returns sys.stderr, which undo would pin
     _app.setup_logging(False)
     bar = tqdm(total=10, desc="bar", file=sys.stderr, disable=False, mininterval=0)
     bar.update(3)
