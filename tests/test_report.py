@@ -199,3 +199,12 @@ def test_sections_are_computed_as_typed_results_then_rendered(tmp_path):
     assert "png" not in vars(heatmap)  # drawn only when written
     md, figures = write_report(sections, tmp_path / "r.html", n_metric_rows=len(m), n_stage_rows=len(st))
     assert md.read_text().count("## ") == len(SECTIONS) and (tmp_path / "figures" / "gain_heatmap_m.png") in figures
+
+
+def test_report_announces_its_phases_for_a_progress_bar(tmp_path):
+    m, st = frames(seeds=(5,))
+    calls: list[tuple[int, int, str]] = []
+    report_from_frames(m, st, tmp_path / "r.html", options=ReportOptions(similarity=False, **FAST),
+                       on_phase=lambda done, total, name: calls.append((done, total, name)))
+    assert [c[0] for c in calls] == list(range(len(calls))) and len(calls) == calls[0][1] == 6
+    assert calls[0][2] == "gains" and calls[-1][2].startswith("writing")

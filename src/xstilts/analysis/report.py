@@ -15,6 +15,7 @@ here: the report reads it from its cache (:mod:`xstilts.analysis.taskemb`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,12 +142,13 @@ def restrict_to_spec(metrics: pd.DataFrame, stages: pd.DataFrame, spec_path: str
 
 
 def build_report(output_dir: str | Path, out: str | Path | None = None, options: ReportOptions | None = None,
-                 spec: str | Path | None = None) -> ReportResult:
+                 spec: str | Path | None = None, *, on_phase: PhaseCallback | None = None) -> ReportResult:
     """Analyse the results store of ``output_dir`` and write the report.
 
     ``out`` is the HTML path (default ``OUTPUT_DIR/report/report.html``); ``report.md`` and
     ``figures/`` go beside it. Similarity values are cached in ``OUTPUT_DIR/analysis/``.
     ``spec``: report only on the stages of that spec's current plan (see :func:`restrict_to_spec`).
+    ``on_phase(done, total, name)`` is called as each phase starts (the CLI's progress bar).
     """
     from xstilts.analysis.store import load_frames
 
@@ -155,7 +157,7 @@ def build_report(output_dir: str | Path, out: str | Path | None = None, options:
     if spec is not None:
         metrics, stages = restrict_to_spec(metrics, stages, spec, output_dir)
     out = Path(out) if out is not None else output_dir / REPORT_DIR / "report.html"
-    return report_from_frames(metrics, stages, out, options=options, output_dir=output_dir)
+    return report_from_frames(metrics, stages, out, options=options, output_dir=output_dir, on_phase=on_phase)
 
 
 def report_from_frames(
@@ -165,12 +167,16 @@ def report_from_frames(
     *,
     options: ReportOptions | None = None,
     output_dir: str | Path | None = None,
+    on_phase: PhaseCallback | None = None,
 ) -> ReportResult:
     """Run every analysis on store-shaped frames and write HTML, Markdown and figures."""
     opts = options or ReportOptions()
     stages = stages if stages is not None else pd.DataFrame()
-    data = compute_report(metrics, stages, opts, output_dir=output_dir)
+    phase = _Phases(on_phase, total=len(_COMPUTE_PHASES) + 2)
+    data = compute_report(metrics, stages, opts, output_dir=output_dir, on_phase=phase)
+    phase("rendering")
     sections = render_sections(data, opts)
+    phase("writing HTML, Markdown and figures")
     md, figures = write_report(sections, Path(out), n_metric_rows=len(metrics), n_stage_rows=len(stages))
     notes = [f"{s.title}: {n}" for s in sections for n in s.notes]
     return ReportResult(html=Path(out), markdown=md, figures=figures, notes=notes, sections=sections, data=data)
@@ -180,8 +186,11 @@ def report_from_frames(
 
 
 def compute_report(metrics: pd.DataFrame, stages: pd.DataFrame, opts: ReportOptions,
-                   *, output_dir: str | Path | None = None) -> ReportData:
-    """Every section of the report as typed results (no rendering)."""
+                   *, output_dir: str | Path | None = None, on_phase: Callable[[str], None] | None = None) -> ReportData:
+    """Every section of the report as typed results (no rendering). ``on_phase(name)`` is told
+    as each of :data:`_COMPUTE_PHASES` starts."""
+    phase = on_phase or (lambda name: None)
+    phase("gains")
     gt = compute_gains(metrics)
     inp = prepare_inputs(metrics, stages, stage_uses(stages, output_dir), gt, opts)
     data = ReportData(overview=compute_overview(inp), settings=compute_settings(inp))
@@ -191,14 +200,34 @@ def compute_report(metrics: pd.DataFrame, stages: pd.DataFrame, opts: ReportOpti
         return data
     data.gains = compute_gains_section(inp)
     data.per_language = compute_per_language(inp)
+    phase("families and resource levels")
     data.families = compute_families(inp)
     data.resource = compute_resource(inp)
+    phase("similarity (loads data and an encoder)")
     if opts.similarity:
         _compute_similarity(data, inp, output_dir)
     else:
         data.skipped = dict.fromkeys(SIMILARITY_SECTIONS, "Similarity analyses were turned off (--no-similarity).")
+    phase("statistics")
     data.evidence = compute_evidence(inp, data, output_dir=output_dir)
     return data
+
+
+#: the phases :func:`compute_report` announces, in order
+_COMPUTE_PHASES = ("gains", "families and resource levels", "similarity (loads data and an encoder)", "statistics")
+PhaseCallback = Callable[[int, int, str], None]
+
+
+class _Phases:
+    """Counts phases for an ``on_phase(done, total, name)`` callback."""
+
+    def __init__(self, callback: PhaseCallback | None, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def __call__(self, name: str) -> None:
+        if self.callback is not None:
+            self.callback(self.done, self.total, name)
+        self.done += 1
 
 
 def _compute_similarity(data: ReportData, inp: ReportInputs, output_dir: str | Path | None) -> None:

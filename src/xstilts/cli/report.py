@@ -41,11 +41,10 @@ def report(
         max_examples=max_examples, data_dir=str(data_dir) if data_dir else None,
         low_resource_languages=[c.strip() for c in low_resource.split(",") if c.strip()] if low_resource else None,
     )
-    from xstilts.cli._app import phase_status
+    from xstilts.cli._app import task_progress
 
-    with phase_status("writing the report (statistics" + (", similarity: loads data and a model" if similarity else "")
-                      + ")"):
-        result = build_report(output_dir, out, opts, spec=spec)
+    with task_progress("report") as on_phase:
+        result = build_report(output_dir, out, opts, spec=spec, on_phase=on_phase)
     table = Table(title="xstilts report", show_header=False)
     table.add_row("HTML", str(result.html))
     table.add_row("Markdown", str(result.markdown))
