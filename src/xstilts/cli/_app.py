@@ -91,7 +91,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("py.warnings").setLevel(max(level, logging.WARNING))
 
 
-def phase_status(description: str) -> Any:  # noqa: D401 - kept for phases of unknown length
+def phase_status(description: str) -> Any:
     """Context manager: a spinner with the elapsed time on stderr (transient) for a phase whose
     length is not known in advance; log lines print above it."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
