@@ -43,15 +43,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_catalog():
-    """Every test starts and ends with the packaged catalog only: a test that loads a user
-    catalog (which also exports ``XSTILTS_CATALOG`` for worker processes) or registers a task
-    must not leak it into the tests that run after it."""
-    from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog
+    """No test leaks a user catalog into the tests after it: loading one also exports
+    ``XSTILTS_CATALOG`` for worker processes, so both are undone here. Tasks registered in
+    Python (a module's fixture may register one for all its tests) are left alone."""
+    from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog, user_catalogs
 
     before = os.environ.get(CATALOG_ENV)
     yield
+    changed = os.environ.get(CATALOG_ENV) != before
     if before is None:
         os.environ.pop(CATALOG_ENV, None)
     else:
         os.environ[CATALOG_ENV] = before
-    reset_catalog()
+    if changed or user_catalogs():
+        reset_catalog()

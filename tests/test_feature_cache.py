@@ -73,6 +73,8 @@ def test_key_depends_on_tokenizer_vocab(tokenizer):
     from tests.helpers import xlmr_tokenizer_file
 
     task, examples, opts = FakeTask(), nli_examples(), FeaturizeOptions()
+    # two tokenizers of their own: the session's shared one may have been changed by earlier tests
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
     fresh = XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file()))
     # a call leaves truncation/padding state in the backend: it must not change the key
     tokenizer("a b c", truncation=True, max_length=3, padding="max_length")
