@@ -213,7 +213,7 @@ def featurize_cached(
         else:
             with _STATS_LOCK:
                 _STATS.hits += 1
-            logger.info("features cache hit: task=%s, %d examples -> %s", task.name, len(examples), entry)
+            logger.debug("features cache hit: task=%s, %d examples -> %s", task.name, len(examples), entry)
             return ds
 
     with _STATS_LOCK:
