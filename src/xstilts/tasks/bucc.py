@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from xstilts.errors import ConfigError, DataError, DataNotFoundError, XStiltsError
+from xstilts.tasks.textio import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,7 @@ class BuccCorpus:
 
 def _read_id_sentences(path: Path) -> tuple[list[str], list[str]]:
     """Ids and sentences of an ``id<TAB>sentence`` file; DataError naming the line otherwise."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, f"file not found; expected {EXPECTED_LINE}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not valid UTF-8 (byte {exc.start}); expected {EXPECTED_LINE}") from None
+    text = read_text(path, EXPECTED_LINE)
     ids: list[str] = []
     sentences: list[str] = []
     seen: set[str] = set()

@@ -53,6 +53,7 @@ from xstilts.tasks.formats._records import JsonRecord
 from xstilts.tasks.formats._records import check_label as _check_label
 from xstilts.tasks.formats._records import require_field as _require
 from xstilts.tasks.formats.extractive_qa import qa_example
+from xstilts.tasks.textio import read_text as _read_text
 from xstilts.tasks.types import (
     BitextExample,
     ClassificationExample,
@@ -72,20 +73,6 @@ ANLI_LABELS = {"e": "entailment", "n": "neutral", "c": "contradiction"}
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_text(path: Path, expected: str) -> str:
-    """The file's text (UTF-8, BOM stripped); DataError if unreadable or empty."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(path, f"file not found; expected {expected}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not valid UTF-8 (byte {exc.start}); expected {expected}") from None
-    except OSError as exc:
-        raise DataError(path, f"cannot read file ({exc.strerror}); expected {expected}") from None
-    if not text.strip():
-        raise DataError(path, f"file is empty; expected {expected}")
-    return text
 
 
 def _lines(text: str) -> list[str]:
