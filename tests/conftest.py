@@ -57,3 +57,16 @@ def _isolated_catalog():
         os.environ[CATALOG_ENV] = before
     if changed or user_catalogs():
         reset_catalog()
+
+
+@pytest.fixture
+def clean_catalog(monkeypatch: pytest.MonkeyPatch):
+    """The packaged catalog only, before and after the test, whatever XSTILTS_CATALOG says
+    (for tests that load user catalogs themselves)."""
+    from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog
+
+    monkeypatch.delenv(CATALOG_ENV, raising=False)
+    reset_catalog()
+    yield
+    monkeypatch.delenv(CATALOG_ENV, raising=False)
+    reset_catalog()

@@ -12,22 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_predict import NER, _features
+from tests.test_predict import NER, _features, model  # noqa: F401,F811 - model: the shared module fixture
 from xstilts.models import HeadSpec, MultiTaskModel
 from xstilts.models.predict import SentenceEmbedding, feature_length, predict, predict_groups
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    """The tiny encoder with a head of every kind (as in test_predict), in train mode."""
-    torch.manual_seed(0)
-    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
-    m.add_head(HeadSpec(task="nli", kind="classification", num_labels=3))
-    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
-    m.add_head(HeadSpec(task="qa", kind="extractive_qa"))
-    m.add_head(HeadSpec(task="mc", kind="multiple_choice"))
-    m.train()
-    return m, tok
 
 
 @pytest.mark.parametrize("fmt_name,target", [

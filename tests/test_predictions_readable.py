@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from xstilts.evaluate import rescore, zero_shot_eval
-from xstilts.tasks.catalog import CATALOG_ENV, reset_catalog, use_catalogs
+from xstilts.tasks.catalog import use_catalogs
 from xstilts.tasks.formats import get_format
 from xstilts.tasks.loading import readable_rows
 from xstilts.tasks.types import Answer, BitextExample, ClassificationExample, MultipleChoiceExample, QAExample, TaggingExample
@@ -22,13 +22,7 @@ from xstilts.tasks.types import Answer, BitextExample, ClassificationExample, Mu
 NER = ["O", "B-LOC", "I-LOC"]
 
 
-@pytest.fixture(autouse=True)
-def clean_catalog(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv(CATALOG_ENV, raising=False)
-    reset_catalog()
-    yield
-    monkeypatch.delenv(CATALOG_ENV, raising=False)
-    reset_catalog()
+pytestmark = pytest.mark.usefixtures("clean_catalog")
 
 
 def _task(fmt: str, metric: str, reader: str, path: str, **extra) -> dict:

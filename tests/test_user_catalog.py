@@ -33,14 +33,7 @@ LB = [("De Mann spillt Gitarr.", "E Mënsch mécht Musek.", "0"),
       ("D'Fra liest e Buch.", "Si liest e Roman iwwer d'Mier.", "1")]
 
 
-@pytest.fixture(autouse=True)
-def clean_catalog(monkeypatch: pytest.MonkeyPatch):
-    """Every test starts and ends with the packaged catalog only."""
-    monkeypatch.delenv(CATALOG_ENV, raising=False)
-    reset_catalog()
-    yield
-    monkeypatch.delenv(CATALOG_ENV, raising=False)
-    reset_catalog()
+pytestmark = pytest.mark.usefixtures("clean_catalog")
 
 
 def _entry(**over) -> dict:
