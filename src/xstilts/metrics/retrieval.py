@@ -141,6 +141,15 @@ def nearest_neighbours(src_emb: np.ndarray, tgt_emb: np.ndarray, *, margin: str 
     return margin_scores(src_emb, tgt_emb, k=k, margin=margin, normalize=normalize).argmax(axis=1)
 
 
+def _parallel(a: np.ndarray, b: np.ndarray, what: str, a_name: str, b_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as 2-D float arrays with one row per translation pair; XStiltsError otherwise."""
+    a = _check_2d(a, f"{what} {a_name} embeddings")
+    b = _check_2d(b, f"{what} {b_name} embeddings")
+    if a.shape[0] != b.shape[0]:
+        raise XStiltsError(f"{what}: {a.shape[0]} {a_name} vs {b.shape[0]} {b_name} sentences; they must be parallel")
+    return a, b
+
+
 def tatoeba_accuracy(query_emb: np.ndarray, index_emb: np.ndarray, *, margin: str | None = None, k: int = 4,
                      normalize: bool = True) -> float:
     """Accuracy (0-100) of one retrieval direction: query row ``i`` is right iff its nearest index row is ``i``.
@@ -149,11 +158,7 @@ def tatoeba_accuracy(query_emb: np.ndarray, index_emb: np.ndarray, *, margin: st
     non-English sentences indexed); :func:`tatoeba_scores` computes both directions.
     ``margin`` switches cosine for margin scoring.
     """
-    query_emb = _check_2d(query_emb, "tatoeba_accuracy query_emb")
-    index_emb = _check_2d(index_emb, "tatoeba_accuracy index_emb")
-    if query_emb.shape[0] != index_emb.shape[0]:
-        raise XStiltsError(f"tatoeba_accuracy: {query_emb.shape[0]} query vs {index_emb.shape[0]} index sentences; "
-                           "they must be parallel")
+    query_emb, index_emb = _parallel(query_emb, index_emb, "tatoeba_accuracy", "query", "index")
     pred = nearest_neighbours(query_emb, index_emb, margin=margin, k=k, normalize=normalize)
     return 100.0 * float(np.mean(pred == np.arange(query_emb.shape[0])))
 
@@ -162,11 +167,7 @@ def tatoeba_predictions(xx_emb: np.ndarray, en_emb: np.ndarray, *, margin: str |
                         normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``(en_to_xx, xx_to_en)``: for every English row the nearest non-English row (XTREME's direction),
     and for every non-English row the nearest English row. Row ``i`` of both sides is a translation pair."""
-    xx_emb = _check_2d(xx_emb, "tatoeba xx_emb")
-    en_emb = _check_2d(en_emb, "tatoeba en_emb")
-    if xx_emb.shape[0] != en_emb.shape[0]:
-        raise XStiltsError(f"tatoeba: {xx_emb.shape[0]} non-English vs {en_emb.shape[0]} English sentences; "
-                           "they must be parallel")
+    xx_emb, en_emb = _parallel(xx_emb, en_emb, "tatoeba", "non-English", "English")
     en_to_xx = nearest_neighbours(en_emb, xx_emb, margin=margin, k=k, normalize=normalize)
     xx_to_en = nearest_neighbours(xx_emb, en_emb, margin=margin, k=k, normalize=normalize)
     return en_to_xx, xx_to_en
