@@ -168,8 +168,11 @@ def tatoeba_predictions(xx_emb: np.ndarray, en_emb: np.ndarray, *, margin: str |
     """``(en_to_xx, xx_to_en)``: for every English row the nearest non-English row (XTREME's direction),
     and for every non-English row the nearest English row. Row ``i`` of both sides is a translation pair."""
     xx_emb, en_emb = _parallel(xx_emb, en_emb, "tatoeba", "non-English", "English")
-    en_to_xx = nearest_neighbours(en_emb, xx_emb, margin=margin, k=k, normalize=normalize)
-    xx_to_en = nearest_neighbours(xx_emb, en_emb, margin=margin, k=k, normalize=normalize)
+    if margin is not None:  # the margin matrix of one direction is the other's transpose: compute it once
+        scores = margin_scores(xx_emb, en_emb, k=k, margin=margin, normalize=normalize)
+        return scores.argmax(axis=0), scores.argmax(axis=1)
+    en_to_xx = nearest_neighbours(en_emb, xx_emb, k=k, normalize=normalize)
+    xx_to_en = nearest_neighbours(xx_emb, en_emb, k=k, normalize=normalize)
     return en_to_xx, xx_to_en
 
 
