@@ -18,7 +18,8 @@ from xstilts.errors import ConfigError
 from xstilts.train import train_stage
 from xstilts.train import engine as engine_mod
 from xstilts.train.engine import StageTrainer
-from xstilts.train.modeling import configure_tf32, set_attention, to_device
+from xstilts.models.predict import to_device
+from xstilts.train.modeling import configure_tf32, set_attention
 from xstilts.train.sampling import shard_batch, shard_loss_weight
 
 

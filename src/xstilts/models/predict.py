@@ -133,9 +133,10 @@ def _precision_context(model: nn.Module, precision: str, device: torch.device) -
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, default: torch.device | None = None) -> torch.device:
+    """Where ``model``'s parameters are (``default``, else the CPU, for a model without any)."""
     p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return p.device if p is not None else (default or torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------- batching
@@ -243,9 +244,17 @@ def _forward_fn(model: nn.Module, target: str | SentenceEmbedding, stack: contex
     return lambda batch: {k: v for k, v in model(target, **batch).items() if k != "loss"}
 
 
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """``batch`` on ``device``; to a GPU through pinned memory with ``non_blocking`` copies (the
+    host does not wait for each copy: no sync per tensor per step). Training and inference use it."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()
-            if isinstance(v, Tensor) and k not in LABEL_KEYS}
+    """The model inputs of a collated batch (no labels) on ``device``."""
+    return to_device({k: v for k, v in batch.items() if isinstance(v, Tensor) and k not in LABEL_KEYS}, device)
 
 
 def _gather(chunks: list[tuple[np.ndarray, np.ndarray]], accelerator: Any, device: torch.device
@@ -336,7 +345,7 @@ def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Coll
     per key whether its dim 1 is the token axis (every chunk as wide as its longest feature)."""
     check_precision(precision)
     if device is None:
-        device = accelerator.device if accelerator is not None else _model_device(model)
+        device = accelerator.device if accelerator is not None else model_device(model)
     device = torch.device(device)
     model.to(device)
     batches = length_sorted_batches(features, batch_size)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from xstilts.errors import CheckpointError, XStiltsError
+from xstilts.models.predict import model_device, to_device
 from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
 from xstilts.provenance import provenance
 from xstilts.train import checkpoint as ckpt
@@ -63,7 +64,6 @@ from xstilts.train.modeling import (
     make_accelerator,
     max_positions,
     resolve_start,
-    to_device,
 )
 from xstilts.train.records import DoneRecord, StageLog, read_done, write_done
 from xstilts.train.sampling import MLM_TASK, shard_batch, shard_loss_weight
@@ -123,12 +123,6 @@ class _LossMeter:
                "examples_per_s": self.examples / elapsed}
         self._reset()
         return rec
-
-
-def _module_device(module: torch.nn.Module, default: torch.device) -> torch.device:
-    """Where ``module``'s parameters are (the accelerator's device after ``prepare``)."""
-    p = next(module.parameters(), None)
-    return p.device if p is not None else default
 
 
 def _seed_int(*words: int) -> int:
@@ -213,7 +207,7 @@ class StageTrainer:
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]  # clipped every step
         self.device = acc.device
         if self.compact is not None:  # the full embedding and the id tables follow the model
-            self.compact.to(_module_device(self.module, self.device))
+            self.compact.to(model_device(self.module, self.device))
         configure_tf32(self.config, self.device)
         self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
 

@@ -165,14 +165,6 @@ def configure_tf32(config: TrainConfig, device: torch.device) -> None:
     torch.set_float32_matmul_precision("high" if config.tf32 else "highest")
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """``batch`` on ``device``; to a GPU through pinned memory with ``non_blocking`` copies (the
-    host does not wait for each copy: no sync per tensor per step)."""
-    if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def freeze_embeddings(model: Any) -> None:
     """Stop training the encoder's embeddings (``freeze_embeddings: true``)."""
     emb = getattr(model.encoder, "embeddings", None) or model.encoder.get_input_embeddings()
