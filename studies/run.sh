@@ -7,17 +7,22 @@
 #                                        # extra arguments after --full go to `xstilts run`
 #                                        # (e.g. --workers 8, or --launcher slurm)
 #
-# Local runs share one output dir, runs/studies/local (git-ignored): one results store and
-# one stage folder, so a stage that two studies define identically (same settings, same
-# upstream stages: e.g. the baseline's PAN-X fine-tuning and its evaluation) has the same
-# content-hashed id and runs once. `xstilts report --spec` then restricts the report to the
-# stages of this study's plan (without it the report would analyse every study in the
-# store). Full runs get their own output dir, runs/studies/STUDY_full.
+# Run outputs live outside the checkout, under $XSTILTS_HOME (default ~/.cache/xstilts,
+# as xstilts itself resolves it), so an interrupted study resumes where it stopped: run the
+# same command again. Local runs share one output dir, $XSTILTS_HOME/studies/local: one
+# results store and one stage folder, so a stage that two studies define identically (same
+# settings, same upstream stages: e.g. the baseline's PAN-X fine-tuning and its evaluation)
+# has the same content-hashed id and runs once. `xstilts report --spec` then restricts the
+# report to the stages of this study's plan (without it the report would analyse every study
+# in the store). Full runs get their own output dir, $XSTILTS_HOME/studies/STUDY_full.
 #
 # Copied into studies/STUDY/ (local) or studies/STUDY/full/ (full): results.csv (every
-# metric row of the plan, `xstilts results`), report.md and figures/*.png. Every stage is
-# content-hashed and every subsample seeded, so a rerun from scratch reproduces the table
-# (up to CPU floating-point noise).
+# metric row of the plan, `xstilts results`, with the intermediate tasks' English dev scores
+# where `--intermediate-dev` is available), report.md and figures/*.png. Then, where the
+# folder has an analysis.yaml, `xstilts summarize --measure --write-readme` rewrites the
+# README's generated block from results.csv. Every stage is content-hashed and every
+# subsample seeded, so a rerun from scratch reproduces the table (up to CPU floating-point
+# noise).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,23 +40,32 @@ if [[ "${1:-}" == "--full" ]]; then mode=full; shift; fi
 [[ -d "$here/$study" ]] || { echo "unknown study '$study'" >&2; exit 2; }
 
 xs="$root/.venv/bin/xstilts"; [[ -x "$xs" ]] || xs=xstilts
+home="${XSTILTS_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/xstilts}"
 
 if [[ $mode == local ]]; then
-  spec="$here/$study/spec.yaml"; out="$root/runs/studies/local"; rep="$root/runs/studies/$study"
+  spec="$here/$study/spec.yaml"; out="$home/studies/local"; rep="$home/studies/reports/$study"
   dest="$here/$study"
 else
-  spec="$here/$study/full.yaml"; out="$root/runs/studies/${study}_full"; rep="$out"; dest="$here/$study/full"
+  spec="$here/$study/full.yaml"; out="$home/studies/${study}_full"; rep="$out"; dest="$here/$study/full"
 fi
 mkdir -p "$out" "$rep"
 
 "$xs" run "$spec" -o "$out" "$@"
 # a finished stage keeps model/ and drops its checkpoints/ (TrainConfig.keep_checkpoints: false)
 "$xs" report "$out" --spec "$spec" --out "$rep/report/report.html"
-"$xs" results "$spec" --output-dir "$out" --format csv --out "$rep/results.csv"
+dev_rows=()   # the intermediate tasks' English dev scores, where this xstilts can export them
+results_help="$("$xs" results --help 2>/dev/null || true)"
+if [[ $results_help == *--intermediate-dev* ]]; then dev_rows=(--intermediate-dev); fi
+"$xs" results "$spec" --output-dir "$out" --format csv --out "$rep/results.csv" ${dev_rows[@]+"${dev_rows[@]}"}
 
 mkdir -p "$dest/figures"
 rm -f "$dest"/figures/*.png
 cp "$rep/results.csv" "$dest/results.csv"
 cp "$rep/report/report.md" "$dest/report.md"
 if compgen -G "$rep/report/figures/*.png" > /dev/null; then cp "$rep"/report/figures/*.png "$dest/figures/"; fi
+if [[ -f "$dest/analysis.yaml" ]]; then
+  "$xs" summarize "$dest" --measure --write-readme
+else
+  echo "no $dest/analysis.yaml: README summary block not generated" >&2
+fi
 du -sh "$dest"

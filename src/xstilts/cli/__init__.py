@@ -20,6 +20,7 @@ from xstilts.cli import (  # noqa: F401,E402
     report,
     store,
     export,
+    summarize,
 )
 
 __all__ = ["app", "main"]
