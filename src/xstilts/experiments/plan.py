@@ -293,9 +293,11 @@ class _Builder:
 
     def _train(self, kind: str, data: dict[str, Any], hp_tasks: list[str], where: str, depends_on: tuple[str, ...],
                label: Label, description: str) -> tuple[str, TrainConfig]:
-        """Add a training stage: the spec's hyperparameters for ``hp_tasks`` under ``data``
-        (model, tasks, seed, ...), validated into a TrainConfig."""
-        values = {**self.spec.train_overrides(kind, hp_tasks), **data, "init_heads": False}
+        """Add a training stage: the spec's hyperparameters for ``hp_tasks`` and the label's
+        model (:meth:`Spec.train_overrides`) under ``data`` (model, tasks, seed, ...), validated
+        into a TrainConfig."""
+        model = next(m for m in self.spec.models if m.name == label.model)
+        values = {**self.spec.train_overrides(kind, hp_tasks, model), **data, "init_heads": False}
         config = validate_model(TrainConfig, values, file=self.spec.file, prefix=where, brackets=True)
         settings = config.model_dump(mode="json", exclude={"data_dir"})
         sid = self._add(kind, train_stage_id(kind, config, depends_on), settings, depends_on, label, description)

@@ -6,6 +6,9 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
 
     include: defaults/paper_hparams.yaml   # or a list; deep-merged underneath this file
     models: [{name: e5, name_or_path: e5-small}]     # or a plain string per model
+    # a model's own training settings, over the spec's hyperparameters (see Spec.train_overrides):
+    #   models: [xlm-roberta-large, {name: mt5-large, name_or_path: google/mt5-large,
+    #            hyperparameters: {intermediate: {learning_rate: 1e-4, pooling: mean}, target: {...}}}]
     intermediate:                # setup name -> setup
       baseline: none             # the no-intermediate baseline (must be called "baseline")
       anli: anli                 # a single task
@@ -68,10 +71,13 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A model to run the grid with: a short ``name`` for tables and what to load."""
+    """A model to run the grid with: a short ``name`` for tables, what to load, and the
+    hyperparameters of its own training stages (:class:`ModelHyper`, applied on top of the
+    spec's: see :meth:`Spec.train_overrides`)."""
 
     name: str
     name_or_path: str
+    hyperparameters: ModelHyper = Field(default_factory=lambda: ModelHyper())
 
     @model_validator(mode="before")
     @classmethod
@@ -277,6 +283,17 @@ class TaskHyper(_Strict):
     eval: EvalOptions = Field(default_factory=EvalOptions)
 
 
+class ModelHyper(_Strict):
+    """One model's own training hyperparameters (``models[i].hyperparameters``): what that
+    model needs whatever the task (e.g. mT5: ``pooling: mean``, a T5-scale learning rate)."""
+
+    intermediate: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+    target: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
+
+
+ModelSpec.model_rebuild()
+
+
 class Hyperparameters(_Strict):
     intermediate: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
     target: TrainHyper = Field(default_factory=TrainHyper)  # type: ignore[valid-type]
@@ -335,14 +352,20 @@ class Spec(_Strict):
     def setup_names(self) -> list[str]:
         return list(self.intermediate)
 
-    def train_overrides(self, kind: str, tasks: list[str]) -> dict[str, Any]:
-        """The hyperparameters of a ``kind`` stage training ``tasks``: the kind's settings, then
-        each task's own (``hyperparameters.tasks.<task>.<kind>``) on top."""
+    def train_overrides(self, kind: str, tasks: list[str], model: ModelSpec | None = None) -> dict[str, Any]:
+        """The hyperparameters of a ``kind`` stage of ``model`` training ``tasks``, lowest to
+        highest precedence: the kind's settings (``hyperparameters.<kind>``), each task's own
+        (``hyperparameters.tasks.<task>.<kind>``), then the model's own
+        (``models[i].hyperparameters.<kind>``). A model's setting wins because it says what that
+        model needs (mT5: mean pooling, a T5-scale learning rate) whatever the task; task
+        settings it does not set still apply to it."""
         hp = self.hyperparameters
         out = dict(getattr(hp, kind).overrides())
         for task in tasks:
             if task in hp.tasks:
                 out.update(getattr(hp.tasks[task], kind).overrides())
+        if model is not None:
+            out.update(getattr(model.hyperparameters, kind).overrides())
         return out
 
     def eval_options(self, target: TargetSpec) -> dict[str, Any]:
