@@ -78,18 +78,30 @@ def _write_translated_anli(path: Path) -> Path:
 
 def test_xlmr_vs_mt5_full_spec_runs_end_to_end_with_tiny_encoders(tmp_path: Path, shared_data: Path) -> None:
     """The full-scale spec of study 5, with its two model families swapped for tiny random
-    XLM-R and mT5-encoder configs, its data for the local files (ANLI dev for the English NLI
-    that is only on the hub, XNLI-de) and its sizes for a few steps, runs every stage and
-    stores a zero-shot XNLI score for both models and every setup."""
+    XLM-R and mT5-encoder configs (each keeping the model hyperparameters full.yaml gives it),
+    its data for the local files (ANLI dev for the English NLI that is only on the hub,
+    XNLI-de) and its sizes for a few steps, runs every stage and stores a zero-shot XNLI score
+    for both models and every setup. mT5's stages train with its own learning rate and mean
+    pooling, which its saved heads keep for evaluation; XLM-R's with the spec's and CLS."""
+    import json
+
     from tests.helpers import tiny_encoder_dir
+    from xstilts.paths import MODEL_DIR, XSTILTS_MODEL_FILE
 
     xlmr = tiny_encoder_dir(tmp_path / "tiny-xlmr", kind="xlm-roberta")
     mt5 = tiny_encoder_dir(tmp_path / "tiny-mt5", kind="mt5")
     translated = _write_translated_anli(tmp_path / "anli.train.de.csv")
     tiny = {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 1, "max_length": 32, "precision": "fp32",
             "eval_max_examples": 2, "save_every": 0}
+    full_models = {m.name: m.hyperparameters.model_dump(exclude_unset=True)
+                   for m in load_spec(STUDIES / "xlmr_vs_mt5_nli" / "full.yaml").models}
+    mt5_lr = full_models["mt5-large"]["target"]["learning_rate"]
+    assert full_models["mt5-large"]["intermediate"]["learning_rate"] == mt5_lr != tiny["learning_rate"]
     overrides = {
-        "models": [{"name": "tiny-xlmr", "name_or_path": str(xlmr)}, {"name": "tiny-mt5", "name_or_path": str(mt5)}],
+        "models": [
+            {"name": "tiny-xlmr", "name_or_path": str(xlmr), "hyperparameters": full_models["xlm-roberta-large"]},
+            {"name": "tiny-mt5", "name_or_path": str(mt5), "hyperparameters": full_models["mt5-large"]},
+        ],
         "seeds": [0],
         "intermediate": {
             "anli_en": {"task": "anli", "split": "dev"},
@@ -125,3 +137,12 @@ def test_xlmr_vs_mt5_full_spec_runs_end_to_end_with_tiny_encoders(tmp_path: Path
     mixed = stages[(stages["kind"] == "intermediate") & (stages["setup"] == "anli_en_translated")]
     assert len(mixed) == 2 and (mixed["state"] == "done").all()
     assert all(str(translated) in s for s in mixed["settings"])
+    # per-model hyperparameters: mT5's training stages (and only those) have its learning rate
+    # and mean pooling, and its saved heads pool the mean, so evaluation pools as training did
+    trained = [s for s in plan.stages.values() if s.kind in ("intermediate", "target")]
+    assert {s.model for s in trained} == {"tiny-xlmr", "tiny-mt5"}
+    for stage in trained:
+        want = (mt5_lr, "mean") if stage.model == "tiny-mt5" else (tiny["learning_rate"], "cls")
+        assert (stage.settings["learning_rate"], stage.settings["pooling"]) == want, (stage.model, stage.kind)
+        meta = json.loads((plan.stage_dir(stage.id) / MODEL_DIR / XSTILTS_MODEL_FILE).read_text())
+        assert {h["pooling"] for h in meta["heads"]} == {want[1]}, (stage.model, stage.kind)
