@@ -34,6 +34,19 @@ def test_study_specs_validate_and_plan(name: str) -> None:
     assert (STUDIES / name / "README.md").is_file()
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_numbers_are_recomputed_from_results(name: str) -> None:
+    """The README's generated block is exactly what its results.csv and analysis.yaml give
+    (regenerate with `xstilts summarize studies/NAME --write-readme`)."""
+    from xstilts.analysis.study_summary import ANALYSIS_FILE, read_block, summarize
+
+    study = STUDIES / name
+    if not (study / ANALYSIS_FILE).is_file():
+        pytest.skip(f"studies/{name} has no {ANALYSIS_FILE} yet (added when its second-edition run finishes)")
+    assert read_block(study) == summarize(study), (
+        f"studies/{name}/README.md: stale summary block; run `xstilts summarize studies/{name} --write-readme`")
+
+
 def test_sequential_chain_shares_its_first_stage() -> None:
     plan = plan_stages(load_spec(STUDIES / "sequential_lowres" / "spec.yaml"))
     inter = [s for s in plan.stages.values() if s.kind == "intermediate"]
