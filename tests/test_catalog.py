@@ -13,8 +13,9 @@ from xstilts.errors import ConfigError, UnknownNameError
 from xstilts.tasks.catalog import get_task, list_tasks, load_catalog
 from xstilts.tasks.readers import READERS
 
-INTERMEDIATE = ["anli_plus", "anli", "mnli", "qqp", "squad_v1", "squad_v2", "hellaswag", "cosmosqa", "commonsenseqa",
-                "ccg", "panx_en", "udpos_en", "tydiqa_en"]
+INTERMEDIATE = ["anli_plus", "anli", "anli_r1", "anli_r2", "anli_r3", "mnli", "qqp", "squad_v1", "squad_v2",
+                "hellaswag", "cosmosqa", "commonsenseqa", "ccg", "panx_en", "udpos_en", "tydiqa_en",
+                "udpos", "panx"]  # udpos and panx: targets, also intermediate in their training languages
 # (task, benchmark, number of languages): XTREME (Hu et al. 2020) and XTREME-R (Ruder et al. 2021)
 BENCHMARK_SIZES = [
     ("xnli", "xtreme", 15), ("pawsx", "xtreme", 7), ("udpos", "xtreme", 33), ("panx", "xtreme", 40),
@@ -61,8 +62,10 @@ def test_entries_are_consistent() -> None:
         assert spec.local is not None or spec.hub is not None, spec.name
         if spec.local is not None:
             assert spec.local.reader in READERS, spec.name
-        if spec.role in ("intermediate", "both"):
+        if spec.role == "intermediate":
             assert spec.languages == ["en"] and spec.train_languages == ["en"]
+        if spec.role == "both":  # English training data, and only languages the task has
+            assert "en" in spec.train_languages and set(spec.train_languages) <= set(spec.languages), spec.name
         if spec.train_task:
             assert get_task(spec.train_task).format == spec.format
         if spec.format in ("classification", "tagging") and spec.name != "ccg":

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xstilts.config_io import validate_model
-from xstilts.experiments.spec import FEATURIZE_KEYS, ModelSpec, Spec, StepSpec, TargetSpec, expand_setup
+from xstilts.experiments.spec import FEATURIZE_KEYS, ModelSpec, Spec, StepSpec, TargetSpec, TaskEntry, expand_setup
 from xstilts.paths import MODEL_DIR, STAGES_DIR
 from xstilts.tasks.catalog import TaskSpec, get_task
 from xstilts.train.config import TrainConfig
@@ -251,11 +251,26 @@ def resolve_target_languages(task: TaskSpec, languages: str | list[str], split: 
     return list(task.languages)
 
 
+def _entry_cap(spec: Spec, entry: TaskEntry) -> int | dict[str, int] | None:
+    """Examples per language of an intermediate entry: its own ``max_examples`` (an int, or
+    ``{language: N, default: M}``), else the spec's ``max_examples.intermediate``. A mapping is
+    resolved per language of the entry, and is one int when every language gets the same cap
+    (so ``{default: 200}`` and ``200`` are the same stage)."""
+    fallback = spec.max_examples.for_task("intermediate", entry.task)
+    own = entry.max_examples
+    if not isinstance(own, dict):
+        return own if own is not None else fallback
+    caps = {lang: own.get(lang, own.get("default", fallback)) for lang in entry.languages}
+    if len(set(caps.values())) == 1:
+        return next(iter(caps.values()))
+    return {lang: cap for lang, cap in caps.items() if cap is not None}
+
+
 def _step_tasks(spec: Spec, step: StepSpec) -> list[dict[str, Any]]:
     out = []
     for entry in step.tasks:
         item: dict[str, Any] = {"task": entry.task, "languages": list(entry.languages), "split": entry.split}
-        cap = spec.max_examples.for_task("intermediate", entry.task)
+        cap = _entry_cap(spec, entry)
         if cap is not None:
             item["max_examples"] = cap
         if entry.extra_files:
@@ -347,7 +362,7 @@ class _Builder:
         item: dict[str, Any] = {
             "task": train_task.name,
             "languages": list(target.train.languages if target.train and target.train.languages
-                              else train_task.train_languages),
+                              else train_task.source_languages),
             "split": target.train.split if target.train else "train",
         }
         cap = self.spec.max_examples.for_task("target", task.name)
@@ -429,8 +444,16 @@ def estimated_examples(stage: Stage) -> int | None:
         return cap * len(s["languages"]) if cap else None
     if s.get("max_steps"):
         return int(s["max_steps"] * s["batch_size"] * s.get("grad_accum", 1))
-    caps = [t.get("max_examples") for t in s.get("tasks", [])]
-    if caps and all(caps):
-        total = sum(c * len(t.get("languages", ["en"])) for c, t in zip(caps, s["tasks"], strict=True))
-        return int(total * s.get("num_epochs", 1.0))
+    caps = [c for t in s.get("tasks", []) for c in _language_caps(t)]
+    if caps and all(c is not None for c in caps):
+        return int(sum(caps) * s.get("num_epochs", 1.0))  # type: ignore[arg-type]
     return None
+
+
+def _language_caps(task: dict[str, Any]) -> list[int | None]:
+    """The example cap of each language of a stage's task entry (None: uncapped)."""
+    cap = task.get("max_examples")
+    languages = task.get("languages", ["en"])
+    if isinstance(cap, dict):
+        return [cap.get(lang, cap.get("default")) for lang in languages]
+    return [cap] * len(languages)

@@ -106,7 +106,7 @@ class _Checker:
         missing = [str(f) for f in files if not f.is_file()] or ["(no local file layout for this split)"]
         message = (f"no data for {spec.name}/{language}/{split}: missing {', '.join(missing)} (data dir "
                    f"{self.plan.data_dir}) and the hub cannot be used ({reason}). Fix data_dir / --data-dir or "
-                   "the target's languages.")
+                   f"the {'target' if stage.kind != 'intermediate' else 'intermediate entry'}'s languages.")
         self.missing.setdefault(message, []).append(stage)
 
     def report_missing(self) -> None:

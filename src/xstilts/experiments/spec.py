@@ -17,6 +17,8 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
       anli_mlm: {task: anli, mlm: {files: [wiki.de.txt], probability: 0.2}}
       anli_de: {task: anli, extra_files: [anli.de.jsonl], extra_ratio: 0.5}
       cosmos: {task: cosmosqa, split: dev, dev_holdout: 300}   # dev split: 300 held out for dev eval
+      pos_non_en: {task: udpos, languages: [ar, fi, tr], max_examples: 200}   # 200 per language, no English
+      pos_mixed: {task: udpos, languages: [en, ar, fi, tr], max_examples: {en: 300, default: 100}}   # one head
     targets: [panx, {task: tatoeba, languages: all, split: test},
               {task: xnli, eval_splits: [dev, test]},      # one eval stage per split
               {task: tydiqa, eval: {max_length: 256}}]     # eval: per-target eval options
@@ -27,6 +29,7 @@ Shape (every key optional except ``models``, ``intermediate`` and ``targets``)::
       eval: {batch_size: 64, retrieval: {layer: 7, pooling: mean}}
       tasks: {squad_v2: {intermediate: {max_length: 384}}, tydiqa: {target: {num_epochs: 5}}}
     max_examples: {intermediate: 2000, target: {default: 1000, panx: 500}, eval: 200}
+                                    # per language; an intermediate entry's own max_examples wins
     data_dir: ../shared/data        # relative paths are relative to the spec file
     output_dir: runs/quickstart
     catalogs: [my_tasks.yaml]       # user task catalogs (xstilts.tasks.catalog.use_catalogs)
@@ -36,6 +39,12 @@ setting, optional, with TrainConfig's own types and bounds) and :class:`EvalOpti
 bad value is reported where it is written. An eval stage evaluates with the featurisation of
 the target stage it evaluates (``max_length``, ``doc_stride``, ``max_query_length``) unless
 ``eval`` options set them: per target, per task (``hyperparameters.tasks.<t>.eval``) or for all.
+
+An intermediate task entry (``task`` / each element of ``tasks``) takes ``languages`` (default
+``[en]``; with ``split: train`` only the catalog task's ``train_languages``, e.g. udpos or panx
+in non-English languages), ``split``, ``extra_files`` / ``extra_ratio``, ``dev_holdout`` and
+``max_examples`` (examples per language, each language drawn with the stage's seed; one
+number, or ``{language: N, default: M}``; it overrides ``max_examples.intermediate``).
 """
 
 from __future__ import annotations
@@ -100,6 +109,9 @@ class TaskEntry(_Strict):
     #: training on the English dev split: examples held out of it for dev evaluation (train's
     #: TaskMixture.dev_holdout; unset: its default)
     dev_holdout: PositiveInt | None = None
+    #: examples per language of this entry, each language subsampled with the stage's seed: one
+    #: cap, or ``{language: N, default: M}``; overrides the spec's ``max_examples.intermediate``
+    max_examples: PositiveInt | dict[str, PositiveInt] | None = None
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, v: Any) -> Any:
@@ -126,8 +138,8 @@ class StepSpec(_Strict):
             return {"tasks": [{"task": v}]}
         if isinstance(v, dict) and "task" in v:
             v = dict(v)
-            entry = {k: v.pop(k) for k in ("task", "languages", "split", "extra_files", "extra_ratio", "dev_holdout")
-                     if k in v}
+            entry = {k: v.pop(k) for k in ("task", "languages", "split", "extra_files", "extra_ratio", "dev_holdout",
+                                           "max_examples") if k in v}
             if "tasks" in v:
                 raise ValueError("give either 'task' or 'tasks', not both")
             v["tasks"] = [entry]

@@ -3,7 +3,8 @@ check it against the task catalog and the file system before anything is planned
 
 Every problem raises :class:`~xstilts.errors.ConfigError` naming the spec file, the dotted
 key and the allowed values: unknown task, wrong role (a retrieval or target-only task used
-as intermediate), a chain that refers back to itself, a language or split a task lacks, the
+as intermediate), a chain that refers back to itself, a language or split a task lacks (an
+intermediate entry on ``split: train``: a language without training data), the
 baseline naming rule, an ``output_dir`` that is a file. Task names are normalised to the
 catalog's names in place.
 """
@@ -144,6 +145,33 @@ def _check_entry(entry: TaskEntry, *, key: str, file: Path | None) -> None:
     entry.task = task.name
     entry.languages = _languages(task, entry.languages, key=f"{key}.languages", file=file)
     _split(task, entry.split, key=f"{key}.split", file=file)
+    if entry.split == "train":
+        _training_languages(task, entry.languages, key=f"{key}.languages", file=file)
+    if isinstance(entry.max_examples, dict):
+        entry.max_examples = _language_caps(task, entry.max_examples, entry.languages, key=f"{key}.max_examples",
+                                            file=file)
+
+
+def _training_languages(task: TaskSpec, languages: list[str], *, key: str, file: Path | None) -> None:
+    """Every language trained on has a train split (the catalog's ``train_languages``)."""
+    missing = [lang for lang in languages if lang not in task.train_languages]
+    if missing:
+        raise ConfigError(f"task '{task.name}' has no training data in {', '.join(map(repr, missing))}. Its training "
+                          f"languages: {', '.join(task.train_languages)}", key=key, file=file)
+
+
+def _language_caps(task: TaskSpec, caps: dict[str, int], languages: list[str], *, key: str,
+                   file: Path | None) -> dict[str, int]:
+    """An entry's per-language caps with keys normalised to catalog codes; each key is one of the
+    entry's ``languages`` or ``default``."""
+    out = {}
+    for name, cap in caps.items():
+        code = name if name == "default" else _language(task, name, key=f"{key}.{name}", file=file)
+        if code != "default" and code not in languages:
+            raise ConfigError(f"'{name}' is not a language of this entry (its languages: {', '.join(languages)}; "
+                              "or 'default')", key=f"{key}.{name}", file=file)
+        out[code] = cap
+    return out
 
 
 def _check_step(step: StepSpec, *, key: str, file: Path | None) -> None:

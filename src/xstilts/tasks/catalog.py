@@ -196,6 +196,21 @@ class TaskSpec(BaseModel):
             _check_local(self.local, self)
         return self
 
+    @model_validator(mode="after")
+    def _default_train_languages(self) -> TaskSpec:
+        """Unset train_languages: [en], but every language of a task with a train split and no
+        English (a user's non-English task trains in its own languages)."""
+        unset = "train_languages" not in self.model_fields_set
+        if unset and self.has_training_data and "en" not in self.languages:
+            self.train_languages = list(self.languages)
+        return self
+
+    @property
+    def source_languages(self) -> list[str]:
+        """The languages a target fine-tunes on unless a spec says otherwise: English when its
+        train split has it (zero-shot transfer from English), else every train language."""
+        return ["en"] if "en" in self.train_languages else list(self.train_languages)
+
     @property
     def trainable(self) -> bool:
         """Whether models are trained on the task (its format has a head; retrieval has none

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -63,7 +63,9 @@ class TaskMixture(_Strict):
     task: str
     languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     split: str = "train"
-    max_examples: int | None = Field(default=None, gt=0)
+    #: examples per language, each language subsampled with the stage's seed: one cap for every
+    #: language, or ``{language: N, "default": M}`` (a language with neither: all its examples)
+    max_examples: Annotated[int, Field(gt=0)] | dict[str, Annotated[int, Field(gt=0)]] | None = None
     extra_files: list[ExtraFile] = Field(default_factory=list)
     extra_ratio: float = Field(default=0.0, ge=0.0)
     head: str | None = None  # a head kind of xstilts.models.head_kinds()
@@ -89,6 +91,21 @@ class TaskMixture(_Strict):
         if isinstance(v, list):
             return [{"path": x} if isinstance(x, (str, Path)) else x for x in v]
         return v
+
+    @model_validator(mode="after")
+    def _caps_name_languages(self) -> "TaskMixture":
+        if isinstance(self.max_examples, dict):
+            unknown = sorted(set(self.max_examples) - {*self.languages, "default"})
+            if unknown:
+                raise ValueError(f"max_examples names {unknown}, not languages of the task ({self.languages}) "
+                                 "or 'default'")
+        return self
+
+    def cap(self, language: str) -> int | None:
+        """The most examples of ``language`` trained on (None: all of them)."""
+        if isinstance(self.max_examples, dict):
+            return self.max_examples.get(language, self.max_examples.get("default"))
+        return self.max_examples
 
     @model_validator(mode="after")
     def _ratio_needs_files(self) -> "TaskMixture":

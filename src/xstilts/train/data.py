@@ -135,10 +135,10 @@ def load_task_data(mix: TaskMixture, config: TrainConfig, index: int) -> TaskDat
         if lang == "en" and trains_on_dev_split(mix):
             pool, heldout = hold_out_dev(load_examples(spec, lang, mix.split, data_dir=config.data_dir),
                                          config.dev_holdout_size(mix), config.seed, f"{spec.name}/{mix.split}")
-            train.extend(subsample(pool, mix.max_examples, config.seed))
+            train.extend(subsample(pool, mix.cap(lang), config.seed))
             continue
         train.extend(load_examples(spec, lang, mix.split, data_dir=config.data_dir,
-                                   max_examples=mix.max_examples, seed=config.seed))
+                                   max_examples=mix.cap(lang), seed=config.seed))
     extra: list[Any] = []
     for ef in mix.extra_files:
         if not Path(ef.path).expanduser().is_file():
