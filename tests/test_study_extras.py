@@ -39,6 +39,11 @@ def gains_frame(cells: dict[tuple[str, str, str, int], float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def line(md: str, prefix: str) -> str:
+    """The first Markdown line starting with ``prefix``."""
+    return next(ln for ln in md.splitlines() if ln.startswith(prefix))
+
+
 def t_summary(x) -> tuple[float, float, float, float]:
     """Hand computation: mean, 95 % t interval, two-sided p against 0."""
     x = np.asarray(x, dtype=float)
@@ -78,7 +83,8 @@ def test_forgetting_matches_hand_computation(tmp_path):
     row = se.forgetting_row(se.dev_scores(study), "e5-small", pair)
     m, lo, hi, p = t_summary([after[s] - single[s] for s in SEEDS])
     assert row["metric"] == "accuracy" and row["n"] == 3
-    assert row["mean"] == pytest.approx(m) and row["ci_low"] == pytest.approx(lo) and row["ci_high"] == pytest.approx(hi)
+    assert row["mean"] == pytest.approx(m)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi))
     assert row["p"] == pytest.approx(p)
     md = se.forgetting(study, {"pairs": [pair]})
     assert md.startswith("### ") and f"{m:+.1f}" in md and f"[{lo:+.1f}, {hi:+.1f}]" in md and f"{p:.3f}" in md
@@ -111,14 +117,13 @@ def test_crossover_matches_hand_computation(tmp_path):
     inter = [(cell(["r1", "r2"], "panx", s) - cell(["r3"], "panx", s))
              - (cell(["r1", "r2"], "tatoeba", s) - cell(["r3"], "tatoeba", s)) for s in SEEDS]
     m, lo, hi, p = t_summary(inter)
-    line = next(ln for ln in md.splitlines() if ln.startswith("| interaction"))
-    assert f"| {m:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {se.fmt_p(p)} |" in line
+    assert f"| {m:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {se.fmt_p(p)} |" in line(md, "| interaction")
     r1 = cell(["r1"], "panx", 0), cell(["r1"], "panx", 1), cell(["r1"], "panx", 2)
     m1, *_ = t_summary(r1)
-    cells_line = next(ln for ln in md.splitlines() if ln.startswith("| r1 + r2 on panx"))
+    cells_line = line(md, "| r1 + r2 on panx")
     assert f"{np.mean([cell(['r1', 'r2'], 'panx', s) for s in SEEDS]):+.1f}" in cells_line
     control = [cell(["r1"], "tatoeba", s) - cell(["r2"], "tatoeba", s) for s in SEEDS]
-    c_line = next(ln for ln in md.splitlines() if ln.startswith("| r1 − r2 on tatoeba"))
+    c_line = line(md, "| r1 − r2 on tatoeba")
     assert f"| {t_summary(control)[0]:+.1f} |" in c_line and m1 == pytest.approx(np.mean(r1))
     with pytest.raises(ConfigError, match="extras.crossover.b"):
         se.crossover(study, {"a": ["r1"], "b": ["nope"], "a_targets": ["panx"], "b_targets": ["tatoeba"]})
@@ -144,7 +149,7 @@ def test_above_chance_one_sided_t_and_binomial(tmp_path):
     assert "not known" in md and se.fmt_p(p_t) in md and f"{x.mean():.1f}" in md
     counted = pd.concat([study.results, scores.assign(metric="n_examples", value=1000.0, stage_id="x")])
     md2 = se.above_chance(Study(tmp_path, results=counted, scores=scores), {"target": "xnli", "chance": 33.333})
-    assert "| 1000 |" in md2 and "not known" not in md2
+    assert "| 1000 |" in md2 and "not known" not in md2 and "p (holm)" in md2
     with pytest.raises(ConfigError, match="extras.above_chance.target"):
         se.above_chance(study, {"target": "panx", "chance": 33.3})
 
@@ -169,14 +174,13 @@ def test_lexical_similarity_matches_hand_computation(tmp_path):
     weighted = sum(table[i] * w for i, w in shares.items())
     mean_gain = pd.Series({lang: np.mean([cells[("mixed", "panx", lang, s)] for s in SEEDS]) for lang in langs})
     rho = stats.spearmanr(weighted.loc[langs], mean_gain.loc[langs])[0]
-    line = next(ln for ln in md.splitlines() if ln.startswith("| mixed | panx | share-weighted"))
-    assert f"| {len(langs)} | {rho:.3f} |" in line
+    assert f"| {len(langs)} | {rho:.3f} |" in line(md, "| mixed | panx | share-weighted")
     rho_max = stats.spearmanr(table.max(axis=1).loc[langs], mean_gain.loc[langs])[0]
-    assert f"| {rho_max:.3f} |" in next(ln for ln in md.splitlines() if ln.startswith("| mixed | panx | max"))
+    assert f"| {rho_max:.3f} |" in line(md, "| mixed | panx | max")
     seen = [np.mean([cells[("mixed", "panx", lang, s)] for lang in ("ar", "fi")])
             - np.mean([cells[("mixed", "panx", lang, s)] for lang in ("de", "ja", "sw", "hi")]) for s in SEEDS]
     m, lo, hi, p = t_summary(seen)
-    seen_line = next(ln for ln in md.splitlines() if ln.startswith("| mixed | panx | 2 | 4 |"))
+    seen_line = line(md, "| mixed | panx | 2 | 4 |")
     assert f"| {m:+.1f} | [{lo:+.1f}, {hi:+.1f}] | {se.fmt_p(p)} |" in seen_line
     assert not any(ln.startswith("| en_only | panx | 0") for ln in md.splitlines())  # no seen row for English only
 
@@ -210,7 +214,8 @@ def test_lexsim_measure_on_real_tatoeba(tmp_path, shared_data, tokenizer, monkey
 SPEC1 = """models: [e5-small]
 intermediate: {baseline: none, anli: {task: anli, split: dev}, commonsenseqa: {task: commonsenseqa, split: dev},
                udpos_en: udpos_en, tydiqa_en: tydiqa_en}
-targets: [{task: panx, languages: [de, fr, es, fi, et, hu, tr, kk, az, ar, ja]}, {task: tydiqa, languages: [fi, ar, ru]}]
+targets: [{task: panx, languages: [de, fr, es, fi, et, hu, tr, kk, az, ar, ja]},
+          {task: tydiqa, languages: [fi, ar, ru]}]
 output_dir: out
 """
 FAMILY_LANGS = ["de", "fr", "es", "fi", "et", "hu", "tr", "kk", "az", "ar", "ja"]
@@ -243,8 +248,7 @@ def test_similarity_correlation_matches_hand_computation(tmp_path):
     pairs = [(s, t) for s, t in sim if (s, t) != ("tydiqa_en", "tydiqa")]
     mean_gain = [g[(g.setup == s) & (g.target == t)].groupby("seed")["gain"].mean().mean() for s, t in pairs]
     rho = stats.spearmanr([sim[p] for p in pairs], mean_gain)[0]
-    line = next(ln for ln in md.splitlines() if ln.startswith("| subword_weighted_jaccard | 7 |"))
-    assert f"| {rho:.3f} |" in line
+    assert f"| {rho:.3f} |" in line(md, "| subword_weighted_jaccard | 7 |")
     assert "| word_js (divergence) | 7 |" in md
     assert "ja" in md.split("dropped")[1]  # Japonic has one language: dropped, and said so
     assert "thin" in md
@@ -269,3 +273,24 @@ def test_family_model_slope_is_the_ols_estimate(tmp_path):
     assert fit["slope"] == pytest.approx(np.mean(slopes), rel=1e-8)
     assert fit["n_pairs"] == 7 and fit["n_families"] == len(fams) == 3
     assert 0 <= fit["p_interaction"] <= 1 and fit["ci_low"] < fit["slope"] < fit["ci_high"]
+
+
+def test_similarity_measure_on_real_data(tmp_path, shared_data, tiny_model_dir, monkeypatch):
+    from xstilts.analysis.similarity import load_encoder_for_analysis
+
+    (tmp_path / "spec.yaml").write_text(
+        "models: [e5-small]\nintermediate: {baseline: none, anli: {task: anli, split: dev}}\n"
+        f"targets: [{{task: panx, languages: [de]}}, {{task: tatoeba, languages: [de, nl]}}]\n"
+        f"data_dir: {shared_data}\noutput_dir: out\n")
+    monkeypatch.setattr(se, "load_analysis_encoder", lambda name: load_encoder_for_analysis(str(tiny_model_dir)))
+    path = se.MEASURES["similarity_family"](Study(tmp_path), {"max_examples": 20})
+    table = pd.read_csv(path).set_index(["intermediate", "target"])
+    assert list(table.index) == [("anli", "panx"), ("anli", "tatoeba")]
+    assert list(table.columns) == list(se.SIMILARITY_MEASURES)
+    assert (table["same_format"] == 0).all() and table.notna().all().all()
+    assert ((table["word_js"] > 0) & (table["word_js"] < 1)).all()
+    spec = se._spec(Study(tmp_path))
+    english = se.english_task_texts(spec, ["tatoeba"], max_examples=20)["tatoeba"]
+    eng_lines = {ln for c in ("deu", "nld")
+                 for ln in (shared_data / f"tatoeba/tatoeba.{c}-eng.eng").read_text().splitlines()}
+    assert len(english) == 20 and set(english) <= eng_lines  # the English side of the target's own languages

@@ -241,7 +241,8 @@ def _pooled_english(task: str, languages: Sequence[str], data_dir: Path | None, 
     return texts
 
 
-def english_task_texts(spec: Any, tasks: Sequence[str], *, max_examples: int = 200, seed: int = 0) -> dict[str, list[str]]:
+def english_task_texts(spec: Any, tasks: Sequence[str], *, max_examples: int = 200,
+                       seed: int = 0) -> dict[str, list[str]]:
     """English input samples of ``tasks``: an intermediate task's own; a target's English training data
     (its spec/catalog ``train_task``); a retrieval target's English side (no training data)."""
     from xstilts.analysis.similarity import load_task_texts
@@ -378,9 +379,9 @@ def family_model(d: pd.DataFrame, measure: str, *, target_effects: bool = True) 
 
     d = d.dropna(subset=[measure, "gain"])
     per_pair = d.drop_duplicates("pair")[measure].astype(float)
-    out: dict[str, Any] = {"measure": measure, "n_pairs": int(d["pair"].nunique()), "n_languages":
-                           int(d["language"].nunique()), "n_families": int(d["family"].nunique()), "slope": math.nan,
-                           "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "p_interaction": math.nan, "note": ""}
+    out: dict[str, Any] = {"measure": measure, "n_pairs": int(d["pair"].nunique()),
+                           "n_languages": int(d["language"].nunique()), "n_families": int(d["family"].nunique()),
+                           **dict.fromkeys(("slope", "ci_low", "ci_high", "p", "p_interaction"), math.nan), "note": ""}
     out["note"] = _unfit_reason(per_pair)
     if out["note"]:
         return out
@@ -571,14 +572,18 @@ def language_profiles(languages: Iterable[str], tokenizer: Any, *, data_dir: Pat
 
     counts: dict[str, Counter] = {}
     sizes: dict[str, int] = {}
+    missing = []
     for lang in sorted(set(languages)):
         try:
             texts = (english_sample(data_dir, max_sentences) if lang == "en"
                      else tatoeba_side(lang, data_dir=data_dir, max_sentences=max_sentences))
         except (XStiltsError, OSError) as exc:
-            log.info("no Tatoeba text for %s: %s", lang, exc)
+            log.debug("no Tatoeba text for %s: %s", lang, exc)
+            missing.append(lang)
             continue
         counts[lang], sizes[lang] = subword_counts(texts, tokenizer), len(texts)
+    if missing:
+        log.info("no local Tatoeba file for %s: left out of the lexical similarity", ", ".join(missing))
     return counts, sizes
 
 
@@ -593,8 +598,9 @@ def lexsim_table(targets: Sequence[str], intermediates: Sequence[str], tokenizer
     lost = sorted(set(intermediates) - set(counts))
     if lost:
         raise DataError(Path(str(data_dir)) / "tatoeba", f"no Tatoeba file for intermediate language(s) {lost}")
-    rows = [{"target_language": t, "intermediate_language": i, "subword_weighted_jaccard": weighted_jaccard(counts[t], counts[i]),
-             "n_target": sizes[t], "n_intermediate": sizes[i]}
+    rows = [{"target_language": t, "intermediate_language": i,
+             "subword_weighted_jaccard": weighted_jaccard(counts[t], counts[i]), "n_target": sizes[t],
+             "n_intermediate": sizes[i]}
             for t in sorted(set(targets) & set(counts)) for i in sorted(set(intermediates))]
     return pd.DataFrame(rows, columns=["target_language", "intermediate_language", "subword_weighted_jaccard",
                                        "n_target", "n_intermediate"])
@@ -697,11 +703,17 @@ def _lexsim_rows(gains: pd.DataFrame, arm: str, target: str, sims: pd.DataFrame,
     return rows
 
 
-def _seen_rows(gains: pd.DataFrame, arm: str, target: str, seen: set[str], prefix: list[str]) -> tuple[list[str], float]:
+def _seen_rows(gains: pd.DataFrame, arm: str, target: str, seen: set[str],
+               prefix: list[str]) -> tuple[list[str], float]:
     s = seen_unseen(gains, seen)
     return ([*prefix, arm, target, str(s["n_seen"]), str(s["n_unseen"]), fmt_points(s["seen"], sign=True),
              fmt_points(s["unseen"], sign=True), fmt_points(s["mean"], sign=True), fmt_ci(s["ci_low"], s["ci_high"]),
              fmt_p(s["p"])], s["p"])
+
+
+def _no_lexsim_note(gains: pd.DataFrame, lexsim: pd.DataFrame) -> str:
+    missing = sorted(set(gains["language"].astype(str)) - set(lexsim["target_language"].astype(str)))
+    return f" No similarity (no local Tatoeba file) for: {', '.join(missing)}." if missing else ""
 
 
 def _shares_text(shares: Mapping[str, Mapping[str, float]]) -> str:
@@ -709,12 +721,9 @@ def _shares_text(shares: Mapping[str, Mapping[str, float]]) -> str:
                      for arm, langs in shares.items())
 
 
-def lexical_similarity(study: StudyLike, options: Mapping[str, Any]) -> str:
-    """Study 3: per arm, the target languages' lexical similarity to its languages against their gain,
-    and seen vs unseen languages."""
-    spec = _spec(study) if (Path(study.dir) / "spec.yaml").is_file() else None
-    shares = arm_shares(study, options, spec)
-    lexsim = _read_measure_file(study, options, "lexsim.csv", "lexical_similarity")
+def _lexsim_table_rows(study: StudyLike, shares: Mapping[str, Mapping[str, float]],
+                       lexsim: pd.DataFrame) -> tuple[list[list[str]], list[list[str]]]:
+    """The correlation rows and the seen-vs-unseen rows (with the corrected p) of every model, arm and target."""
     models = models_of(study.gains)
     corr_rows, seen_rows, seen_p = [], [], []
     for model, arm in ((m, a) for m in models for a in shares):
@@ -727,16 +736,26 @@ def lexical_similarity(study: StudyLike, options: Mapping[str, Any]) -> str:
                 row, p = _seen_rows(g, arm, str(target), seen, model_label(model, models))
                 seen_rows.append(row)
                 seen_p.append(p)
-    seen_rows = [[*r, h] for r, h in zip(seen_rows, _holm_column(seen_p, study.config))]
-    head = ["model"] if len(models) > 1 else []
+    return corr_rows, [[*r, h] for r, h in zip(seen_rows, _holm_column(seen_p, study.config))]
+
+
+def lexical_similarity(study: StudyLike, options: Mapping[str, Any]) -> str:
+    """Study 3: per arm, the target languages' lexical similarity to its languages against their gain,
+    and seen vs unseen languages."""
+    spec = _spec(study) if (Path(study.dir) / "spec.yaml").is_file() else None
+    shares = arm_shares(study, options, spec)
+    lexsim = _read_measure_file(study, options, "lexsim.csv", "lexical_similarity")
+    corr_rows, seen_rows = _lexsim_table_rows(study, shares, lexsim)
+    head = ["model"] if len(models_of(study.gains)) > 1 else []
     t1 = markdown_table([*head, "arm", "target", "similarity", "n languages", "Spearman ρ", "p"], corr_rows)
     t2 = markdown_table([*head, "arm", "target", "n seen", "n unseen", "seen gain", "unseen gain", "Δ (points)",
                          "95 % CI", "p", f"p ({correction(study.config)})"], seen_rows)
-    note1 = ("Method: similarity = sub-word weighted Jaccard (XLM-R pieces) of a target language's Tatoeba side with "
-             "each intermediate language's (English: a seeded sample of the pooled English sides), lexsim.csv; per arm "
+    note1 = ("Method: similarity = sub-word weighted Jaccard (the study model's tokenizer pieces) of a target "
+             "language's Tatoeba side with each intermediate language's (English: a seeded sample of the pooled "
+             "English sides), lexsim.csv; per arm "
              "the max and the share-weighted mean over its languages, against each language's mean gain over seeds; "
              f"Spearman's ρ with a two-sided permutation p ({PERMUTATIONS:,} seeded resamples). Shares: "
-             f"{_shares_text(shares)}.")
+             f"{_shares_text(shares)}." + _no_lexsim_note(study.gains, lexsim))
     note2 = ("Method: per seed, the mean gain of the languages in the arm's non-English intermediate data (seen) minus "
              "that of the other evaluated languages (unseen; English, the target's training language, in neither); "
              "mean over seeds, 95 % t interval, two-sided one-sample t-test." + SEED_RULE)
@@ -819,7 +838,8 @@ def crossover(study: StudyLike, options: Mapping[str, Any]) -> str:
     note = ("Method: per seed, each setup's gain averaged over a target's languages, targets of a group with equal "
             "weight, setups of a group with equal weight; each quantity (a cell mean, a difference, the interaction) "
             "is formed per seed and tested with a two-sided one-sample t-test over seeds (95 % t interval). The last "
-            "rows compare the first group's setups with each other: the same-domain control for round differences." + SEED_RULE)
+            "rows compare the first group's setups with each other: the same-domain control for round "
+            "differences." + SEED_RULE)
     return section("Domain crossover", [*(t.strip() for t in tables), note])
 
 
@@ -876,12 +896,14 @@ def above_chance(study: StudyLike, options: Mapping[str, Any]) -> str:
     rows = [({"model": str(m), "setup": str(s)}, chance_row(g, float(chance), items))
             for (m, s), g in scores.groupby(["model", "setup"], sort=True)]
     models = models_of(scores)
+    holm = _holm_column([r["p_t"] for _, r in rows], study.config)
     table = markdown_table(
         [*(["model"] if len(models) > 1 else []), "setup", "accuracy", "95 % CI", "chance", "p (t, one-sided)",
-         "items", "p (binomial)", "n seeds", "n languages"],
-        [[*model_label(k["model"], models), k["setup"], fmt_points(r["mean"]), fmt_ci(r["ci_low"], r["ci_high"], fmt_points),
-          fmt_points(chance), fmt_p(r["p_t"]), str(int(r["n_items"])) if np.isfinite(r["n_items"]) else "not known",
-          fmt_p(r["p_binom"]), str(r["n"]), str(r["n_languages"])] for k, r in rows])
+         f"p ({correction(study.config)})", "items", "p (binomial)", "n seeds", "n languages"],
+        [[*model_label(k["model"], models), k["setup"], fmt_points(r["mean"]),
+          fmt_ci(r["ci_low"], r["ci_high"], fmt_points), fmt_points(chance), fmt_p(r["p_t"]), h,
+          str(int(r["n_items"])) if np.isfinite(r["n_items"]) else "not known", fmt_p(r["p_binom"]), str(r["n"]),
+          str(r["n_languages"])] for (k, r), h in zip(rows, holm)])
     items_note = ("the binomial test pools the languages' items (counted once: every seed re-scores the same items) "
                   "at the accuracy averaged over seeds" if items else
                   "the item count is not in results.csv (no count metric) nor in the options (n_items), so no "
