@@ -149,7 +149,7 @@ def test_above_chance_one_sided_t_and_binomial(tmp_path):
     assert "not known" in md and se.fmt_p(p_t) in md and f"{x.mean():.1f}" in md
     counted = pd.concat([study.results, scores.assign(metric="n_examples", value=1000.0, stage_id="x")])
     md2 = se.above_chance(Study(tmp_path, results=counted, scores=scores), {"target": "xnli", "chance": 33.333})
-    assert "| 1000 |" in md2 and "not known" not in md2 and "p (holm)" in md2
+    assert "| 1000 |" in md2 and "not known" not in md2 and "Holm p" in md2
     with pytest.raises(ConfigError, match="extras.above_chance.target"):
         se.above_chance(study, {"target": "panx", "chance": 33.3})
 

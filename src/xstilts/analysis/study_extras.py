@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from xstilts.analysis.inference import MIN_SEEDS_FOR_INFERENCE, adjust_pvalues, seed_level_test
+from xstilts.analysis.inference import CORRECTIONS, MIN_SEEDS_FOR_INFERENCE, adjust_pvalues, seed_level_test
 from xstilts.analysis.metadata import find_task
 from xstilts.analysis.stats import rank_correlation
 from xstilts.errors import ConfigError, DataError, XStiltsError
@@ -128,6 +128,11 @@ def upper_bound_pairs(config: Mapping[str, Any]) -> set[tuple[str, str]]:
 def correction(config: Mapping[str, Any]) -> str:
     """The multiple-comparison method of analysis.yaml (default Holm)."""
     return str(config.get("correction") or "holm")
+
+
+def corrected_header(config: Mapping[str, Any]) -> str:
+    """The column header of corrected p-values, as in the summary's tables (e.g. "Holm p")."""
+    return f"{CORRECTIONS.get(correction(config), correction(config))} p"
 
 
 def seed_test(per_seed: Sequence[float]) -> dict[str, float]:
@@ -445,10 +450,10 @@ def similarity_family(study: StudyLike, options: Mapping[str, Any]) -> str:
     t1 = markdown_table([*head, "measure", "n pairs", "Spearman ρ", "95 % CI", "p"], corr_rows)
     t2 = markdown_table([*head, "measure", "slope (points / SD)", "95 % CI", "p", "p (× family, joint)", "n pairs",
                          "n languages", "n families", "note"], model_rows)
-    note1 = ("Method: one point per (setup, target) pair, its mean gain (languages per seed, then seeds) against the "
+    note1 = ("*Method:* one point per (setup, target) pair, its mean gain (languages per seed, then seeds) against the "
              "pair's similarity (averaged over a setup's tasks); upper-bound pairs left out; Spearman's ρ with a "
              "BCa bootstrap CI and a permutation p (seeded). A divergence is lower for closer tasks: expect ρ < 0.")
-    note2 = ("Method: OLS of each language's gain (mean over seeds) on the standardised similarity (SD over pairs), "
+    note2 = ("*Method:* OLS of each language's gain (mean over seeds) on the standardised similarity (SD over pairs), "
              "language family (sum coding, so the slope is the mean of the family slopes), their interaction"
              f"{' and target effects' if options.get('target_effects', True) else ''}; standard errors clustered "
              "by (setup, target) pair, t with pairs - 1 df; the interaction's p is the joint Wald F-test. "
@@ -521,11 +526,11 @@ def forgetting(study: StudyLike, options: Mapping[str, Any]) -> str:
     holm = _holm_column([r["p"] for r in rows], study.config)
     table = markdown_table(
         [*(["model"] if len(models) > 1 else []), "task", "after", "reference", "metric", "score after",
-         "score after reference", "Δ (points)", "95 % CI", "p", f"p ({correction(study.config)})", "n seeds"],
+         "score after reference", "Δ (points)", "95 % CI", "p", corrected_header(study.config), "n seeds"],
         [[*model_label(r["model"], models), r["task"], r["setup"], r["reference"], r["metric"], fmt_points(r["after"]),
           fmt_points(r["reference_score"]), fmt_points(r["mean"], sign=True), fmt_ci(r["ci_low"], r["ci_high"]),
           fmt_p(r["p"]), h, str(r["n"])] for r, h in zip(rows, holm)])
-    note = ("Method: the task's English dev score (primary metric) recorded by the setup's last intermediate stage, "
+    note = ("*Method:* the task's English dev score (primary metric) recorded by the setup's last intermediate stage, "
             "the task's head carried over from the earlier chain step, minus the single-task setup's score, paired "
             "by seed; mean over seeds, 95 % t interval and two-sided one-sample t-test (df = seeds - 1); negative = "
             "forgetting." + SEED_RULE + (f" No paired seeds for: {', '.join(missing)}." if missing else ""))
@@ -749,14 +754,14 @@ def lexical_similarity(study: StudyLike, options: Mapping[str, Any]) -> str:
     head = ["model"] if len(models_of(study.gains)) > 1 else []
     t1 = markdown_table([*head, "arm", "target", "similarity", "n languages", "Spearman ρ", "p"], corr_rows)
     t2 = markdown_table([*head, "arm", "target", "n seen", "n unseen", "seen gain", "unseen gain", "Δ (points)",
-                         "95 % CI", "p", f"p ({correction(study.config)})"], seen_rows)
-    note1 = ("Method: similarity = sub-word weighted Jaccard (the study model's tokenizer pieces) of a target "
+                         "95 % CI", "p", corrected_header(study.config)], seen_rows)
+    note1 = ("*Method:* similarity = sub-word weighted Jaccard (the study model's tokenizer pieces) of a target "
              "language's Tatoeba side with each intermediate language's (English: a seeded sample of the pooled "
              "English sides), lexsim.csv; per arm "
              "the max and the share-weighted mean over its languages, against each language's mean gain over seeds; "
              f"Spearman's ρ with a two-sided permutation p ({PERMUTATIONS:,} seeded resamples). Shares: "
              f"{_shares_text(shares)}." + _no_lexsim_note(study.gains, lexsim))
-    note2 = ("Method: per seed, the mean gain of the languages in the arm's non-English intermediate data (seen) minus "
+    note2 = ("*Method:* per seed, the mean gain of the languages in the arm's non-English intermediate data (seen) minus "
              "that of the other evaluated languages (unseen; English, the target's training language, in neither); "
              "mean over seeds, 95 % t interval, two-sided one-sample t-test." + SEED_RULE)
     return section("Lexical similarity to the intermediate languages", [t1, note1, t2 if seen_rows else "",
@@ -832,10 +837,10 @@ def crossover(study: StudyLike, options: Mapping[str, Any]) -> str:
         rows += control_rows(per_seed, o["a"], o["a_targets"], o["b_targets"])
         holm = _holm_column([r["p"] for _, r in rows], study.config)
         tables.append((f"Model {model}." if len(models) > 1 else "") + "\n\n" + markdown_table(
-            ["quantity", "mean (points)", "95 % CI", "p", f"p ({correction(study.config)})", "n seeds"],
+            ["quantity", "mean (points)", "95 % CI", "p", corrected_header(study.config), "n seeds"],
             [[name, fmt_points(r["mean"], sign=True), fmt_ci(r["ci_low"], r["ci_high"]), fmt_p(r["p"]), h, str(r["n"])]
              for (name, r), h in zip(rows, holm)]))
-    note = ("Method: per seed, each setup's gain averaged over a target's languages, targets of a group with equal "
+    note = ("*Method:* per seed, each setup's gain averaged over a target's languages, targets of a group with equal "
             "weight, setups of a group with equal weight; each quantity (a cell mean, a difference, the interaction) "
             "is formed per seed and tested with a two-sided one-sample t-test over seeds (95 % t interval). The last "
             "rows compare the first group's setups with each other: the same-domain control for round "
@@ -899,7 +904,7 @@ def above_chance(study: StudyLike, options: Mapping[str, Any]) -> str:
     holm = _holm_column([r["p_t"] for _, r in rows], study.config)
     table = markdown_table(
         [*(["model"] if len(models) > 1 else []), "setup", "accuracy", "95 % CI", "chance", "p (t, one-sided)",
-         f"p ({correction(study.config)})", "items", "p (binomial)", "n seeds", "n languages"],
+         corrected_header(study.config), "items", "p (binomial)", "n seeds", "n languages"],
         [[*model_label(k["model"], models), k["setup"], fmt_points(r["mean"]),
           fmt_ci(r["ci_low"], r["ci_high"], fmt_points), fmt_points(chance), fmt_p(r["p_t"]), h,
           str(int(r["n_items"])) if np.isfinite(r["n_items"]) else "not known", fmt_p(r["p_binom"]), str(r["n"]),
@@ -908,7 +913,7 @@ def above_chance(study: StudyLike, options: Mapping[str, Any]) -> str:
                   "at the accuracy averaged over seeds" if items else
                   "the item count is not in results.csv (no count metric) nor in the options (n_items), so no "
                   "binomial test")
-    note = (f"Method: per seed, the accuracy on {target} averaged over languages; mean over seeds with a 95 % t "
+    note = (f"*Method:* per seed, the accuracy on {target} averaged over languages; mean over seeds with a 95 % t "
             f"interval, one-sided one-sample t-test of accuracy > chance (df = seeds - 1); {items_note}." + SEED_RULE)
     return section(f"Above chance on {target}", [table, note])
 
