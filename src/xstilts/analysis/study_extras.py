@@ -525,8 +525,8 @@ def forgetting(study: StudyLike, options: Mapping[str, Any]) -> str:
     missing = [f"{r['setup']}/{r['reference']} on {r['task']}" for r in rows if r["n"] == 0]
     holm = _holm_column([r["p"] for r in rows], study.config)
     table = markdown_table(
-        [*(["model"] if len(models) > 1 else []), "task", "after", "reference", "metric", "score after",
-         "score after reference", "Δ (points)", "95 % CI", "p", corrected_header(study.config), "n seeds"],
+        [*(["model"] if len(models) > 1 else []), "task", "setup", "reference setup", "metric", "after setup",
+         "after reference", "Δ (points)", "95 % CI", "p", corrected_header(study.config), "n seeds"],
         [[*model_label(r["model"], models), r["task"], r["setup"], r["reference"], r["metric"], fmt_points(r["after"]),
           fmt_points(r["reference_score"]), fmt_points(r["mean"], sign=True), fmt_ci(r["ci_low"], r["ci_high"]),
           fmt_p(r["p"]), h, str(r["n"])] for r, h in zip(rows, holm)])
