@@ -208,6 +208,11 @@ def results(
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file (default: stdout for csv/json)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Override the spec's output_dir."),
     catalog: list[Path] | None = typer.Option(None, "--catalog", help=CATALOG_HELP),
+    intermediate_dev: bool = typer.Option(False, "--intermediate-dev",
+                                          help="Also the English dev scores of each setup's last intermediate "
+                                               "stage (its tasks and the heads it carried from earlier chain "
+                                               "steps: forgetting), as rows with target = the intermediate task, "
+                                               "language en, split intermediate_dev."),
 ) -> None:
     """Export the metrics of a spec's stages (one row per model/setup/target/language/seed/metric)."""
     from xstilts.errors import DataNotFoundError
@@ -229,7 +234,7 @@ def results(
         from xstilts.errors import ConfigError
 
         raise ConfigError("parquet needs --out FILE", key="--out")
-    df = export_results(store, plan, fmt, out)
+    df = export_results(store, plan, fmt, out, intermediate_dev=intermediate_dev)
     if out is not None:
         console.print(f"wrote {len(df)} rows to {out}")
     elif fmt == "table":

@@ -59,6 +59,8 @@ def build_train_config(task: StageTask) -> Any:
 
     data = dict(task.settings)
     data["model"] = stage_model_dir(task.output_dir, data["model"])
+    data["carried_dev_tasks"] = [{**c, "head_from": stage_model_dir(task.output_dir, c["head_from"])}
+                                 if c.get("head_from") else c for c in data.get("carried_dev_tasks", [])]
     if data.get("init_heads") is None:
         data["init_heads"] = False
     data["data_dir"] = str(task.data_dir) if task.data_dir else None
@@ -161,6 +163,7 @@ def run_process_group(cmd: list[str]) -> int:
 
 def _train_summary(res: Any) -> dict[str, Any]:
     return {"model_dir": str(res.model_dir), "steps": res.steps, "dev_metrics": res.dev_metrics,
+            "carried_dev_metrics": getattr(res, "carried_dev_metrics", {}),
             "skipped": res.skipped, "seconds": getattr(res, "seconds", None)}
 
 

@@ -16,6 +16,11 @@ An eval stage evaluates with the featurisation its target stage was trained with
 A stage's model input is written ``"stage:<id>"`` in its settings when it comes from an
 upstream stage; the runner resolves it to ``OUTPUT_DIR/stages/<id>/model``.
 :class:`StageRecord` says what a stage trains or evaluates, typed (for analysis).
+
+Every step of a chain after the first lists the earlier steps' tasks it does not train in
+``carried_dev_tasks`` (each with the dev settings of the stage that last trained it and that
+stage's model, ``"stage:<id>"``, as its head's source): the stage scores those heads on the
+same English dev examples when it ends (forgetting). Not part of the stage id (a measurement).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from xstilts.config_io import validate_model
 from xstilts.experiments.spec import FEATURIZE_KEYS, ModelSpec, Spec, StepSpec, TargetSpec, TaskEntry, expand_setup
 from xstilts.paths import MODEL_DIR, STAGES_DIR
 from xstilts.tasks.catalog import TaskSpec, get_task
-from xstilts.train.config import TrainConfig
+from xstilts.train.config import CarriedDevTask, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +287,21 @@ def _step_tasks(spec: Spec, step: StepSpec) -> list[dict[str, Any]]:
     return out
 
 
+def _carried_entries(config: TrainConfig, stage_id: str) -> dict[str, CarriedDevTask]:
+    """The carried-head entries of the tasks a chain stage trained (by catalog name): its task
+    entries, the settings of their dev evaluation, and the stage's model as the head's source."""
+    return {get_task(mix.task).name: CarriedDevTask.from_stage(config, mix, f"{STAGE_REF}{stage_id}")
+            for mix in config.tasks}
+
+
+def _carried_settings(carried: dict[str, CarriedDevTask], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"carried_dev_tasks": [...]}`` for a chain step training ``tasks``: the heads of the
+    earlier steps' tasks this step does not train (none: no key, the settings stay as before)."""
+    trained = {get_task(t["task"]).name for t in tasks}
+    entries = [c.model_dump(mode="json") for name, c in carried.items() if name not in trained]
+    return {"carried_dev_tasks": entries} if entries else {}
+
+
 def _target_train_task(target: TargetSpec, task: TaskSpec) -> TaskSpec:
     """The task whose English training data fine-tunes ``target`` (its own, or the catalog's /
     the spec's ``train.task``)."""
@@ -314,7 +334,9 @@ class _Builder:
         model = next(m for m in self.spec.models if m.name == label.model)
         values = {**self.spec.train_overrides(kind, hp_tasks, model), **data, "init_heads": False}
         config = validate_model(TrainConfig, values, file=self.spec.file, prefix=where, brackets=True)
-        settings = config.model_dump(mode="json", exclude={"data_dir"})
+        # no carried heads: no key, so the settings of every other stage read as they did before
+        settings = config.model_dump(mode="json", exclude={"data_dir"} | (set() if config.carried_dev_tasks
+                                                                          else {"carried_dev_tasks"}))
         sid = self._add(kind, train_stage_id(kind, config, depends_on), settings, depends_on, label, description)
         return sid, config
 
@@ -325,15 +347,18 @@ class _Builder:
         for setup_name in self.spec.intermediate:
             upstream: str | None = None
             names: list[str] = []
+            carried: dict[str, CarriedDevTask] = {}  # heads of the earlier steps, by task: scored after each step
             for step in expand_setup(self.spec, setup_name):
                 tasks = _step_tasks(self.spec, step)
                 names.append("+".join(t["task"] for t in tasks) + ("+mlm" if step.mlm else ""))
                 data: dict[str, Any] = {"model": f"{STAGE_REF}{upstream}" if upstream else model.name_or_path,
                                         "tasks": tasks, "seed": seed}
                 data.update({k: getattr(step, k).model_dump() for k in ("sampler", "mlm") if getattr(step, k)})
-                upstream, _ = self._train("intermediate", data, [t["task"] for t in tasks],
-                                          f"intermediate.{setup_name}", (upstream,) if upstream else (),
-                                          Label(model.name, setup_name, None, seed), " → ".join(names))
+                data.update(_carried_settings(carried, tasks))
+                upstream, config = self._train("intermediate", data, [t["task"] for t in tasks],
+                                               f"intermediate.{setup_name}", (upstream,) if upstream else (),
+                                               Label(model.name, setup_name, None, seed), " → ".join(names))
+                carried.update(_carried_entries(config, upstream))
             final[setup_name] = upstream
         return final
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xstilts.errors import ConfigError, UnknownNameError
-from xstilts.experiments.plan import Plan, estimated_examples
+from xstilts.experiments.plan import Plan, Stage, estimated_examples
 from xstilts.experiments.store import ResultsStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("table", "csv", "parquet", "json")
+#: ``split`` of the rows of intermediate tasks' English dev scores (``export_results(intermediate_dev=True)``)
+INTERMEDIATE_DEV_SPLIT = "intermediate_dev"
 
 
 def plan_rows(plan: Plan, store: ResultsStore | None = None) -> list[dict[str, Any]]:
@@ -101,12 +103,76 @@ def summary_frame(store: ResultsStore, plan: Plan) -> pd.DataFrame:
     return table[setups]
 
 
-def export_results(store: ResultsStore, plan: Plan | None, fmt: str, out: Path | None) -> pd.DataFrame:
+def last_intermediate_stages(plan: Plan) -> dict[tuple[str, str, int], Stage]:
+    """``{(model, setup, seed): stage}``: the last intermediate stage of every setup's chain
+    (the one no other stage of that setup starts from); the baseline has none."""
+    groups: dict[tuple[str, str, int], list[Stage]] = {}
+    for stage in plan.of_kind("intermediate"):
+        for lab in stage.labels:
+            groups.setdefault((lab.model, lab.setup, lab.seed), []).append(stage)
+    out = {}
+    for cell, stages in groups.items():
+        upstream = {d for s in stages for d in s.depends_on}
+        out[cell] = next(s for s in reversed(stages) if s.id not in upstream)
+    return out
+
+
+def _stage_dev_scores(plan: Plan, row: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """A finished training stage's English dev scores, trained tasks' and carried heads'
+    (``{task: {metric: value}}``), from its stored result, else its ``DONE`` record."""
+    if row is None or row.get("state") != "done":
+        return {}
+    result = json.loads(row["result"]) if row.get("result") else {}
+    if "dev_metrics" not in result:
+        from xstilts.train.records import read_done
+
+        done = read_done(plan.stage_dir(row["stage_id"]))
+        result = {} if done is None else {"dev_metrics": done.dev_metrics,
+                                          "carried_dev_metrics": done.carried_dev_metrics}
+    return {**(result.get("dev_metrics") or {}), **(result.get("carried_dev_metrics") or {})}
+
+
+def intermediate_dev_frame(store: ResultsStore, plan: Plan) -> pd.DataFrame:
+    """The English dev scores recorded by every setup's last intermediate stage (its trained
+    tasks' and the heads it carried from earlier chain steps: the forgetting measure), as
+    metric rows: ``target`` = the intermediate task, ``language`` "en", ``split``
+    :data:`INTERMEDIATE_DEV_SPLIT`, the stage's id. A task the stage did not train (not in its
+    ``StageRecord.tasks``) is a carried head."""
+    import pandas as pd
+
+    from xstilts.experiments.store import METRIC_COLUMNS
+
+    last = last_intermediate_stages(plan)
+    rows_by_id = {r["stage_id"]: r for r in store.stage_rows({s.id for s in last.values()})}
+    rows = [{"model": model, "setup": setup, "target": task, "language": "en", "seed": seed,
+             "split": INTERMEDIATE_DEV_SPLIT, "metric": metric, "value": float(value), "stage_id": stage.id}
+            for (model, setup, seed), stage in last.items()
+            for task, scores in _stage_dev_scores(plan, rows_by_id.get(stage.id)).items()
+            for metric, value in sorted(scores.items()) if isinstance(value, (int, float))]
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS).astype({"seed": int, "value": float})
+
+
+def _append(df: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    if more.empty:
+        return df
+    return more if df.empty else pd.concat([df, more], ignore_index=True)
+
+
+def export_results(store: ResultsStore, plan: Plan | None, fmt: str, out: Path | None, *,
+                   intermediate_dev: bool = False) -> pd.DataFrame:
     """The plan's metric rows (all rows of the store when ``plan`` is None), written to ``out``
-    as csv / parquet / json when given; returns the frame."""
+    as csv / parquet / json when given; returns the frame. ``intermediate_dev`` appends the
+    rows of :func:`intermediate_dev_frame` (needs ``plan``)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown format '{fmt}'. Valid: {', '.join(EXPORT_FORMATS)}", key="--format")
     df = store.metrics_frame([s.id for s in plan.of_kind("eval")] if plan is not None else None)
+    if intermediate_dev:
+        if plan is None:
+            raise ConfigError("intermediate dev scores need a spec's plan (which stage ends each setup)",
+                              key="--intermediate-dev")
+        df = _append(df, intermediate_dev_frame(store, plan))
     if out is None:
         return df
     out.parent.mkdir(parents=True, exist_ok=True)

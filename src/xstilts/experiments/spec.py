@@ -66,7 +66,8 @@ logger = logging.getLogger(__name__)
 BASELINE = "baseline"
 
 #: TrainConfig keys a spec sets itself (not allowed under hyperparameters.intermediate/target)
-PLANNED_TRAIN_KEYS = frozenset({"model", "init_heads", "tasks", "sampler", "mlm", "seed", "data_dir"})
+PLANNED_TRAIN_KEYS = frozenset({"model", "init_heads", "tasks", "sampler", "mlm", "seed", "data_dir",
+                                "carried_dev_tasks"})
 #: eval options that set how a target's examples are featurised (inherited from its training)
 FEATURIZE_KEYS = ("max_length", "doc_stride", "max_query_length")
 #: internal levels of the normalised spec, left out of the keys shown in errors

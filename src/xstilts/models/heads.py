@@ -574,6 +574,16 @@ class MultiTaskModel(nn.Module):
             model._load_heads(heads_path, [saved[name] for name in wanted])
         return model, tokenizer
 
+    def add_saved_head(self, directory: str | Path, name: str) -> HeadSpec:
+        """Attach head ``name`` of the model directory ``directory`` with its saved weights
+        (not its encoder): e.g. a head an earlier stage of a chain trained. CheckpointError
+        naming the saved heads when it has none of that name; ConfigError if the name is taken."""
+        directory = Path(directory)
+        _, saved = _read_head_specs(directory)
+        _wanted_heads(directory, saved, [name])
+        self._load_heads(directory / HEADS_FILE, [saved[name]])
+        return saved[name]
+
     def _load_heads(self, heads_path: Path, specs: list[HeadSpec]) -> None:
         """Add the heads of ``specs`` with their weights from ``heads.safetensors``."""
         from safetensors.torch import load_file

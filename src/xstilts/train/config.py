@@ -33,6 +33,11 @@ SELECTION_KEYS = frozenset({"eval_every", "eval_max_examples", "early_stopping_p
 #: Settings added after stage ids were first published: left out of the identity while they hold
 #: their default (so every stage planned before them keeps its id), counted once they are set.
 LATE_KEYS = {"early_stopping_patience": None}
+#: Settings that add measurements without touching training: ``carried_dev_tasks`` scores heads
+#: of earlier stages once training has ended (no gradients, no random numbers, not used to pick
+#: the final model), so the weights and every trained score are those of a stage without it.
+#: Left out of the identity: adding the forgetting measure to a chain does not retrain it.
+MEASUREMENT_KEYS = frozenset({"carried_dev_tasks"})
 #: Default number of examples held out of a task's training split for its dev evaluation when
 #: it trains on its own dev split (jiant's ``eval_subset_num`` is 500 dev examples).
 DEFAULT_DEV_HOLDOUT = 500
@@ -114,6 +119,35 @@ class TaskMixture(_Strict):
         if self.extra_ratio > 0 and not self.extra_files:
             raise ValueError("extra_ratio > 0 needs extra_files")
         return self
+
+
+class CarriedDevTask(TaskMixture):
+    """A task an earlier stage of a chain trained and this stage does not: at the end of this
+    stage its head (frozen since, as that stage left it) is scored on the English dev examples
+    that stage evaluated on (the forgetting measure of sequential training).
+
+    The task entry is the earlier stage's (split, languages, ``dev_split``, ``dev_holdout``),
+    and so are the settings that chose and featurised its dev examples: ``seed``,
+    ``eval_max_examples``, ``max_length``, ``doc_stride``, ``max_query_length``. ``head_from``:
+    the model directory holding the head (the earlier stage's ``model/``; None: this stage's
+    start model). Build one with :meth:`from_stage`.
+    """
+
+    seed: int = 0
+    eval_max_examples: int | None = Field(default=None, gt=0)
+    max_length: int = Field(default=128, gt=8)
+    doc_stride: int = Field(default=128, gt=0)
+    max_query_length: int = Field(default=64, gt=0)
+    head_from: str | None = None
+
+    @classmethod
+    def from_stage(cls, config: "TrainConfig", mix: TaskMixture, head_from: str | None) -> "CarriedDevTask":
+        """The carried entry of task ``mix`` of the earlier stage ``config`` (its extra files are
+        left out: they are training data only)."""
+        entry = mix.model_dump(exclude={"extra_files", "extra_ratio"})
+        return cls(**entry, seed=config.seed, eval_max_examples=config.eval_max_examples,
+                   max_length=config.max_length, doc_stride=config.doc_stride,
+                   max_query_length=config.max_query_length, head_from=head_from)
 
 
 class SamplerConfig(_Strict):
@@ -200,6 +234,17 @@ class TrainConfig(_Strict):
     #: TF32 matrix multiplies on Ampere+ GPUs for fp32 work (``torch.backends.cuda.matmul``);
     #: no effect on CPU or under bf16. Operational (device numerics, like the GPU model).
     tf32: bool = True
+    #: heads of earlier chain stages scored on their dev data when this stage ends (see
+    #: :class:`CarriedDevTask`; set by the planner for every step of a chain after the first)
+    carried_dev_tasks: list[CarriedDevTask] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _carried_not_trained(self) -> "TrainConfig":
+        both = sorted({c.task for c in self.carried_dev_tasks} & {t.task for t in self.tasks})
+        if both:
+            raise ValueError(f"carried_dev_tasks names task(s) this stage trains: {', '.join(both)} (a carried "
+                             "head is one this stage does not train)")
+        return self
 
     @model_validator(mode="after")
     def _something_to_train(self) -> "TrainConfig":
@@ -224,10 +269,12 @@ class TrainConfig(_Strict):
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide what this stage produces, as JSON: everything except
-        :data:`OPERATIONAL_KEYS` (and :data:`SELECTION_KEYS` when ``final_model`` is "last").
+        :data:`OPERATIONAL_KEYS`, :data:`MEASUREMENT_KEYS` (and :data:`SELECTION_KEYS` when
+        ``final_model`` is "last").
         This is the one definition of a training stage's identity: :meth:`hash`, the resume
         check and the experiment planner's stage ids all derive from it."""
-        exclude = set(OPERATIONAL_KEYS) | (set(SELECTION_KEYS) if self.final_model == "last" else set())
+        exclude = set(OPERATIONAL_KEYS) | set(MEASUREMENT_KEYS)
+        exclude |= set(SELECTION_KEYS) if self.final_model == "last" else set()
         exclude |= {k for k, default in LATE_KEYS.items() if getattr(self, k) == default}
         out = self.model_dump(mode="json", exclude=exclude)
         for mix, dumped in zip(self.tasks, out.get("tasks", []), strict=True):

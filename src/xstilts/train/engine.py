@@ -49,6 +49,7 @@ from xstilts.models.predict import model_device, to_device
 from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
 from xstilts.provenance import provenance
 from xstilts.train import checkpoint as ckpt
+from xstilts.train.carried import carried_dev_data, carried_heads, check_carried_heads
 from xstilts.train.checkpoint import Checkpoint, TrainState
 from xstilts.train.config import TrainConfig
 from xstilts.train.data import HELDOUT_FILE, TaskData, build_stage_data, heldout_record, resolve_tasks, rows
@@ -88,6 +89,9 @@ class TrainResult:
     loop_seconds: float = 0.0  # the training loop alone (no set-up, final evaluation or saving)
     task_batches: dict[str, int] = field(default_factory=dict)  # micro-batches drawn per task ("__mlm__" for MLM)
     stopped_early: bool = False  # early_stopping_patience ended training before its last step
+    #: {task: {metric: value}} of the heads of earlier chain stages (config.carried_dev_tasks) on
+    #: their English dev examples, scored with this stage's final encoder (forgetting)
+    carried_dev_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +166,7 @@ class StageTrainer:
         self.model, self.tokenizer = build_model(self.config, tasks)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.data = build_stage_data(self.config, tasks, self.tokenizer)
+        self.carried = self._setup_carried()
         mlm_head = None
         if self.data.mlm is not None:
             mlm_head = build_mlm_head(self.model.encoder, resolve_start(self.config.model))
@@ -179,6 +184,14 @@ class StageTrainer:
         if self.config.trackers:
             hp = {k: v for k, v in self.config.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("xstilts", config=hp)
+
+    def _setup_carried(self) -> Any:
+        """Dev data of the carried heads (``carried_dev_tasks``), their heads checked; None without any."""
+        if not self.config.carried_dev_tasks:
+            return None
+        carried = carried_dev_data(self.config, self.tokenizer)
+        check_carried_heads(self.config, carried, self.model)
+        return carried
 
     def _compact_vocabulary(self) -> Any:
         """Train only the embedding rows the stage's data uses (exact; see train/compact_vocab.py)."""
@@ -312,6 +325,21 @@ class StageTrainer:
     def evaluate(self) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}`` on every task's dev set."""
         return score_dev(self.data, self.dev_predictions())
+
+    def evaluate_carried(self) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` of the carried heads (``carried_dev_tasks``) on their own
+        stages' English dev examples, with the current encoder (see :mod:`xstilts.train.carried`).
+        The heads are attached for this evaluation only; the encoder runs with its full
+        vocabulary (their dev tokens are not all in the compact one)."""
+        if self.carried is None or not self.carried.dev:
+            return {}
+        model = self._unwrapped().model
+        full = self.compact.full_view() if self.compact is not None else contextlib.nullcontext()
+        with full, carried_heads(model, self.config, self.carried):
+            preds = dev_predictions(model, self.carried, pad_token_id=self.pad_id,
+                                    batch_size=self.config.eval_batch_size, precision=self.config.precision,
+                                    accelerator=self.accelerator)
+        return score_dev(self.carried, preds)
 
     def _evaluate_and_select(self, *, final: bool = False) -> dict[str, dict[str, float]]:
         """Evaluate (or reuse this step's evaluation at the end), log it, keep the best model."""
@@ -466,6 +494,9 @@ class StageTrainer:
         if self.state.step != self._saved_step:
             self.save_checkpoint()
         dev_metrics = self._evaluate_and_select(final=True) if self.data.dev else {}
+        carried = self.evaluate_carried()
+        if carried:
+            self.log.log({"step": self.state.step, "carried_eval": carried}, self.state.step)
         st = self.state
         task_batches = {k: s.state.batches_drawn for k, s in self.data.streams.items()}
         model_dir = self.output_dir / MODEL_DIR
@@ -476,7 +507,7 @@ class StageTrainer:
                 best_step=st.best_step, world_size=self.world, task_batches=task_batches,
                 seconds=time.time() - self.t_start, config=self.config.model_dump(mode="json"),
                 stopped_early=st.step < self.data.total_steps,
-                dev_holdout={name: rec["n"] for name, rec in self.heldout.items()},
+                dev_holdout={name: rec["n"] for name, rec in self.heldout.items()}, carried_dev_metrics=carried,
                 provenance=provenance(config=self.config, device=self.device)))
             drop_checkpoints(self.output_dir, self.config)
         self.accelerator.wait_for_everyone()
@@ -485,11 +516,12 @@ class StageTrainer:
         if self.compact is not None:
             self.compact.restore()
         seconds = time.time() - self.t_start
-        logger.info("stage finished: %d steps in %.1fs; dev %s", st.step, seconds, dev_metrics)
+        logger.info("stage finished: %d steps in %.1fs; dev %s%s", st.step, seconds, dev_metrics,
+                    f"; carried heads {carried}" if carried else "")
         return TrainResult(model_dir=model_dir, steps=st.step, dev_metrics=dev_metrics, skipped=False,
                            best_score=st.best_score, best_step=st.best_step, output_dir=self.output_dir,
                            seconds=seconds, loop_seconds=loop_seconds, task_batches=task_batches,
-                           stopped_early=st.step < self.data.total_steps)
+                           stopped_early=st.step < self.data.total_steps, carried_dev_metrics=carried)
 
 
 def drop_checkpoints(output_dir: Path, config: TrainConfig) -> None:
@@ -516,7 +548,8 @@ def _finished(config: TrainConfig, output_dir: Path, done: DoneRecord) -> TrainR
     logger.info("stage in %s is already finished (%s steps); nothing to do", output_dir, done.steps)
     return TrainResult(model_dir=output_dir / MODEL_DIR, steps=int(done.steps), dev_metrics=done.dev_metrics,
                        skipped=True, best_score=done.best_score, best_step=done.best_step, output_dir=output_dir,
-                       task_batches=done.task_batches, stopped_early=done.stopped_early)
+                       task_batches=done.task_batches, stopped_early=done.stopped_early,
+                       carried_dev_metrics=done.carried_dev_metrics)
 
 
 def train_stage(config: TrainConfig, output_dir: str | Path, *, task_data: dict[str, TaskData] | None = None) -> TrainResult:

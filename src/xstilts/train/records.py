@@ -32,6 +32,8 @@ class DoneRecord:
     stopped_early: bool = False  # early stopping ended training before its last step
     dev_holdout: dict[str, int] = field(default_factory=dict)  # task -> examples held out of training (heldout.json)
     provenance: dict[str, Any] = field(default_factory=dict)  # xstilts.provenance.provenance(): versions, git, device
+    #: task -> {metric: value} of the heads of earlier chain stages on their dev examples (train.carried)
+    carried_dev_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DoneRecord:
