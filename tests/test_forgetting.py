@@ -118,6 +118,29 @@ def test_planner_carries_the_earlier_steps_heads(tiny_model_dir, tmp_path, local
     assert third.depends_on == (second.id,)
 
 
+def test_export_reads_done_when_the_stored_result_predates_carried_scores(tiny_model_dir, tmp_path, local_data):
+    """A stage result stored without ``carried_dev_metrics`` (an older store, or one rebuilt from
+    ``DONE`` before it kept them): the rows come from the stage's ``DONE``; unfinished setups: none."""
+    from xstilts.experiments import open_store
+    from xstilts.experiments.plan import plan_stages
+    from xstilts.experiments.results import intermediate_dev_frame, last_intermediate_stages
+    from xstilts.experiments.validate import parse_spec
+    from xstilts.train.records import DoneRecord, write_done
+
+    spec = _spec(tmp_path, tiny_model_dir, local_data, {"a": A, "a_then_b": {"chain": [A, "panx_en"]}})
+    plan = plan_stages(parse_spec(spec, tmp_path / "spec.yaml"))
+    second = last_intermediate_stages(plan)[("tiny", "a_then_b", 0)]
+    store = open_store(plan.output_dir)
+    store.register_plan(plan)
+    store.record_done(second.id, result={"dev_metrics": {"panx_en": {"f1": 50.0}}})
+    plan.stage_dir(second.id).mkdir(parents=True)
+    write_done(plan.stage_dir(second.id), DoneRecord(steps=3, config_hash="x", dev_metrics={"panx_en": {"f1": 50.0}},
+                                                     carried_dev_metrics={"mnli": {"accuracy": 40.0}}))
+    frame = intermediate_dev_frame(store, plan)
+    assert sorted(zip(frame["setup"], frame["target"], frame["metric"], frame["value"])) == [
+        ("a_then_b", "mnli", "accuracy", 40.0), ("a_then_b", "panx_en", "f1", 50.0)]
+
+
 def _resolved_config(plan, stage):
     from xstilts.experiments.executor import StageTask, build_train_config
 

@@ -71,7 +71,7 @@ def finished_outcome(stage_dir: Path, kind: str) -> tuple[list[tuple[str, str, s
     done = _read_json(stage_dir / DONE_FILE)
     if not isinstance(done, dict):
         return None
-    keep = ("steps", "dev_metrics", "best_score", "best_step", "seconds", "finished_at")
+    keep = ("steps", "dev_metrics", "carried_dev_metrics", "best_score", "best_step", "seconds", "finished_at")
     return [], {"model_dir": str(stage_dir / "model"), **{k: done.get(k) for k in keep}}
 
 

@@ -123,12 +123,12 @@ def _stage_dev_scores(plan: Plan, row: dict[str, Any] | None) -> dict[str, dict[
     if row is None or row.get("state") != "done":
         return {}
     result = json.loads(row["result"]) if row.get("result") else {}
-    if "dev_metrics" not in result:
+    if "dev_metrics" not in result or "carried_dev_metrics" not in result:  # an older result: DONE has both
         from xstilts.train.records import read_done
 
         done = read_done(plan.stage_dir(row["stage_id"]))
-        result = {} if done is None else {"dev_metrics": done.dev_metrics,
-                                          "carried_dev_metrics": done.carried_dev_metrics}
+        if done is not None:
+            result = {"dev_metrics": done.dev_metrics, "carried_dev_metrics": done.carried_dev_metrics}
     return {**(result.get("dev_metrics") or {}), **(result.get("carried_dev_metrics") or {})}
 
 
