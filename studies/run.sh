@@ -17,8 +17,8 @@
 # in the store). Full runs get their own output dir, $XSTILTS_HOME/studies/STUDY_full.
 #
 # Copied into studies/STUDY/ (local) or studies/STUDY/full/ (full): results.csv (every
-# metric row of the plan, `xstilts results`, with the intermediate tasks' English dev scores
-# where `--intermediate-dev` is available), report.md and figures/*.png. Then, where the
+# metric row of the plan, `xstilts results`, with the items behind each score and the
+# intermediate tasks' English dev scores), report.md and figures/*.png. Then, where the
 # folder has an analysis.yaml, `xstilts summarize --measure --write-readme` rewrites the
 # README's generated block from results.csv. Every stage is content-hashed and every
 # subsample seeded, so a rerun from scratch reproduces the table (up to CPU floating-point
@@ -53,10 +53,9 @@ mkdir -p "$out" "$rep"
 "$xs" run "$spec" -o "$out" "$@"
 # a finished stage keeps model/ and drops its checkpoints/ (TrainConfig.keep_checkpoints: false)
 "$xs" report "$out" --spec "$spec" --out "$rep/report/report.html"
-dev_rows=()   # the intermediate tasks' English dev scores, where this xstilts can export them
-results_help="$("$xs" results --help 2>/dev/null || true)"
-if [[ $results_help == *--intermediate-dev* ]]; then dev_rows=(--intermediate-dev); fi
-"$xs" results "$spec" --output-dir "$out" --format csv --out "$rep/results.csv" ${dev_rows[@]+"${dev_rows[@]}"}
+# every metric row, the items behind each score (--counts) and the intermediate tasks' English
+# dev scores after each setup (--intermediate-dev: the forgetting measure)
+"$xs" results "$spec" --output-dir "$out" --format csv --out "$rep/results.csv" --counts --intermediate-dev
 
 mkdir -p "$dest/figures"
 rm -f "$dest"/figures/*.png

@@ -188,3 +188,31 @@ def test_end_to_end_tiny_model(tmp_path: Path, tiny_model_dir: Path, shared_data
     inter = plan.of_kind("intermediate")[0]
     assert (plan.stage_dir(inter.id) / "model" / "xstilts_model.json").is_file()
     assert json.loads(store.stage_rows([inter.id])[0]["result"])["steps"] == 2
+
+
+class CountingExecutor(RecordingExecutor):
+    """RecordingExecutor whose eval stages also record how many items each language scored."""
+
+    def __call__(self, task: StageTask) -> StageOutcome:
+        out = super().__call__(task)
+        if task.kind == "eval":
+            out.result["n_examples"] = {lang: 10 + i for i, lang in enumerate(task.settings["languages"])}
+        return out
+
+
+def test_results_export_counts_items_per_language(tmp_path: Path) -> None:
+    """`xstilts results --counts`: one n_examples row per evaluated (stage, labels, language),
+    from the eval stage's recorded counts; the default export has none."""
+    from xstilts.experiments.results import ITEM_COUNT_METRIC, export_results
+
+    plan = make_plan(tmp_path)
+    run_local(plan, executor=CountingExecutor(tmp_path / "rec"))
+    store = open_store(plan.output_dir)
+    plain = export_results(store, plan, "csv", None)
+    assert ITEM_COUNT_METRIC not in set(plain["metric"])
+    full = export_results(store, plan, "csv", tmp_path / "r.csv", counts=True)
+    counts = full[full["metric"] == ITEM_COUNT_METRIC]
+    keys = ["stage_id", "model", "setup", "target", "language", "seed", "split"]
+    assert len(counts) == len(plain.drop_duplicates(keys)) and len(full) == len(plain) + len(counts)
+    panx = counts[counts["target"] == "panx"].set_index("language")["value"]
+    assert set(panx.loc["en"]) == {10.0} and set(panx.loc["de"]) == {11.0}

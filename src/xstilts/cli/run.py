@@ -213,6 +213,9 @@ def results(
                                                "stage (its tasks and the heads it carried from earlier chain "
                                                "steps: forgetting), as rows with target = the intermediate task, "
                                                "language en, split intermediate_dev."),
+    counts: bool = typer.Option(False, "--counts",
+                                help="Also the number of items each score averages over, as rows with "
+                                     "metric n_examples (per evaluated language)."),
 ) -> None:
     """Export the metrics of a spec's stages (one row per model/setup/target/language/seed/metric)."""
     from xstilts.errors import DataNotFoundError
@@ -234,7 +237,7 @@ def results(
         from xstilts.errors import ConfigError
 
         raise ConfigError("parquet needs --out FILE", key="--out")
-    df = export_results(store, plan, fmt, out, intermediate_dev=intermediate_dev)
+    df = export_results(store, plan, fmt, out, intermediate_dev=intermediate_dev, counts=counts)
     if out is not None:
         console.print(f"wrote {len(df)} rows to {out}")
     elif fmt == "table":

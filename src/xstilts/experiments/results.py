@@ -152,6 +152,33 @@ def intermediate_dev_frame(store: ResultsStore, plan: Plan) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=METRIC_COLUMNS).astype({"seed": int, "value": float})
 
 
+#: metric name of the item-count rows (:func:`item_count_frame`)
+ITEM_COUNT_METRIC = "n_examples"
+
+
+def item_count_frame(store: ResultsStore, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluated (stage, labels, language) of ``metrics`` with ``metric`` =
+    :data:`ITEM_COUNT_METRIC`: the number of items its score averages over, as the eval stage
+    recorded it (``n_examples`` in its result; QA: questions, tagging: sentences, retrieval:
+    sentence pairs)."""
+    import pandas as pd
+
+    from xstilts.experiments.store import METRIC_COLUMNS
+
+    if metrics.empty:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    results = {r["stage_id"]: json.loads(r["result"]) if r.get("result") else {}
+               for r in store.stage_rows(set(metrics["stage_id"]))}
+    keys = metrics.drop_duplicates(["stage_id", "model", "setup", "target", "language", "seed", "split"])
+    rows = []
+    for r in keys.itertuples(index=False):
+        n = (results.get(r.stage_id) or {}).get("n_examples", {}).get(r.language)
+        if n is not None:
+            rows.append({"model": r.model, "setup": r.setup, "target": r.target, "language": r.language, "seed": r.seed,
+                         "split": r.split, "metric": ITEM_COUNT_METRIC, "value": float(n), "stage_id": r.stage_id})
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS).astype({"seed": int, "value": float})
+
+
 def _append(df: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
@@ -161,13 +188,16 @@ def _append(df: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
 
 
 def export_results(store: ResultsStore, plan: Plan | None, fmt: str, out: Path | None, *,
-                   intermediate_dev: bool = False) -> pd.DataFrame:
+                   intermediate_dev: bool = False, counts: bool = False) -> pd.DataFrame:
     """The plan's metric rows (all rows of the store when ``plan`` is None), written to ``out``
-    as csv / parquet / json when given; returns the frame. ``intermediate_dev`` appends the
-    rows of :func:`intermediate_dev_frame` (needs ``plan``)."""
+    as csv / parquet / json when given; returns the frame. ``counts`` appends the rows of
+    :func:`item_count_frame` (items per evaluated language), ``intermediate_dev`` those of
+    :func:`intermediate_dev_frame` (needs ``plan``)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown format '{fmt}'. Valid: {', '.join(EXPORT_FORMATS)}", key="--format")
     df = store.metrics_frame([s.id for s in plan.of_kind("eval")] if plan is not None else None)
+    if counts:
+        df = _append(df, item_count_frame(store, df))
     if intermediate_dev:
         if plan is None:
             raise ConfigError("intermediate dev scores need a spec's plan (which stage ends each setup)",
