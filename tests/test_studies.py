@@ -43,6 +43,11 @@ def test_readme_numbers_are_recomputed_from_results(name: str) -> None:
     study = STUDIES / name
     if not (study / ANALYSIS_FILE).is_file():
         pytest.skip(f"studies/{name} has no {ANALYSIS_FILE} yet (added when its second-edition run finishes)")
+    if not (study / "results.csv").is_file():
+        # a study whose second-edition run has not finished has no results.csv (its first
+        # edition's is kept in studies/NAME/first_edition/); its block says so
+        assert "when the run finishes" in read_block(study)
+        pytest.skip(f"studies/{name}: second-edition run not finished yet (no results.csv)")
     assert read_block(study) == summarize(study), (
         f"studies/{name}/README.md: stale summary block; run `xstilts summarize studies/{name} --write-readme`")
 
