@@ -48,9 +48,9 @@ def test_no_problems_in_the_real_data(report: dict) -> None:
     assert report["n_problems"] == 0
     assert all(r["error"] is None for r in report["results"])
     found = {r["task"] for r in report["results"]}
-    # every folder of PROVENANCE.md, plus the English views of the target tasks
+    # every folder of PROVENANCE.md, plus the English views of the target tasks and ANLI by round
     assert found == {"xquad", "xcopa", "tatoeba", "panx", "udpos", "tydiqa", "xnli", "pawsx", "anli", "cosmosqa",
-                     "commonsenseqa", "panx_en", "udpos_en", "tydiqa_en"}
+                     "commonsenseqa", "panx_en", "udpos_en", "tydiqa_en", "anli_r1", "anli_r2", "anli_r3"}
 
 
 def test_xquad_1190_per_language(counts: dict) -> None:
