@@ -219,3 +219,22 @@ def test_fewer_than_three_seeds_are_described_not_tested(tmp_path: Path) -> None
     table = ss.gain_table(ss.load_study(study))
     assert table["p_value"].isna().all() and table["ci_low"].isna().all() and table["mde"].isna().all()
     assert "| a | panx |" in ss.summarize(study) and "n/a" in ss.summarize(study)
+
+
+def test_intermediate_dev_scores_are_summarised(tmp_path) -> None:
+    """Rows with split intermediate_dev become a descriptive table (mean and range over seeds,
+    the chance level of a classification task); the gain tables ignore them."""
+    import pandas as pd
+
+    from xstilts.analysis.study_summary import intermediate_dev_section
+
+    rows = [{"model": "m", "setup": "a", "target": "anli", "language": "en", "seed": s, "split": "intermediate_dev",
+             "metric": "accuracy", "value": v, "stage_id": f"s{s}"} for s, v in enumerate([30.0, 36.0, 33.0])]
+
+    class Data:
+        results = pd.DataFrame(rows)
+
+    text = intermediate_dev_section(Data())
+    assert "| a | anli | accuracy | 33.0 | 30.0-36.0 | 33.3 | 3 |" in text
+    Data.results = Data.results.iloc[0:0]
+    assert intermediate_dev_section(Data()) == ""

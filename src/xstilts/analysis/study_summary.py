@@ -395,6 +395,40 @@ def gains_section(data: StudyData) -> str:
     return "\n\n".join(parts)
 
 
+def _dev_chance(task: str, metric: str) -> str:
+    """Chance accuracy of a classification task (100 / its number of labels), else ''."""
+    from xstilts.analysis.metadata import find_task
+
+    spec = find_task(task)
+    if spec is None or metric != "accuracy" or spec.format != "classification" or not spec.label_list:
+        return ""
+    return fmt_points(100.0 / len(spec.label_list), signed=False)
+
+
+def intermediate_dev_section(data: StudyData) -> str:
+    """The intermediate tasks' English dev scores at the end of each setup's last intermediate
+    stage (rows with split intermediate_dev; carried heads included): was each task learned?"""
+    from xstilts.analysis.metadata import find_task
+
+    res = data.results[data.results["split"].astype(str) == INTERMEDIATE_DEV]
+    if res.empty:
+        return ""
+    primary = [r for r in res.itertuples() if (find_task(r.target) is None or
+                                               r.metric == find_task(r.target).primary_metric)]
+    frame = pd.DataFrame(primary)
+    rows = []
+    for (setup, task, metric), g in frame.groupby(["setup", "target", "metric"], sort=True):
+        per_seed = g.groupby("seed")["value"].mean()
+        rows.append([setup, task, metric, fmt_points(per_seed.mean(), signed=False),
+                     f"{fmt_points(per_seed.min(), signed=False)}-{fmt_points(per_seed.max(), signed=False)}",
+                     _dev_chance(task, metric) or "-", len(per_seed)])
+    headers = ["setup", "task", "metric", "mean over seeds", "seed range", "chance", "seeds"]
+    note = ("*Method:* each setup's last intermediate stage scores every head it has (its own tasks and "
+            "the heads carried from earlier chain steps) on the task's held-out English dev examples "
+            "(at most 200), at the end of training; descriptive, per seed.")
+    return "\n\n".join(["### Intermediate tasks: English dev scores", markdown_table(headers, rows), note])
+
+
 def _group_section(data: StudyData, table: pd.DataFrame, column: str, title: str, what: str) -> str:
     headers = [*_model_head(data), "setup", "target", column.replace("_", " "), "gain", "95 % CI", "p",
                _p_head(data), "seeds", "languages"]
@@ -507,7 +541,9 @@ def summarize(study_dir: str | Path) -> str:
         parts.append(interaction_section(data))
     if data.config.get("contrasts"):
         parts.append(contrasts_section(data))
+    parts.append(intermediate_dev_section(data))
     parts += extras_sections(data)
+    parts = [p for p in parts if p]
     if data.notes:
         parts.append("Notes: " + " ".join(data.notes))
     return "\n\n".join(p.strip() for p in parts) + "\n"
