@@ -20,8 +20,7 @@ from tests.test_train_support import stage_config
 from xstilts.train.config import CarriedDevTask
 from xstilts.train.engine import StageTrainer
 
-WORDS = "house river green table window music paper stone cloud bread garden light horse city".split()
-NLI = ["entailment", "neutral", "contradiction"]
+from tests.test_dev_holdout import NLI, WORDS  # the same vocabulary and labels as the dev-holdout tests
 
 
 @pytest.fixture(autouse=True)

@@ -396,13 +396,11 @@ def gains_section(data: StudyData) -> str:
 
 
 def _dev_chance(task: str, metric: str) -> str:
-    """Chance accuracy of a classification task (100 / its number of labels), else ''."""
-    from xstilts.analysis.metadata import find_task
+    """Chance accuracy of a task with a label list (the report's chance level), else ''."""
+    from xstilts.analysis.evidence import _chance
 
-    spec = find_task(task)
-    if spec is None or metric != "accuracy" or spec.format != "classification" or not spec.label_list:
-        return ""
-    return fmt_points(100.0 / len(spec.label_list), signed=False)
+    chance = _chance(task, metric) if metric == "accuracy" else None
+    return "" if chance is None else fmt_points(chance, signed=False)
 
 
 def intermediate_dev_section(data: StudyData) -> str:
