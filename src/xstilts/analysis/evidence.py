@@ -223,7 +223,7 @@ def _cell_item_var(r: Any, root: Path, counts: dict, cache: dict) -> tuple[float
 # --------------------------------------------------------------------------- failed runs
 
 
-def _chance(target: str, metric: str) -> float | None:
+def chance_level(target: str, metric: str) -> float | None:
     """The score of a model that learned nothing: 0 for F1 / exact match, 1/labels for accuracy."""
     if metric in ("f1", "exact_match", "em", "span_f1"):
         return 0.0
@@ -246,7 +246,7 @@ def failed_runs(scores: pd.DataFrame, baseline: str, margin: float = CHANCE_MARG
     if scores.empty:
         return pd.DataFrame(columns=cols)
     runs = scores.groupby(["model", "setup", "target", "seed", "metric"], sort=True)["score"].mean().reset_index()
-    runs["chance"] = [_chance(str(t), str(m)) for t, m in zip(runs["target"], runs["metric"])]
+    runs["chance"] = [chance_level(str(t), str(m)) for t, m in zip(runs["target"], runs["metric"])]
     bad = runs[runs["chance"].notna() & (runs["score"] <= runs["chance"].astype(float) + margin)]
     setups = sorted(set(scores["setup"]) - {baseline})
     rows = []

@@ -397,9 +397,9 @@ def gains_section(data: StudyData) -> str:
 
 def _dev_chance(task: str, metric: str) -> str:
     """Chance accuracy of a task with a label list (the report's chance level), else ''."""
-    from xstilts.analysis.evidence import _chance
+    from xstilts.analysis.evidence import chance_level
 
-    chance = _chance(task, metric) if metric == "accuracy" else None
+    chance = chance_level(task, metric) if metric == "accuracy" else None
     return "" if chance is None else fmt_points(chance, signed=False)
 
 
@@ -411,9 +411,10 @@ def intermediate_dev_section(data: StudyData) -> str:
     res = data.results[data.results["split"].astype(str) == INTERMEDIATE_DEV]
     if res.empty:
         return ""
-    primary = [r for r in res.itertuples() if (find_task(r.target) is None or
-                                               r.metric == find_task(r.target).primary_metric)]
-    frame = pd.DataFrame(primary)
+    # a task's primary metric only (any metric of a task the catalog does not know)
+    primary = {t: spec.primary_metric if (spec := find_task(t)) is not None else None for t in res["target"].unique()}
+    wanted = res["target"].map(primary)
+    frame = res[wanted.isna() | (res["metric"] == wanted)]
     rows = []
     for (setup, task, metric), g in frame.groupby(["setup", "target", "metric"], sort=True):
         per_seed = g.groupby("seed")["value"].mean()
