@@ -24,6 +24,12 @@ bf16 rounding). ``run.py`` records both and flags a difference.
 
 Timed: model loading + every language, end to end. Examples/s = questions + sentences
 over seconds. The heads are untrained (this measures speed, not quality).
+
+Padding: the baseline side also counts the tokens its batches hold (each batch padded to its
+longest feature, per language, in dataset order) and the tokens the same features take in one
+length-sorted stream per task (what ``zero_shot_eval`` runs; :func:`padded_tokens`). Their ratio is
+the speed-up that length sorting alone buys at equal tokens/s: the bound for a loop that runs
+every real token through every layer, as both sides do.
 """
 
 from __future__ import annotations
@@ -79,6 +85,20 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed, **scores}
 
 
+def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> int:
+    """Tokens in the batches of ``groups`` (feature lengths, one list per language), every batch
+    padded to its longest feature. ``sort=False``: each group batched in its own order (the
+    per-language loop); ``sort=True``: all groups as one length-sorted stream (``predict_groups``)."""
+    from xstilts.models.predict import length_sorted_batches
+
+    if sort:
+        flat = [length for group in groups for length in group]
+        batches = [[flat[i] for i in idx] for idx in length_sorted_batches([{"input_ids": [0] * n} for n in flat], batch_size)]
+    else:
+        batches = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
+    return sum(max(batch) * len(batch) for batch in batches if batch)
+
+
 def _primary_average(task: str, per_language: dict[str, dict[str, float]]) -> float:
     """The unweighted mean over languages of the task's primary metric."""
     from xstilts.tasks.catalog import get_task
@@ -102,6 +122,7 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     data_dir = config.get("data_dir")
     n = 0
     per_language: dict[str, dict[str, dict[str, float]]] = {"xquad": {}, "panx": {}}
+    lengths: dict[str, list[list[int]]] = {"xquad": [], "panx": []}
     t0 = time.perf_counter()
     enc_dir = model_dir / "encoder"
     tok = AutoTokenizer.from_pretrained(enc_dir)
@@ -117,6 +138,7 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for lang in _languages("xquad", data_dir):
         exs = load_examples(xquad, lang, xquad.eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
         feats = qa_fmt.featurize(exs, tok, FeaturizeOptions(max_length=384, doc_stride=128))
+        lengths["xquad"].append([len(f["input_ids"]) for f in feats])
         keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats[0]]
         out = qa_trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
         start, end = out.predictions[:2] if isinstance(out.predictions, tuple) else out.predictions
@@ -131,6 +153,7 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for lang in _languages("panx", data_dir):
         exs = load_examples(panx, lang, panx.eval_split, data_dir=data_dir, max_examples=config["max_examples"], seed=0)
         feats = fmt.featurize(exs, tok, FeaturizeOptions(max_length=128), panx.label_list)
+        lengths["panx"].append([len(f["input_ids"]) for f in feats])
         keep = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in feats[0]]
         out = trainer.predict(Dataset.from_list([{k: f[k] for k in keep} for f in feats]))
         logits = out.predictions
@@ -138,7 +161,11 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
         per_language["panx"][lang] = fmt.score(exs, preds, panx.metric, language=lang)
         n += len(exs)
     elapsed = time.perf_counter() - t0  # decoding and scoring are timed on both sides
-    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed,
+    bs = config["batch_size"]
+    padding = {"tokens": sum(sum(g) for groups in lengths.values() for g in groups),
+               "padded_tokens": sum(padded_tokens(g, bs, sort=False) for g in lengths.values()),
+               "sorted_padded_tokens": sum(padded_tokens(g, bs, sort=True) for g in lengths.values())}
+    return {"seconds": elapsed, "examples": n, "examples_per_s": n / elapsed, **padding,
             **{f"score_{task}": _primary_average(task, langs) for task, langs in per_language.items()}}
 
 
