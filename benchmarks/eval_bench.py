@@ -88,15 +88,11 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> int:
     """Tokens in the batches of ``groups`` (feature lengths, one list per language), every batch
     padded to its longest feature. ``sort=False``: each group batched in its own order (the
-    per-language loop); ``sort=True``: all groups as one length-sorted stream (``predict_groups``)."""
-    from xstilts.models.predict import length_sorted_batches
-
-    if sort:
-        flat = [length for group in groups for length in group]
-        batches = [[flat[i] for i in idx] for idx in length_sorted_batches([{"input_ids": [0] * n} for n in flat], batch_size)]
-    else:
-        batches = [group[i:i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
-    return sum(max(batch) * len(batch) for batch in batches if batch)
+    per-language loop); ``sort=True``: all groups as one length-sorted stream, whose batches
+    (``length_sorted_batches`` in ``predict_groups``) are consecutive runs of the sorted lengths."""
+    runs = [sorted(length for group in groups for length in group)] if sort else groups
+    return sum(max(run[i:i + batch_size]) * len(run[i:i + batch_size])
+               for run in runs for i in range(0, len(run), batch_size))
 
 
 def _primary_average(task: str, per_language: dict[str, dict[str, float]]) -> float:
