@@ -91,8 +91,8 @@ def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> in
     per-language loop); ``sort=True``: all groups as one length-sorted stream, whose batches
     (``length_sorted_batches`` in ``predict_groups``) are consecutive runs of the sorted lengths."""
     runs = [sorted(length for group in groups for length in group)] if sort else groups
-    return sum(max(run[i:i + batch_size]) * len(run[i:i + batch_size])
-               for run in runs for i in range(0, len(run), batch_size))
+    batches = (run[i:i + batch_size] for run in runs for i in range(0, len(run), batch_size))
+    return sum(max(batch) * len(batch) for batch in batches)
 
 
 def _primary_average(task: str, per_language: dict[str, dict[str, float]]) -> float:
