@@ -44,13 +44,8 @@ def test_one_stream_across_groups_equals_one_predict_per_group(model, fmt_name, 
                 np.testing.assert_allclose(got[key], ref[key], atol=1e-5)
 
 
-def test_zero_shot_eval_loads_the_model_and_tokenizer_once(tiny_model_dir, tmp_path, monkeypatch):
-    """One encoder and one tokenizer load per call, however many languages."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from xstilts.evaluate import zero_shot_eval
-
-    monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
+def _tiny_panx(tiny_model_dir, tmp_path):
+    """PAN-X test files for de/fr/es under tmp_path/data and a tiny tagging model in tmp_path/model."""
     data = tmp_path / "data" / "panx"
     data.mkdir(parents=True)
     for lang in ("de", "fr", "es"):
@@ -60,6 +55,16 @@ def test_zero_shot_eval_loads_the_model_and_tokenizer_once(tiny_model_dir, tmp_p
     m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
     m.add_head(HeadSpec(task="panx", kind="tagging", num_labels=len(get_task("panx").label_list)))
     m.save(tmp_path / "model", tokenizer=tok)
+
+
+def test_zero_shot_eval_loads_the_model_and_tokenizer_once(tiny_model_dir, tmp_path, monkeypatch):
+    """One encoder and one tokenizer load per call, however many languages."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from xstilts.evaluate import zero_shot_eval
+
+    monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
+    _tiny_panx(tiny_model_dir, tmp_path)
     counts = {"model": 0, "tokenizer": 0}
     for cls, key in ((AutoModel, "model"), (AutoTokenizer, "tokenizer")):
         real = cls.from_pretrained.__func__
@@ -145,6 +150,50 @@ def test_a_directory_tokenizer_is_loaded_once_and_copied(tiny_model_dir, monkeyp
     assert first("a tiny test").input_ids == second("a tiny test").input_ids
     second.add_tokens(["<only-in-second>"])
     assert len(first) != len(second)  # copies: one caller's change is not another's
+
+
+def test_evaluation_shares_the_backend_of_a_tokenizer_loaded_before(tiny_model_dir, monkeypatch):
+    """Inside ``shared_tokenizer_backends`` (zero-shot evaluation) a second load shares the first
+    one's backend and vocabulary (no ~2 s copy of XLM-R's); outside it, a caller gets its own
+    backend. A sharer that changes the backend in place does not leak into later loads."""
+    from transformers import AutoTokenizer
+
+    from xstilts.models import loading
+    from xstilts.tasks.cache import tokenizer_fingerprint
+
+    loads = []
+    real = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
+    monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    _, own = loading.load_encoder(str(tiny_model_dir))
+    with loading.shared_tokenizer_backends():
+        _, a = loading.load_encoder(str(tiny_model_dir))
+        _, b = loading.load_encoder(str(tiny_model_dir))
+    _, own2 = loading.load_encoder(str(tiny_model_dir))
+    assert len(loads) == 1 and a is not b
+    assert a.backend_tokenizer is b.backend_tokenizer
+    assert own.backend_tokenizer is not a.backend_tokenizer and own2.backend_tokenizer is not a.backend_tokenizer
+    assert a("a tiny test").input_ids == own("a tiny test").input_ids == own2("a tiny test").input_ids
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b) == tokenizer_fingerprint(own)
+    a.add_tokens(["<changed-by-a-sharer>"])  # against the contract: the cache notices and reloads
+    _, after = loading.load_encoder(str(tiny_model_dir))
+    assert len(loads) == 2 and len(after) == len(own)
+
+
+def test_zero_shot_eval_loads_its_tokenizer_sharing_the_backend(tiny_model_dir, tmp_path, monkeypatch):
+    from xstilts.evaluate import zero_shot_eval
+    from xstilts.models import loading
+
+    monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
+    _tiny_panx(tiny_model_dir, tmp_path)
+    shares = []
+    real = loading._copy_tokenizer
+    monkeypatch.setattr(loading, "_copy_tokenizer", lambda tok, share: shares.append(share) or real(tok, share))
+    reports = [zero_shot_eval(tmp_path / "model", "panx", languages="de,fr", data_dir=tmp_path / "data", split="test")
+               for _ in range(2)]
+    assert shares == [True, True]
+    assert reports[0].per_language == reports[1].per_language
 
 
 @pytest.mark.parametrize("preset", [None, "256"])

@@ -193,11 +193,14 @@ def _load_model(run: _Run, model: str | Path, head: str | None = None) -> None:
     """Load the model once (with its heads unless the format is scored by embeddings), on the
     device, cast once to the inference precision."""
     from xstilts.models.hf_export import load_model
+    from xstilts.models.loading import shared_tokenizer_backends
     from xstilts.models.predict import cast_for_inference
 
-    # a transformers AutoModelFor* directory: its head becomes the head named `head` (or after the task)
-    run.model, run.tokenizer = load_model(str(model), heads=run.fmt.head_kind is not None,
-                                          head_name=head or run.spec.name)
+    # a transformers AutoModelFor* directory: its head becomes the head named `head` (or after the task);
+    # the tokenizer only encodes and never leaves this run: it may share an earlier load's backend
+    with shared_tokenizer_backends():
+        run.model, run.tokenizer = load_model(str(model), heads=run.fmt.head_kind is not None,
+                                              head_name=head or run.spec.name)
     cast_for_inference(run.model.eval().to(run.device), run.precision)
 
 

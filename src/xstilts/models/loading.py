@@ -10,9 +10,13 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
 import inspect
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,28 +121,65 @@ def _load_from(source: str, name: str, local_files_only: bool) -> tuple[Any, Any
     return model, tokenizer
 
 
-#: tokenizers loaded from local directories, by (dir, tokenizer files' size and mtime): loading
-#: XLM-R's rebuilds its 250k-piece vocabulary from the JSON in Python (seconds); a copy of a
-#: loaded one (each caller gets its own object) takes about a third of that
-_TOKENIZERS: dict[tuple[Any, ...], Any] = {}
+#: tokenizers loaded from local directories, by (dir, tokenizer files' size and mtime), with the
+#: backend's size when loaded: loading XLM-R's rebuilds its 250k-piece vocabulary from the JSON
+#: in Python (seconds); each caller gets a copy (see :func:`_copy_tokenizer`)
+_TOKENIZERS: dict[tuple[Any, ...], tuple[Any, tuple[int, ...]]] = {}
 _TOKENIZERS_KEPT = 2
+#: attributes a transformers tokenizer sets once, in ``__init__``, and only reads afterwards
+#: (XLM-R's 250k (piece, score) list): every copy shares them
+_READ_ONLY_ATTRS = ("_vocab", "_merges")
+_SHARE_BACKEND: contextvars.ContextVar[bool] = contextvars.ContextVar("xstilts_share_tokenizer_backend", default=False)
+
+
+@contextlib.contextmanager
+def shared_tokenizer_backends() -> Iterator[None]:
+    """Within this block, tokenizers loaded from a directory loaded before share that one's
+    backend (Rust) tokenizer instead of copying it (XLM-R: ~1 s a copy), for callers that only
+    encode and never change the backend (no ``add_tokens``, no new normaliser): zero-shot
+    evaluation, whose tokenizer never leaves it. Outside it every caller gets its own backend."""
+    token = _SHARE_BACKEND.set(True)
+    try:
+        yield
+    finally:
+        _SHARE_BACKEND.reset(token)
+
+
+def _backend_size(tokenizer: Any) -> tuple[int, ...]:
+    """The backend's vocabulary size with and without added tokens: what ``add_tokens`` changes."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "get_vocab_size"):
+        return (len(tokenizer),)
+    return backend.get_vocab_size(with_added_tokens=True), backend.get_vocab_size(with_added_tokens=False)
+
+
+def _copy_tokenizer(tokenizer: Any, share_backend: bool) -> Any:
+    """A deep copy of ``tokenizer`` that shares its read-only vocabulary lists and, with
+    ``share_backend``, its backend tokenizer (a plain deepcopy of XLM-R's takes ~2 s)."""
+    shared = [getattr(tokenizer, name, None) for name in _READ_ONLY_ATTRS]
+    if share_backend:
+        shared.append(getattr(tokenizer, "_tokenizer", None))
+    return copy.deepcopy(tokenizer, {id(value): value for value in shared if value is not None})
 
 
 def _load_tokenizer(source: str, local_files_only: bool) -> Any:
-    import copy
-
     from transformers import AutoTokenizer
 
     path = Path(source)
     if not path.is_dir():
         return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     key = (str(path.resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("*token*"))))
-    if key not in _TOKENIZERS:
+    cached = _TOKENIZERS.get(key)
+    if cached is not None and _backend_size(cached[0]) != cached[1]:  # a sharer changed the backend
+        log.warning("the cached tokenizer of %s was changed in place (added tokens?); loading it again", source)
+        cached = None
+    if cached is None:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        _TOKENIZERS.pop(key, None)
         while len(_TOKENIZERS) >= _TOKENIZERS_KEPT:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
-        _TOKENIZERS[key] = tokenizer
-    return copy.deepcopy(_TOKENIZERS[key])
+        cached = _TOKENIZERS[key] = (tokenizer, _backend_size(tokenizer))
+    return _copy_tokenizer(cached[0], _SHARE_BACKEND.get())
 
 
 def load_encoder(name_or_path: str | Path, *, local_files_only: bool | None = None) -> tuple[Any, Any]:

@@ -97,12 +97,15 @@ def _vocab_hash(tokenizer: Any) -> str:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A stable hash of what makes a tokenizer produce the ids it does (not where it was loaded from).
 
-    Hashing XLM-R's backend takes ~0.3 s, so the result is memoised per tokenizer object
-    and recomputed when its size or truncation side changes (``add_tokens`` and the like).
+    Hashing XLM-R's backend takes ~0.3 s, so the result is memoised per backend tokenizer (per
+    object for a slow tokenizer) and recomputed when the tokenizer's class, size or truncation
+    side changes (``add_tokens`` and the like).
     """
-    memo_check = (len(tokenizer), getattr(tokenizer, "truncation_side", None))
+    memo_check = (type(tokenizer), len(tokenizer), getattr(tokenizer, "truncation_side", None))
+    # memoised per backend: copies that share one (models.loading.shared_tokenizer_backends) hash it once
+    owner = getattr(tokenizer, "backend_tokenizer", None) or tokenizer
     try:
-        memo = _TOKENIZER_FINGERPRINTS.get(tokenizer)
+        memo = _TOKENIZER_FINGERPRINTS.get(owner)
     except TypeError:  # not weak-referenceable / hashable
         memo = None
     if memo is not None and memo[0] == memo_check:
@@ -117,7 +120,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     }
     fp = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     try:
-        _TOKENIZER_FINGERPRINTS[tokenizer] = (memo_check, fp)
+        _TOKENIZER_FINGERPRINTS[owner] = (memo_check, fp)
     except TypeError:
         pass
     return fp
