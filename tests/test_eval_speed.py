@@ -208,3 +208,25 @@ def test_importing_xstilts_bounds_onednn_primitive_cache_unless_the_user_chose(p
     code = "import os, xstilts; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True).stdout
     assert out.strip() == (preset or "16")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(native, monkeypatch, caplog):
+    """Without AVX512-BF16/AMX torch emulates bf16, several times slower than fp32: say so, once."""
+    from xstilts.models import predict as pr
+
+    pr.cpu_has_bf16_instructions.cache_clear()
+    monkeypatch.setattr(pr, "_WARNED_EMULATED", False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    try:
+        with caplog.at_level("WARNING", logger="xstilts.models.predict"):
+            pr.resolve_device("cpu", "fp32")
+            pr.resolve_device("cpu", "bf16")
+            pr.resolve_device("cpu", "bf16")
+    finally:
+        pr.cpu_has_bf16_instructions.cache_clear()
+    warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    if not native:
+        assert "Use precision fp32" in warned[0]

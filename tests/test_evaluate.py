@@ -175,7 +175,7 @@ def test_bf16_eval_is_recorded_and_close_to_fp32(pawsx_model_dir, shared_data, t
 
 
 def test_bad_precision_or_device_is_a_clear_error(pawsx_model_dir, shared_data):
-    with pytest.raises(XStiltsError, match="fp16 needs a CUDA device; on CPU use bf16"):
+    with pytest.raises(XStiltsError, match="fp16 needs a CUDA device; on CPU use fp32"):
         zero_shot_eval(pawsx_model_dir, "pawsx", "de", split="dev", data_dir=shared_data, max_examples=4,
                        precision="fp16", device="cpu")
     with pytest.raises(XStiltsError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):

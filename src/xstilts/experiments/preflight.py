@@ -163,8 +163,8 @@ class _Checker:
 
             self.cuda = bool(torch.cuda.is_available())
         if not self.cuda:
-            self.report.add(stage, f"{key}: fp16 mixed precision needs a GPU and none is visible; use bf16 or fp32 "
-                                   "on the CPU")
+            self.report.add(stage, f"{key}: fp16 mixed precision needs a GPU and none is visible; on the CPU use "
+                                   "fp32 (or bf16 where the CPU has bf16 instructions: AVX512-BF16 or AMX)")
 
     # ------------------------------------------------------------------ checking
 

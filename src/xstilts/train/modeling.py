@@ -220,7 +220,12 @@ def make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) -
 
     mp = PRECISION_TO_ACCELERATE[config.precision]
     if config.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("fp16 mixed precision needs a GPU; use bf16 or fp32 on CPU", key="precision")
+        raise ConfigError("fp16 mixed precision needs a GPU; on CPU use fp32 (or bf16 where the CPU has bf16 "
+                          "instructions: AVX512-BF16 or AMX)", key="precision")
+    if not torch.cuda.is_available():
+        from xstilts.models.predict import warn_if_bf16_emulated
+
+        warn_if_bf16_emulated(torch.device("cpu"), config.precision)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mp):
         # a previous stage in this process used another precision: accelerate's state is a
