@@ -143,6 +143,27 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text(render_markdown(results))
 
 
+def with_precisions(mode: dict[str, dict[str, Any]], precisions: str) -> dict[str, dict[str, Any]]:
+    """``mode`` with every comparison that runs per precision (train, eval) run in ``precisions``
+    (a comma list of fp32 / bf16) instead; ValueError for anything else."""
+    chosen = [p.strip() for p in precisions.split(",") if p.strip()]
+    bad = [p for p in chosen if p not in ("fp32", "bf16")]
+    if not chosen or bad:
+        raise ValueError(f"--precisions takes fp32 and/or bf16 (comma-separated), got {precisions!r}")
+    return {name: cfg | {"precisions": chosen} if "precisions" in cfg else cfg for name, cfg in mode.items()}
+
+
+def _warn_emulated_bf16(mode: dict[str, dict[str, Any]]) -> None:
+    import torch
+
+    from xstilts.models.predict import cpu_has_bf16_instructions
+
+    wants = any("bf16" in cfg.get("precisions", []) for cfg in mode.values())
+    if wants and not torch.cuda.is_available() and not cpu_has_bf16_instructions():
+        log("warning: this CPU has no bf16 instructions (AVX512-BF16/AMX): the bf16 rows compare two emulated "
+            "paths and take several times as long as fp32; --precisions fp32 skips them")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="default")
@@ -151,11 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(REPO / "benchmarks"), help="folder for results.json and RESULTS.md")
     ap.add_argument("--merge", action="store_true", help="keep the other benchmarks' entries of an existing results.json")
+    ap.add_argument("--precisions", default=None,
+                    help="comma-separated precisions of the train and eval comparisons (default: the mode's, "
+                         "fp32,bf16); fp32 alone on a CPU without bf16 instructions, where bf16 is emulated (hours)")
     args = ap.parse_args(argv)
     from xstilts.paths import resolve_data_dir
 
     data_dir = str(resolve_data_dir(args.data_dir)) if resolve_data_dir(args.data_dir) else None
     mode = MODES[args.mode]
+    if args.precisions is not None:
+        try:
+            mode = with_precisions(mode, args.precisions)
+        except ValueError as exc:
+            ap.error(str(exc))
+    _warn_emulated_bf16(mode)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     started = time.time()
     results: dict[str, Any] = {

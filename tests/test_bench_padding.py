@@ -33,3 +33,16 @@ def test_results_table_shows_the_padding_bound() -> None:
     # rows from before the counts were recorded keep rendering
     del row["baseline"]["tokens"]
     assert "| — |" in render_markdown(results)
+
+
+def test_precisions_option_replaces_the_per_precision_comparisons_only() -> None:
+    import pytest
+
+    from benchmarks.run import MODES, with_precisions
+
+    mode = with_precisions(MODES["default"], "fp32")
+    assert mode["train"]["precisions"] == ["fp32"] and mode["eval"]["precisions"] == ["fp32"]
+    assert "precisions" not in mode["retrieval"] and mode["store"] == MODES["default"]["store"]
+    assert MODES["default"]["eval"]["precisions"] == ["fp32", "bf16"]  # the mode itself is untouched
+    with pytest.raises(ValueError, match="fp32 and/or bf16"):
+        with_precisions(MODES["default"], "fp16")
