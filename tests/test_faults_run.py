@@ -70,6 +70,14 @@ def _frame(output_dir: Path):
 # =========================================================================== item 2: stalled worker
 
 
+def _stamp(path: Path) -> None:
+    """Write the time into ``path`` atomically: a worker stopped (SIGSTOP, or its stage taken
+    over) between creating and writing the file must not leave an empty one behind."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(str(time.time()))
+    os.replace(tmp, path)
+
+
 class TickExecutor:
     """A stage as ``ticks`` steps of ``tick_s`` s, one file per step (``tick-<pid>-<i>``, holding the time).
     ``stopped-<pid>`` when interrupted, ``done-<pid>`` when finished. ``cont``: SIGCONT that pid first
@@ -83,7 +91,7 @@ class TickExecutor:
         self.rec.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         if self.cont is not None:
-            (self.rec / "cont").write_text(str(time.time()))
+            _stamp(self.rec / "cont")
             os.kill(self.cont, signal.SIGCONT)
         if self.takeover:
             conn = sqlite3.connect(task.output_dir / "results.sqlite", timeout=60)
@@ -94,16 +102,16 @@ class TickExecutor:
         finished = False
         try:
             for i in range(self.ticks):
-                (self.rec / f"tick-{pid}-{i}").write_text(str(time.time()))
+                _stamp(self.rec / f"tick-{pid}-{i}")
                 time.sleep(self.tick_s)
             finished = True
         finally:
             if not finished:
-                (self.rec / f"stopped-{pid}").write_text(str(time.time()))
+                _stamp(self.rec / f"stopped-{pid}")
         if task.kind != "eval":
             (task.stage_dir / "model").mkdir(parents=True, exist_ok=True)
             (task.stage_dir / "model" / "weights").write_text(f"{task.stage_id} by {pid}")
-        (self.rec / f"done-{pid}").write_text(str(time.time()))
+        _stamp(self.rec / f"done-{pid}")
         langs = task.settings.get("languages", ["en"])
         metrics = [(lang, "dev", "f1", 10.0) for lang in langs] if task.kind == "eval" else []
         return StageOutcome(metrics=metrics, result={"pid": pid})
