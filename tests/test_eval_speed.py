@@ -132,18 +132,26 @@ def test_predict_groups_of_a_cast_model_run_without_autocast(model):
     assert out[0]["logits"].dtype == np.float32 and out[0]["logits"].shape[-1] == len(NER)
 
 
-def test_a_directory_tokenizer_is_loaded_once_and_copied(tiny_model_dir, monkeypatch):
-    """Loading the same model directory again copies the tokenizer loaded first (each caller its
-    own object, the same ids) instead of rebuilding it from its JSON."""
+def _counted_tokenizer_loads(monkeypatch) -> list[str]:
+    """An empty tokenizer cache, and the sources of every ``AutoTokenizer.from_pretrained`` after it."""
     from transformers import AutoTokenizer
 
     from xstilts.models import loading
 
-    loads = []
+    loads: list[str] = []
     real = AutoTokenizer.from_pretrained.__func__
     monkeypatch.setattr(AutoTokenizer, "from_pretrained",
                         classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
     monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    return loads
+
+
+def test_a_directory_tokenizer_is_loaded_once_and_copied(tiny_model_dir, monkeypatch):
+    """Loading the same model directory again copies the tokenizer loaded first (each caller its
+    own object, the same ids) instead of rebuilding it from its JSON."""
+    from xstilts.models import loading
+
+    loads = _counted_tokenizer_loads(monkeypatch)
     _, first = loading.load_encoder(str(tiny_model_dir))
     _, second = loading.load_encoder(str(tiny_model_dir))
     assert len(loads) == 1 and first is not second
@@ -156,16 +164,10 @@ def test_evaluation_shares_the_backend_of_a_tokenizer_loaded_before(tiny_model_d
     """Inside ``shared_tokenizer_backends`` (zero-shot evaluation) a second load shares the first
     one's backend and vocabulary (no ~2 s copy of XLM-R's); outside it, a caller gets its own
     backend. A sharer that changes the backend in place does not leak into later loads."""
-    from transformers import AutoTokenizer
-
     from xstilts.models import loading
     from xstilts.tasks.cache import tokenizer_fingerprint
 
-    loads = []
-    real = AutoTokenizer.from_pretrained.__func__
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
-                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
-    monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    loads = _counted_tokenizer_loads(monkeypatch)
     _, own = loading.load_encoder(str(tiny_model_dir))
     with loading.shared_tokenizer_backends():
         _, a = loading.load_encoder(str(tiny_model_dir))
