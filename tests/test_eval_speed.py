@@ -218,7 +218,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(native, mo
     from xstilts.models import predict as pr
 
     pr.cpu_has_bf16_instructions.cache_clear()
-    monkeypatch.setattr(pr, "_WARNED_EMULATED", False)
+    pr._warn_bf16_emulated.cache_clear()
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     try:
@@ -228,6 +228,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about_once(native, mo
             pr.resolve_device("cpu", "bf16")
     finally:
         pr.cpu_has_bf16_instructions.cache_clear()
+        pr._warn_bf16_emulated.cache_clear()
     warned = [r.getMessage() for r in caplog.records if "no bf16 instructions" in r.getMessage()]
     assert len(warned) == (0 if native else 1)
     if not native:

@@ -30,6 +30,7 @@ import yaml
 from tests.test_runner import RecordingExecutor, make_plan, records
 from xstilts.errors import ConfigError, DiskFullError, StoreError
 from xstilts.experiments import StageOutcome, StageTask, open_store, parse_spec, plan_stages, run_local, run_worker
+from xstilts.experiments.runner import _write_json_atomic
 from xstilts.experiments.store import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +72,9 @@ def _frame(output_dir: Path):
 
 
 def _stamp(path: Path) -> None:
-    """Write the time into ``path`` atomically: a worker stopped (SIGSTOP, or its stage taken
-    over) between creating and writing the file must not leave an empty one behind."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(str(time.time()))
-    os.replace(tmp, path)
+    """The time, written atomically: a worker stopped (SIGSTOP, or its stage taken over) between
+    creating and writing the file must not leave an empty one behind."""
+    _write_json_atomic(path, time.time())
 
 
 class TickExecutor:

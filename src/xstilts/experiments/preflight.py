@@ -163,8 +163,9 @@ class _Checker:
 
             self.cuda = bool(torch.cuda.is_available())
         if not self.cuda:
-            self.report.add(stage, f"{key}: fp16 mixed precision needs a GPU and none is visible; on the CPU use "
-                                   "fp32 (or bf16 where the CPU has bf16 instructions: AVX512-BF16 or AMX)")
+            from xstilts.models.predict import CPU_PRECISION_ADVICE
+
+            self.report.add(stage, f"{key}: fp16 mixed precision needs a GPU and none is visible; {CPU_PRECISION_ADVICE}")
 
     # ------------------------------------------------------------------ checking
 

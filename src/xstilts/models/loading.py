@@ -148,7 +148,7 @@ def shared_tokenizer_backends() -> Iterator[None]:
 def _backend_size(tokenizer: Any) -> tuple[int, ...]:
     """The backend's vocabulary size with and without added tokens: what ``add_tokens`` changes."""
     backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is None or not hasattr(backend, "get_vocab_size"):
+    if backend is None:
         return (len(tokenizer),)
     return backend.get_vocab_size(with_added_tokens=True), backend.get_vocab_size(with_added_tokens=False)
 

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: what to use instead of fp16 without a GPU (every fp16-on-CPU message ends with it)
+CPU_PRECISION_ADVICE = "on CPU use fp32 (or bf16 where the CPU has bf16 instructions: AVX512-BF16 or AMX)"
 #: value that pads token-level outputs beyond a feature's length (never read by decoding)
 OUTPUT_PAD = -1e4
 #: batch keys that are targets, not model inputs
@@ -89,8 +91,7 @@ def resolve_device(device: str | None, precision: str = "fp32") -> torch.device:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise XStiltsError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
     if precision == "fp16" and dev.type != "cuda":
-        raise XStiltsError("precision fp16 needs a CUDA device; on CPU use fp32 (or bf16 where the CPU has "
-                           "bf16 instructions: AVX512-BF16 or AMX)")
+        raise XStiltsError(f"precision fp16 needs a CUDA device; {CPU_PRECISION_ADVICE}")
     warn_if_bf16_emulated(dev, precision)
     return dev
 
@@ -99,19 +100,18 @@ def resolve_device(device: str | None, precision: str = "fp32") -> torch.device:
 def cpu_has_bf16_instructions() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without them torch emulates
     bf16 matrix products through fp32 conversions: correct, but several times slower than fp32."""
-    cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-_WARNED_EMULATED = False
+    return any(bool(getattr(torch.cpu, check, lambda: False)())
+               for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def warn_if_bf16_emulated(device: torch.device, precision: str) -> None:
     """Log once per process when ``precision`` bf16 is asked for on a CPU without bf16 instructions."""
-    global _WARNED_EMULATED
-    if precision != "bf16" or device.type != "cpu" or _WARNED_EMULATED or cpu_has_bf16_instructions():
-        return
-    _WARNED_EMULATED = True
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_instructions():
+        _warn_bf16_emulated()
+
+
+@functools.cache
+def _warn_bf16_emulated() -> None:
     logger.warning("precision bf16 on this CPU, which has no bf16 instructions (AVX512-BF16 or AMX): torch "
                    "emulates it, several times slower than fp32 (measured: XQuAD + PAN-X zero-shot eval on a "
                    "2-core AVX2 EPYC took 289 s in bf16, 69 s in fp32). Use precision fp32 on this machine; "

@@ -218,14 +218,11 @@ def make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) -
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, GradientState
 
+    from xstilts.models.predict import CPU_PRECISION_ADVICE, warn_if_bf16_emulated
+
     mp = PRECISION_TO_ACCELERATE[config.precision]
     if config.precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("fp16 mixed precision needs a GPU; on CPU use fp32 (or bf16 where the CPU has bf16 "
-                          "instructions: AVX512-BF16 or AMX)", key="precision")
-    if not torch.cuda.is_available():
-        from xstilts.models.predict import warn_if_bf16_emulated
-
-        warn_if_bf16_emulated(torch.device("cpu"), config.precision)
+        raise ConfigError(f"fp16 mixed precision needs a GPU; {CPU_PRECISION_ADVICE}", key="precision")
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mp):
         # a previous stage in this process used another precision: accelerate's state is a
@@ -241,6 +238,7 @@ def make_accelerator(config: TrainConfig, output_dir: Path, find_unused: bool) -
     trackers = require_trackers(config.trackers)  # a missing optional package: an error naming the pip extra
     acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=str(output_dir),
                       kwargs_handlers=kwargs, cpu=cpu)
+    warn_if_bf16_emulated(acc.device, config.precision)
     if acc.num_processes != world:
         raise XStiltsError(f"launched with WORLD_SIZE={world} but accelerate set up {acc.num_processes} process(es); "
                            "use `accelerate launch` or `torchrun` with a matching configuration")
