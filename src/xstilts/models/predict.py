@@ -18,6 +18,9 @@ widest feature.
 Precision: ``fp32`` is exact. For ``bf16`` / ``fp16`` a model whose weights already have that
 dtype (see :func:`cast_for_inference`, HF's ``bf16_full_eval``) runs as it is; a model in
 fp32 (e.g. weights being trained) runs under ``torch.autocast``, which leaves it untouched.
+On the CPU a model cast to bf16 runs its linear layers with the bias (and a feed-forward's
+GELU) fused into oneDNN's GEMM (:mod:`xstilts.models.cpu_fusion`; ``XSTILTS_CPU_FUSION=0``
+turns it off).
 
 Distribution: with an ``accelerate.Accelerator`` of several processes each process runs
 every ``world``-th batch of the shared length-sorted order on its unwrapped model (no
@@ -39,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
+from xstilts.models.cpu_fusion import fused_cpu_linears
 from xstilts.models.heads import POOLINGS, pool
 from xstilts.models.loading import encoder_num_layers
 
@@ -422,6 +426,8 @@ def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step,
         forward = _forward_fn(model, target, stack)
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_precision_context(model, precision, step.device))
+        if step.device.type == "cpu":
+            stack.enter_context(fused_cpu_linears(model))  # bf16 weights only: bias (+ GELU) inside the GEMM
         for idx in batches:
             width = max(feature_length(step.features[i if i >= 0 else -1 - i]) for i in idx)
             for key, val in forward(step.inputs(idx)).items():

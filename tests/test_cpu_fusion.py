@@ -1,0 +1,133 @@
+"""models.cpu_fusion: bf16 CPU inference with the bias (+ GELU) fused into oneDNN's GEMM."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xstilts.models import HeadSpec, MultiTaskModel
+from xstilts.models import cpu_fusion
+from xstilts.models.cpu_fusion import fused_cpu_linears, fused_linear_available
+from xstilts.models.predict import cast_for_inference, predict
+from xstilts.tasks.formats import FeaturizeOptions, get_format
+from xstilts.tasks.types import TaggingExample
+
+NER = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+WORDS = "the quick brown fox jumps over a lazy dog near one quiet old river bank".split()
+
+needs_fusion = pytest.mark.skipif(not fused_linear_available(), reason="this torch has no working oneDNN fused linear")
+
+
+@pytest.fixture
+def fresh_check():
+    """The availability check is cached per process: tests that change the switch recompute it."""
+    fused_linear_available.cache_clear()
+    yield
+    fused_linear_available.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def bf16_model(tiny_model_dir):
+    torch.manual_seed(0)
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
+    return cast_for_inference(m.eval(), "bf16"), tok
+
+
+def _batch(tok, n: int = 6):
+    texts = [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(3 + i)) for i in range(n)]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def _instance_forwards(model: nn.Module) -> int:
+    return sum("forward" in vars(m) for m in model.modules())
+
+
+@needs_fusion
+def test_bf16_linears_fused_within_bf16_rounding_and_restored(bf16_model):
+    m, tok = bf16_model
+    batch = _batch(tok)
+    layers = m.encoder.config.num_hidden_layers
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.inference_mode():
+        ref = m("ner", **batch)["logits"].float()
+        with fused_cpu_linears(m) as n:
+            assert _instance_forwards(m) == n
+            fused = m("ner", **batch)["logits"].float()
+        after = m("ner", **batch)["logits"].float()
+    # per layer: the feed-forward block (dense + GELU in one call), Q, K, V, attention output,
+    # feed-forward output; plus the tagging head's linear layer(s)
+    heads = sum(type(x) is nn.Linear for x in m.heads.modules())
+    assert n == 6 * layers + heads
+    assert _instance_forwards(m) == 0  # every patch removed
+    assert torch.equal(after, ref)
+    assert not torch.equal(fused, ref)  # the fused path really ran ...
+    assert torch.allclose(fused, ref, atol=0.05, rtol=0.05)  # ... and agrees to bf16 rounding
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
+
+
+@needs_fusion
+def test_gelu_fused_only_where_it_is_the_exact_erf_gelu(bf16_model):
+    m, tok = bf16_model
+    m = copy.deepcopy(m)
+    inter = m.encoder.encoder.layer[0].intermediate
+    inter.intermediate_act_fn = nn.GELU(approximate="tanh")  # not what oneDNN's "gelu" post-op computes
+    with fused_cpu_linears(m):
+        assert "forward" not in vars(inter)  # block left alone ...
+        assert "forward" in vars(inter.dense)  # ... its linear fused without the activation
+        assert "forward" in vars(m.encoder.encoder.layer[1].intermediate)
+
+
+def test_fp32_model_is_never_patched(tiny_model_dir):
+    m, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
+    m.add_head(HeadSpec(task="ner", kind="tagging", num_labels=len(NER)))
+    with fused_cpu_linears(m.eval()) as n:
+        assert n == 0 and _instance_forwards(m) == 0
+
+
+def test_switch_off_by_environment(monkeypatch, fresh_check, bf16_model):
+    monkeypatch.setenv(cpu_fusion.ENV, "0")
+    assert not fused_linear_available()
+    with fused_cpu_linears(bf16_model[0]) as n:
+        assert n == 0
+
+
+def test_op_that_fails_its_check_leaves_everything_unfused(monkeypatch, fresh_check, bf16_model):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(cpu_fusion, "_fused", broken)
+    assert not fused_linear_available()
+    with fused_cpu_linears(bf16_model[0]) as n:
+        assert n == 0
+
+
+def test_patches_removed_when_the_block_raises(bf16_model):
+    m = bf16_model[0]
+    with pytest.raises(ValueError), fused_cpu_linears(m):
+        raise ValueError("stop")
+    assert _instance_forwards(m) == 0
+
+
+@needs_fusion
+def test_predict_bf16_on_cpu_runs_fused_and_matches_unfused(monkeypatch, fresh_check, bf16_model):
+    m, tok = bf16_model
+    fmt = get_format("tagging")
+    exs = [TaggingExample(str(i), WORDS[i % 5: i % 5 + 3 + i % 7], ["O"] * (3 + i % 7)) for i in range(13)]
+    feats = fmt.featurize(exs, tok, FeaturizeOptions(max_length=32), NER)
+    calls = []
+    real = cpu_fusion._fused
+    monkeypatch.setattr(cpu_fusion, "_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = predict(m, "ner", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
+    assert calls  # predict went through the fused op
+    monkeypatch.setenv(cpu_fusion.ENV, "0")
+    fused_linear_available.cache_clear()
+    plain = predict(m, "ner", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
+    real_tokens = plain > -1e3  # OUTPUT_PAD beyond each feature's length, identical on both
+    assert np.array_equal(real_tokens, fused > -1e3)
+    np.testing.assert_allclose(fused[real_tokens], plain[real_tokens], atol=0.05, rtol=0.05)
