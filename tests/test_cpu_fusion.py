@@ -90,6 +90,14 @@ def test_fp32_model_is_never_patched(tiny_model_dir):
         assert n == 0 and _instance_forwards(m) == 0
 
 
+def test_check_runs_inside_autocast(fresh_check):
+    """A training run's bf16 dev evaluation calls predict under autocast: the first check happens there."""
+    expected = fused_linear_available()
+    fused_linear_available.cache_clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_linear_available() == expected
+
+
 def test_switch_off_by_environment(monkeypatch, fresh_check, bf16_model):
     monkeypatch.setenv(cpu_fusion.ENV, "0")
     assert not fused_linear_available()
