@@ -128,14 +128,105 @@ def test_predict_bf16_on_cpu_runs_fused_and_matches_unfused(monkeypatch, fresh_c
     fmt = get_format("tagging")
     exs = [TaggingExample(str(i), WORDS[i % 5: i % 5 + 3 + i % 7], ["O"] * (3 + i % 7)) for i in range(13)]
     feats = fmt.featurize(exs, tok, FeaturizeOptions(max_length=32), NER)
+    assert fused_linear_available()  # the check's own calls happen before the counter is installed
+    params = {id(p) for p in m.parameters()}
     calls = []
     real = cpu_fusion._fused
-    monkeypatch.setattr(cpu_fusion, "_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cpu_fusion, "_fused", lambda x, w, *a: calls.append(id(w) in params) or real(x, w, *a))
     fused = predict(m, "ner", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
-    assert calls  # predict went through the fused op
+    assert calls and all(calls)  # predict ran the model's own layers through the fused op
     monkeypatch.setenv(cpu_fusion.ENV, "0")
     fused_linear_available.cache_clear()
     plain = predict(m, "ner", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, precision="bf16")["logits"]
     real_tokens = plain > -1e3  # OUTPUT_PAD beyond each feature's length, identical on both
     assert np.array_equal(real_tokens, fused > -1e3)
     np.testing.assert_allclose(fused[real_tokens], plain[real_tokens], atol=0.05, rtol=0.05)
+
+
+class ToyIntermediate(nn.Module):
+    """The shape of a transformers feed-forward block: dense, then an erf GELU."""
+
+    def __init__(self, extra_norm: bool = False):
+        super().__init__()
+        self.dense = nn.Linear(64, 96)
+        self.intermediate_act_fn = nn.GELU()
+        if extra_norm:  # RoBERTa-PreLayerNorm's block runs a LayerNorm before dense
+            self.LayerNorm = nn.LayerNorm(64)
+
+    def forward(self, x):
+        if hasattr(self, "LayerNorm"):
+            x = self.LayerNorm(x)
+        return self.intermediate_act_fn(self.dense(x))
+
+
+class Toy(nn.Module):
+    def __init__(self, extra_norm: bool = False):
+        super().__init__()
+        self.intermediate = ToyIntermediate(extra_norm)
+        self.out = nn.Linear(96, 32)
+        self.no_bias = nn.Linear(32, 16, bias=False)
+
+    def forward(self, x):
+        return self.no_bias(self.out(self.intermediate(x)))
+
+
+def _toy(extra_norm: bool = False) -> Toy:
+    torch.manual_seed(0)
+    toy = Toy(extra_norm)
+    with torch.no_grad():  # order-1 activations, so a missing GELU or bias shows
+        for lin in (toy.intermediate.dense, toy.out, toy.no_bias):
+            lin.weight.normal_(0, 1 / lin.in_features ** 0.5)
+            if lin.bias is not None:
+                lin.bias.normal_(0, 1)
+    return toy
+
+
+@needs_fusion
+def test_fused_modules_as_accurate_as_unfused_bf16():
+    """Against an fp32 reference, the fused block (dense + GELU) and linear layer are as close as
+    the unfused bf16 ones: a dropped GELU or bias would be off by order 1."""
+    ref_model = _toy()
+    x = torch.randn(4, 7, 64)
+    with torch.inference_mode():
+        ref_block = ref_model.intermediate(x)
+        ref_out = ref_model.out(ref_block)
+        low = copy.deepcopy(ref_model).bfloat16()
+        xb = x.bfloat16()
+        plain_block, plain_out = low.intermediate(xb).float(), low.out(ref_block.bfloat16()).float()
+        with fused_cpu_linears(low) as n:
+            assert n == 2  # the block and `out`; `no_bias` has nothing to fuse
+            assert "forward" not in vars(low.no_bias) and "forward" not in vars(low.intermediate.dense)
+            fused_block, fused_out = low.intermediate(xb).float(), low.out(ref_block.bfloat16()).float()
+    for fused, plain, ref in ((fused_block, plain_block, ref_block), (fused_out, plain_out, ref_out)):
+        assert (fused - ref).abs().max() <= 2 * (plain - ref).abs().max() + 1e-2
+
+
+@needs_fusion
+def test_block_with_other_children_or_hooks_is_not_fused_as_a_block():
+    with torch.inference_mode():
+        norm = _toy(extra_norm=True).bfloat16()
+        with fused_cpu_linears(norm):
+            assert "forward" not in vars(norm.intermediate)  # its own forward keeps the LayerNorm ...
+            assert "forward" in vars(norm.intermediate.dense)  # ... and calls the fused linear
+        hooked = _toy().bfloat16()
+        seen = []
+        hooked.intermediate.dense.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+        x = torch.randn(2, 3, 64).bfloat16()
+        with fused_cpu_linears(hooked):
+            assert "forward" not in vars(hooked.intermediate)
+            hooked(x)
+        assert seen == [torch.Size([2, 3, 96])]  # the hook still ran
+
+
+@needs_fusion
+def test_patched_layers_run_their_own_forward_with_gradients_or_another_dtype():
+    toy = _toy().bfloat16()
+    x = torch.randn(2, 3, 64).bfloat16()
+    expected = toy(x)
+    with fused_cpu_linears(toy) as n:
+        assert n == 2
+        with torch.enable_grad():
+            assert torch.equal(toy(x), expected)  # gradients wanted: the unfused path
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            # an fp32 input under autocast: nn.Linear's own forward casts it (the fused op would raise)
+            assert torch.equal(toy(x.float()), expected)

@@ -9,14 +9,18 @@ for these patterns. On e5-small's forward passes over length-sorted eval batches
 gain was 3-4 %, inside the noise, and fp32 stays exact, so only bf16 is fused.
 
 :func:`fused_cpu_linears` patches, for the duration of a ``with`` block, the ``forward`` of
-every plain ``nn.Linear`` whose weight is bf16 on the CPU (instance attributes; removed on
-exit, so the model, its ``state_dict`` and its hooks are unchanged), and the ``forward`` of
-transformers ``*Intermediate`` blocks (``dense`` then an exact GELU) to the fused
-linear + GELU. Used only under ``torch.inference_mode`` (no autograd through the fused op).
+every plain ``nn.Linear`` with a bias whose weight is bf16 on the CPU (instance attributes;
+removed on exit, so the model and its ``state_dict`` are unchanged and its hooks still run), and
+the ``forward`` of transformers ``*Intermediate`` blocks made of exactly ``dense`` then an exact
+GELU (no other children, no hooks on ``dense``) to the fused linear + GELU. A patched layer
+runs its own ``forward`` instead when gradients are on or the input's dtype is not its
+weight's. ``predict`` enters it for bf16 models on the CPU outside autocast; layers without a
+bias (T5/mT5) are left alone (nothing to fuse; not measured).
 
 The op is internal to torch: the first use checks it against ``F.linear`` (+ ``F.gelu``) on a
-small input and, when it is missing or disagrees, everything runs unfused (one debug line).
-``XSTILTS_CPU_FUSION=0`` turns it off.
+small input and, when it is missing or disagrees, everything runs unfused (one debug line). It
+is also off on a CPU without native bf16 (AVX512-BF16 or AMX), where oneDNN emulates bf16 and
+the fusion was never measured. ``XSTILTS_CPU_FUSION=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ def fused_linear_available() -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         logger.debug("oneDNN fused linear unavailable in this torch: bf16 CPU inference runs unfused")
         return False
+    from xstilts.models.predict import cpu_has_bf16_instructions  # predict imports this module
+
+    if not cpu_has_bf16_instructions():
+        logger.debug("no native bf16 on this CPU: bf16 CPU inference runs unfused")
+        return False
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 64, generator=gen).bfloat16()
     w = (torch.randn(48, 64, generator=gen) / 8).bfloat16()
@@ -75,10 +84,25 @@ def fused_linear_available() -> bool:
 
 
 def _fusable(linear: nn.Module) -> bool:
+    """A plain bf16 CPU ``nn.Linear`` with a bf16 bias (the post-op the fusion saves)."""
     weight = getattr(linear, "weight", None)
+    bias = getattr(linear, "bias", None)
     return (type(linear) is nn.Linear and weight is not None and weight.dtype == torch.bfloat16
             and weight.device.type == "cpu" and weight.dim() == 2
-            and (linear.bias is None or linear.bias.dtype == torch.bfloat16))
+            and bias is not None and bias.dtype == torch.bfloat16)
+
+
+def _fusable_intermediate(module: nn.Module) -> bool:
+    """A transformers ``*Intermediate`` block whose forward is exactly ``act(dense(x))``: only those
+    two children (RoBERTa-PreLayerNorm's also holds a LayerNorm it runs first), an erf GELU, and
+    nothing on ``dense`` that its own call would run (hooks, a patched forward)."""
+    dense = getattr(module, "dense", None)
+    if not type(module).__name__.endswith("Intermediate") or dense is None or not _fusable(dense):
+        return False
+    if {name for name, _ in module.named_children()} - {"dense", "intermediate_act_fn"}:
+        return False
+    hooked = dense._forward_hooks or dense._forward_pre_hooks or "forward" in vars(dense)
+    return not hooked and _exact_gelu(getattr(module, "intermediate_act_fn", None)) and "forward" not in vars(module)
 
 
 def _exact_gelu(act: object) -> bool:
@@ -88,9 +112,18 @@ def _exact_gelu(act: object) -> bool:
     return type(act) is nn.GELU and act.approximate == "none"
 
 
-def _linear_forward(linear: nn.Linear, gelu: bool = False) -> Callable[[Tensor], Tensor]:
-    weight, bias = linear.weight, linear.bias
-    return lambda x: _fused(x, weight, bias, gelu)
+def _fused_forward(module: nn.Module, linear: nn.Linear, gelu: bool) -> Callable[[Tensor], Tensor]:
+    """``module``'s patched forward: ``linear`` (+ GELU) fused, its own forward where the fused op
+    does not apply (gradients wanted, or an input of another dtype, e.g. under autocast)."""
+    own = type(module).forward.__get__(module)
+
+    def forward(x: Tensor) -> Tensor:
+        weight = linear.weight  # read at call time: a parameter may be reassigned inside the block
+        if x.dtype != weight.dtype or torch.is_grad_enabled():
+            return own(x)
+        return _fused(x, weight, linear.bias, gelu)
+
+    return forward
 
 
 @contextlib.contextmanager
@@ -102,15 +135,13 @@ def fused_cpu_linears(model: nn.Module) -> Iterator[int]:
         if any(_fusable(m) for m in model.modules()) and fused_linear_available():
             intermediate_dense: set[int] = set()
             for module in model.modules():
-                dense, act = getattr(module, "dense", None), getattr(module, "intermediate_act_fn", None)
-                if (type(module).__name__.endswith("Intermediate") and dense is not None and _fusable(dense)
-                        and _exact_gelu(act) and "forward" not in vars(module)):
-                    module.forward = _linear_forward(dense, gelu=True)
+                if _fusable_intermediate(module):
+                    module.forward = _fused_forward(module, module.dense, gelu=True)
                     patched.append(module)
-                    intermediate_dense.add(id(dense))
+                    intermediate_dense.add(id(module.dense))
             for module in model.modules():
                 if id(module) not in intermediate_dense and _fusable(module) and "forward" not in vars(module):
-                    module.forward = _linear_forward(module)
+                    module.forward = _fused_forward(module, module, gelu=False)
                     patched.append(module)
         yield len(patched)
     finally:

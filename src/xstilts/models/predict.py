@@ -426,7 +426,7 @@ def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step,
         forward = _forward_fn(model, target, stack)
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_precision_context(model, precision, step.device))
-        if step.device.type == "cpu":
+        if step.device.type == "cpu" and precision == "bf16" and not torch.is_autocast_enabled("cpu"):
             stack.enter_context(fused_cpu_linears(model))  # bf16 weights only: bias (+ GELU) inside the GEMM
         for idx in batches:
             width = max(feature_length(step.features[i if i >= 0 else -1 - i]) for i in idx)
