@@ -130,19 +130,22 @@ def _fused_forward(module: nn.Module, linear: nn.Linear, gelu: bool) -> Callable
 def fused_cpu_linears(model: nn.Module) -> Iterator[int]:
     """Within the block, ``model``'s bf16 CPU linear layers run fused (see the module docstring);
     yields how many modules were patched (0 when the op is unavailable or nothing is bf16)."""
+    # one walk: modules() visits a block before its children, so a fused block's `dense` is
+    # known (and skipped: the block's forward no longer calls it) by the time it comes up
+    plan: list[tuple[nn.Module, nn.Linear, bool]] = []
+    in_block: set[int] = set()
+    for module in model.modules():
+        if _fusable_intermediate(module):
+            plan.append((module, module.dense, True))
+            in_block.add(id(module.dense))
+        elif id(module) not in in_block and _fusable(module) and "forward" not in vars(module):
+            plan.append((module, module, False))
     patched: list[nn.Module] = []
     try:
-        if any(_fusable(m) for m in model.modules()) and fused_linear_available():
-            intermediate_dense: set[int] = set()
-            for module in model.modules():
-                if _fusable_intermediate(module):
-                    module.forward = _fused_forward(module, module.dense, gelu=True)
-                    patched.append(module)
-                    intermediate_dense.add(id(module.dense))
-            for module in model.modules():
-                if id(module) not in intermediate_dense and _fusable(module) and "forward" not in vars(module):
-                    module.forward = _fused_forward(module, module, gelu=False)
-                    patched.append(module)
+        if plan and fused_linear_available():  # no check at all for a model with nothing to fuse
+            for module, linear, gelu in plan:
+                module.forward = _fused_forward(module, linear, gelu)
+                patched.append(module)
         yield len(patched)
     finally:
         for module in patched:
