@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xstilts.errors import DataNotFoundError, UnknownNameError
+from xstilts.errors import DataNotFoundError, UnknownNameError, XStiltsError
 from xstilts.tasks.catalog import TaskSpec, get_task
 from xstilts.tasks.loading import convert_hub_rows, load_examples, local_availability, subsample
 
@@ -54,6 +54,32 @@ def test_subsampling_is_seeded_and_keeps_order(tmp_path: Path) -> None:
     assert subsample(list(range(10)), 3, seed=0) == subsample(list(range(10)), 3, seed=0)
 
 
+def test_subsample_of_a_token_tsv_builds_only_the_kept_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xstilts.tasks import loading, readers
+
+    spec = TaskSpec(name="toy_ner", format="tagging", role="target", languages=["de"], splits=["test"], eval_split="test",
+                    metric="ner_f1", primary_metric="f1", label_list=["O", "B-PER", "I-PER"],
+                    local={"reader": "token_tsv", "paths": {"test": "ner/test.{lang}.tsv"}})
+    (tmp_path / "ner").mkdir()
+    (tmp_path / "ner" / "test.de.tsv").write_text("".join(f"t{i}\tB-PER\nu{i}\tO\n\n" for i in range(40)), encoding="utf-8")
+    built: list[str] = []
+    real = readers._tsv_sentence
+    monkeypatch.setattr(readers, "_tsv_sentence", lambda path, raw, block, *a: built.append(block) or real(path, raw, block, *a))
+    for k, seed in ((5, 0), (5, 7), (0, 0), (39, 1), (40, 0), (1000, 0)):
+        loading._CACHE.clear()
+        built.clear()
+        lazy = load_examples(spec, "de", "test", data_dir=tmp_path, max_examples=k, seed=seed)
+        assert len(built) == min(k, 40)  # only the kept sentences were split into tokens
+        loading._CACHE.clear()
+        full = loading._read_local(spec, "de", [tmp_path / "ner" / "test.de.tsv"])
+        assert lazy == subsample(full, k, seed)  # the same examples, ids and order as subsampling a full read
+    built.clear()  # the full read is cached now: a subsample takes it from there
+    assert load_examples(spec, "de", "test", data_dir=tmp_path, max_examples=3) == subsample(full, 3) and not built
+    with pytest.raises(XStiltsError, match="max_examples must be >= 0"):
+        loading._CACHE.clear()
+        load_examples(spec, "de", "test", data_dir=tmp_path, max_examples=-1)
+
+
 def test_unknown_names_list_the_valid_ones(tmp_path: Path) -> None:
     spec = _spec()
     with pytest.raises(UnknownNameError, match="de, en"):
@@ -85,6 +111,8 @@ def test_real_data_through_the_catalog(shared_data: Path) -> None:
     assert load_examples("tatoeba", "cmn", "test", data_dir=shared_data)[0] == ex[0]  # 639-3 accepted
     panx = load_examples("panx", "sw", "dev", data_dir=shared_data, max_examples=50, seed=3)
     assert len(panx) == 50 and all(t in get_task("panx").label_list for e in panx for t in e.tags)
+    full = load_examples("panx", "sw", "dev", data_dir=shared_data)  # the whole file, parsed
+    assert panx == subsample(full, 50, seed=3)  # what the subsample read without building the others
     anli = load_examples("anli", "en", "dev", data_dir=shared_data)
     assert len(anli) == 3198 and len({e.id for e in anli}) == 3198
 

@@ -126,6 +126,33 @@ def test_token_tsv_errors(tmp_path: Path) -> None:
         read_token_tsv(write(tmp_path, "e.tsv", "\n\n"))
 
 
+def test_token_tsv_keep_builds_only_the_chosen_sentences(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xstilts.tasks import readers
+
+    text = "".join(f"w{i}\t{NER[i % len(NER)]}\nx{i}\tO\n\n\n" for i in range(30))
+    f = write(tmp_path, "dev.tsv", text)
+    full = read_token_tsv(f, label_list=NER)
+    built: list[str] = []
+    real = readers._tsv_sentence
+    monkeypatch.setattr(readers, "_tsv_sentence", lambda path, raw, block, *a: built.append(block) or real(path, raw, block, *a))
+    seen: list[int] = []
+    chosen = read_token_tsv(f, label_list=NER, keep=lambda n: seen.append(n) or [2, 17, 29])
+    assert seen == [30] and len(built) == 3  # told the count; split only the three it keeps
+    assert chosen == [full[2], full[17], full[29]] and [e.id for e in chosen] == ["2", "17", "29"]
+    assert read_token_tsv(f, label_list=NER, keep=lambda n: []) == []
+
+
+def test_token_tsv_keep_checks_the_sentences_it_skips(tmp_path: Path) -> None:
+    """A broken line in a sentence that is not kept gives the error a full read gives."""
+    lines = "a\tO\n\nb\tO\nc\n\nd\tO\n"  # line 4 lacks its tab, in the second sentence
+    with raises("1 field\\(s\\) where earlier lines have 2", line=4):
+        read_token_tsv(write(tmp_path, "a.tsv", lines), keep=lambda n: [0])
+    with raises("1 field\\(s\\) where earlier lines have 2", line=4):
+        read_token_tsv(write(tmp_path, "b.tsv", lines))
+    with raises("unknown tag 'B-MISC'", line=3):
+        read_token_tsv(write(tmp_path, "c.tsv", "a\tO\n\nb\tB-MISC\n"), label_list=NER, keep=lambda n: [0])
+
+
 CONLLU = """# sent_id = s1
 # text = Don't go.
 1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_

@@ -7,10 +7,11 @@ hub through ``datasets.load_dataset`` — failing fast, with a message saying ho
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -61,15 +62,20 @@ def local_availability(task: str | TaskSpec, data_dir: str | Path | None = None)
     return found
 
 
+def _cache_key(spec: TaskSpec, language: str, file: Path) -> tuple[Any, ...]:
+    assert spec.local is not None
+    stat = file.stat()
+    return (spec.local.reader, str(file), stat.st_mtime_ns, stat.st_size, tuple(spec.label_list or ()),
+            language, repr(sorted(spec.local.options.items())))
+
+
 def _read_parts(spec: TaskSpec, language: str, files: Sequence[Path], use_cache: bool = True) -> list[list[Example]]:
     """The examples of each file (cached by path, mtime and size when ``use_cache``)."""
     assert spec.local is not None
     reader = get_reader(spec.local.reader)
     parts: list[list[Example]] = []
     for file in files:
-        stat = file.stat()
-        key = (spec.local.reader, str(file), stat.st_mtime_ns, stat.st_size, tuple(spec.label_list or ()),
-               language, repr(sorted(spec.local.options.items())))
+        key = _cache_key(spec, language, file)
         cached = _CACHE.get(key) if use_cache else None
         if cached is None:
             cached = reader(file, label_list=spec.label_list, language=language, **spec.local.options)
@@ -97,6 +103,29 @@ def _concat(files: Sequence[Path], parts: list[list[Example]]) -> list[Example]:
 
 def _read_local(spec: TaskSpec, language: str, files: Sequence[Path], use_cache: bool = True) -> list[Example]:
     return _concat(files, _read_parts(spec, language, files, use_cache))
+
+
+def _selective(reader: Callable[..., Any]) -> bool:
+    """Whether ``reader`` can return only chosen records (a ``keep`` argument: see ``read_token_tsv``)."""
+    try:
+        return "keep" in inspect.signature(reader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_local_subsample(spec: TaskSpec, language: str, files: Sequence[Path], max_examples: int,
+                          seed: int) -> list[Example] | None:
+    """``subsample(_read_local(...), max_examples, seed)`` read without building the examples that
+    are not kept, where the reader can (one file, a reader with ``keep``, the file not already
+    parsed in this process); None where it cannot."""
+    assert spec.local is not None
+    reader = get_reader(spec.local.reader)
+    if len(files) != 1 or "keep" in spec.local.options or not _selective(reader):
+        return None
+    if _cache_key(spec, language, files[0]) in _CACHE:
+        return None  # parsed already: subsampling the cached examples is cheaper
+    return reader(files[0], label_list=spec.label_list, language=language, **spec.local.options,
+                  keep=lambda n: subsample_indices(n, max_examples, seed))
 
 
 # --------------------------------------------------------------------------- hub
@@ -164,14 +193,18 @@ def _offline_message(spec: TaskSpec, language: str, split: str, reason: str) -> 
 # --------------------------------------------------------------------------- public API
 
 
-def subsample(examples: Sequence[Example], max_examples: int | None, seed: int = 0) -> list[Example]:
-    """At most ``max_examples`` examples chosen with ``random.Random(seed)``, in their original order."""
-    if max_examples is None or max_examples >= len(examples):
-        return list(examples)
+def subsample_indices(n: int, max_examples: int | None, seed: int = 0) -> list[int]:
+    """The positions :func:`subsample` keeps out of ``n`` examples, ascending."""
+    if max_examples is None or max_examples >= n:
+        return list(range(n))
     if max_examples < 0:
         raise XStiltsError(f"max_examples must be >= 0, got {max_examples}")
-    keep = sorted(random.Random(seed).sample(range(len(examples)), max_examples))
-    return [examples[i] for i in keep]
+    return sorted(random.Random(seed).sample(range(n), max_examples))
+
+
+def subsample(examples: Sequence[Example], max_examples: int | None, seed: int = 0) -> list[Example]:
+    """At most ``max_examples`` examples chosen with ``random.Random(seed)``, in their original order."""
+    return [examples[i] for i in subsample_indices(len(examples), max_examples, seed)]
 
 
 def load_examples(task: str | TaskSpec, language: str, split: str, data_dir: str | Path | None = None,
@@ -181,7 +214,8 @@ def load_examples(task: str | TaskSpec, language: str, split: str, data_dir: str
 
     ``source``: "local" reads files under the data dir (``--data-dir`` / ``XSTILTS_DATA_DIR`` /
     ``../shared/data``); "hub" uses ``datasets.load_dataset``; "auto" prefers local files.
-    ``max_examples`` subsamples deterministically (``seed``), keeping the original order.
+    ``max_examples`` subsamples deterministically (``seed``), keeping the original order; a
+    reader that can (token TSV: PAN-X, UD-POS) builds only the examples kept.
     Raises UnknownNameError (task/language/split), DataNotFoundError, DataError.
     """
     spec = get_task(task)
@@ -193,6 +227,10 @@ def load_examples(task: str | TaskSpec, language: str, split: str, data_dir: str
     if source in ("auto", "local"):
         files = local_files(spec, language, split, data_dir)
         if files and all(f.is_file() for f in files):
+            if max_examples is not None:  # only the examples kept, where the reader can
+                picked = _read_local_subsample(spec, language, files, max_examples, seed)
+                if picked is not None:
+                    return picked
             examples = _read_local(spec, language, files)
         elif source == "local":
             directory = resolve_data_dir(data_dir)

@@ -37,12 +37,13 @@ Layouts:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +172,18 @@ _PREFIX = re.compile(r"^([a-z]{2,3}):(.+)$")
 
 
 def read_token_tsv(path: Path, *, label_list: Sequence[str] | None = None, language: str | None = None,
-                   strip_lang_prefix: bool = False) -> list[TaggingExample]:
+                   strip_lang_prefix: bool = False,
+                   keep: Callable[[int], Iterable[int]] | None = None) -> list[TaggingExample]:
     """XTREME token TSV: ``token<TAB>tag`` lines, a blank line between sentences.
 
     Files with a single column (PAN-X test) give examples with ``tags=None``. With
     ``strip_lang_prefix``, a ``<language>:`` prefix on tokens (``en:Paris``, as in some
-    PAN-X distributions) is removed.
+    PAN-X distributions) is removed. Ids are the sentences' positions in the file.
+
+    ``keep`` (what :func:`xstilts.tasks.loading.load_examples` passes for a subsample): given
+    the number of sentences in the file, the positions of those to return, ascending; only
+    they are split into tokens (a PAN-X test file holds ~10k sentences; 20 are asked for). The
+    whole file is checked either way, with the same errors.
     """
     expected = "token<TAB>tag lines with a blank line between sentences"
     raw = _read_text(path, expected)
@@ -186,16 +193,19 @@ def read_token_tsv(path: Path, *, label_list: Sequence[str] | None = None, langu
     ncols = _tsv_columns(path, raw, text, expected)
     prefix = _lang_prefix(text, language) if strip_lang_prefix else None
     examples: list[TaggingExample] = []
-    for block in _split_blocks(text):
-        block = block.strip("\n")
-        if block:
-            tokens, tags = _tsv_sentence(path, raw, block, ncols, expected)
+    with _gc_paused():
+        blocks = [block for block in (b.strip("\n") for b in text.split("\n\n")) if block]
+        # no line holds two tabs (_tsv_columns): every line has its tab when they are as many as the lines
+        if keep is not None and ncols == 2 and text.count("\t") != len(blocks) + sum(b.count("\n") for b in blocks):
+            _locate_tsv_problem(path, raw, expected)  # the line that splitting each sentence would have found
+        for position in range(len(blocks)) if keep is None else keep(len(blocks)):
+            tokens, tags = _tsv_sentence(path, raw, blocks[position], ncols, expected)
             if prefix is not None:
                 tokens = [t[len(prefix):] if t.startswith(prefix) and len(t) > len(prefix) else t for t in tokens]
-            examples.append(TaggingExample(id=str(len(examples)), tokens=tokens, tags=tags))
+            examples.append(TaggingExample(id=str(position), tokens=tokens, tags=tags))
     if label_list is not None and ncols == 2 and not set(_TAG_CELL.findall(text)) <= set(label_list):
         _locate_tsv_problem(path, raw, expected, label_list)
-    if not examples:
+    if not blocks:
         raise DataError(path, f"no sentences found; expected {expected}")
     return examples
 
@@ -238,13 +248,14 @@ _TWO_TABS = re.compile(r"\t[^\t\n]*\t")
 _TAG_CELL = re.compile(r"\t([^\t\n]*)")
 
 
-def _split_blocks(text: str) -> Iterator[str]:
-    """Blank-line separated blocks, with the cyclic GC paused: parsing creates millions of
-    small lists and no cycles, and GC passes over them dominate the run time otherwise."""
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC paused: parsing creates millions of small lists and no cycles, and GC
+    passes over them dominate the run time otherwise."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield from text.split("\n\n")
+        yield
     finally:
         if enabled:
             gc.enable()
