@@ -52,6 +52,21 @@ def test_miss_then_hit_loads_same_features(tokenizer, tmp_path, monkeypatch):
     assert again.cache_files and Path(again.cache_files[0]["filename"]).is_relative_to(entry)  # memory-mapped from disk
 
 
+def test_rows_of_a_new_entry_are_not_read_back(tokenizer, tmp_path, monkeypatch):
+    """featurize_cached_rows (zero-shot evaluation): a miss writes the entry and returns the rows it
+    just built, equal to what the entry gives on a later hit; a miss never loads its own entry."""
+    reset_cache_stats()
+    task, examples, opts = FakeTask(), nli_examples(), FeaturizeOptions(max_length=32)
+    real_load = cache._load
+    monkeypatch.setattr(cache, "_load", lambda entry: pytest.fail("a new entry was read back"))
+    rows = cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path)
+    assert cache_stats()["misses"] == 1 and len(entries(tmp_path)) == 1
+    monkeypatch.setattr(cache, "_load", real_load)
+    assert rows == get_format("classification").featurize(examples, tokenizer, opts, NLI)
+    assert cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path) == rows
+    assert cache_stats()["hits"] == 1 and featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path).to_list() == rows
+
+
 def test_key_changes_with_every_input(tokenizer):
     task, examples, opts = FakeTask(), nli_examples(), FeaturizeOptions()
     base = features_key(task, examples, tokenizer, opts)

@@ -199,6 +199,27 @@ def featurize_cached(
     Returns a memory-mapped ``datasets.Dataset`` whose rows are the format's feature dicts.
     ``cache_dir`` defaults to :func:`xstilts.paths.features_cache_dir`.
     """
+    dataset, entry = _featurize_or_load(task, examples, tokenizer, options, cache_dir)
+    return dataset if entry is None else _load(entry)  # a new entry: memory-mapped from its files
+
+
+def featurize_cached_rows(
+    task: TaskSpec,
+    examples: Sequence[Any],
+    tokenizer: Any,
+    options: FeaturizeOptions | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`featurize_cached` as a list of feature dicts (what zero-shot evaluation
+    holds): a new entry's rows come from the Arrow table just written, not read back from disk."""
+    dataset, _ = _featurize_or_load(task, examples, tokenizer, options, cache_dir)
+    return dataset.to_list()
+
+
+def _featurize_or_load(task: TaskSpec, examples: Sequence[Any], tokenizer: Any, options: FeaturizeOptions | None,
+                       cache_dir: Path | str | None) -> tuple[Any, Path | None]:
+    """(a cached entry loaded, None) or (the new features as an in-memory Dataset, the entry now holding them)."""
     import datasets
 
     options = options if options is not None else FeaturizeOptions()
@@ -217,7 +238,7 @@ def featurize_cached(
             with _STATS_LOCK:
                 _STATS.hits += 1
             logger.debug("features cache hit: task=%s, %d examples -> %s", task.name, len(examples), entry)
-            return ds
+            return ds, None
 
     with _STATS_LOCK:
         _STATS.misses += 1
@@ -257,7 +278,7 @@ def featurize_cached(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return _load(entry)
+    return dataset, entry
 
 
 __all__ = [
@@ -266,6 +287,7 @@ __all__ = [
     "examples_fingerprint",
     "features_key",
     "featurize_cached",
+    "featurize_cached_rows",
     "reset_cache_stats",
     "tokenizer_fingerprint",
 ]
