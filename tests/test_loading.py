@@ -75,8 +75,8 @@ def test_subsample_of_a_token_tsv_builds_only_the_kept_examples(tmp_path: Path, 
         assert lazy == subsample(full, k, seed)  # the same examples, ids and order as subsampling a full read
     built.clear()  # the full read is cached now: a subsample takes it from there
     assert load_examples(spec, "de", "test", data_dir=tmp_path, max_examples=3) == subsample(full, 3) and not built
+    loading._CACHE.clear()
     with pytest.raises(XStiltsError, match="max_examples must be >= 0"):
-        loading._CACHE.clear()
         load_examples(spec, "de", "test", data_dir=tmp_path, max_examples=-1)
 
 
