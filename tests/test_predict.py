@@ -15,8 +15,11 @@ import torch
 from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
 from xstilts.models import HeadSpec, MultiTaskModel
 from xstilts.models.predict import (
+    CPU_STREAMS,
+    CPU_STREAMS_ENV,
     SentenceEmbedding,
     cast_for_inference,
+    cpu_streams,
     length_sorted_batches,
     predict,
     resolve_device,
@@ -182,7 +185,65 @@ def test_transform_sees_every_batch_on_the_device(model):
         return batch
 
     predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, transform=spy)
-    assert seen == [4, 4, 3]
+    assert sorted(seen) == [3, 4, 4]  # on the CPU two streams run batches at once, longest first
+
+
+@pytest.mark.parametrize("fmt_name,target", [("tagging", "ner"), ("extractive_qa", "qa"),
+                                             ("retrieval", SentenceEmbedding(layer=1))])
+def test_cpu_streams_give_the_one_stream_outputs_exactly(model, monkeypatch, fmt_name, target):
+    """Two batches at once on one intra-op thread each: the same fp32 numbers as one batch at a
+    time on every thread (each batch's kernels see the same shapes), torch's thread count restored."""
+    m, tok = model
+    fmt, feats = _features(fmt_name, tok)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv(CPU_STREAMS_ENV, "1")
+        one = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)
+        monkeypatch.setenv(CPU_STREAMS_ENV, "2")
+        assert cpu_streams(torch.device("cpu"), 6) == 2
+        two = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id, progress=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert set(one) == set(two)
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key])
+
+
+def test_cpu_streams_setting_and_errors(model, monkeypatch):
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv(CPU_STREAMS_ENV, raising=False)
+        assert cpu_streams(cpu, 10) == CPU_STREAMS == 2
+        assert cpu_streams(cpu, 1) == 1  # one batch: nothing to run beside it
+        assert cpu_streams(torch.device("meta"), 10) == 1  # accelerators run one batch at a time
+        monkeypatch.setenv(CPU_STREAMS_ENV, "8")
+        assert cpu_streams(cpu, 10) == 2  # at most one stream per thread
+        torch.set_num_threads(1)
+        assert cpu_streams(cpu, 10) == 1
+        for bad in ("0", "two", "-1"):
+            monkeypatch.setenv(CPU_STREAMS_ENV, bad)
+            with pytest.raises(ConfigError, match=f"{CPU_STREAMS_ENV} must be a whole number >= 1"):
+                cpu_streams(cpu, 10)
+        # a batch that fails in a stream: the error reaches the caller, the thread count comes back
+        torch.set_num_threads(2)
+        monkeypatch.setenv(CPU_STREAMS_ENV, "2")
+
+        def boom(batch):
+            if batch["input_ids"].shape[0] == 3:
+                raise RuntimeError("bad batch")
+            return batch
+
+        with pytest.raises(RuntimeError, match="bad batch"):
+            predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, transform=boom)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _FakeAccelerator:

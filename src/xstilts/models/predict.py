@@ -22,6 +22,16 @@ On the CPU a model cast to bf16 runs its linear layers with the bias (and a feed
 GELU) fused into oneDNN's GEMM (:mod:`xstilts.models.cpu_fusion`; ``XSTILTS_CPU_FUSION=0``
 turns it off).
 
+CPU streams: on the CPU, :data:`CPU_STREAMS` batches (2; ``XSTILTS_CPU_STREAMS`` overrides,
+``1`` turns it off) run at once in a small thread pool, each on ``threads // streams`` of torch's
+intra-op threads, longest batches first. Small encoders' kernels do not keep two threads busy
+(the GEMMs split across them, element-wise ops and attention scale worse): two batches side by
+side on one thread each took 0.88 of the time of one batch at a time on both threads in fp32 and
+0.77 in bf16 (e5-small, the eval benchmark's batches, 2-core Xeon; benchmarks/RESULTS.md). Each
+batch's numbers were the same bit for bit in every check (tests, the benchmark's fp32 scores): its
+kernels see the same shapes, only on fewer threads.
+torch's thread count is process-wide: it is lowered for the call and restored after it.
+
 Distribution: with an ``accelerate.Accelerator`` of several processes each process runs
 every ``world``-th batch of the shared length-sorted order on its unwrapped model (no
 collective per batch), and one gather at the end gives every process all outputs, in
@@ -33,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -56,6 +67,11 @@ CPU_PRECISION_ADVICE = "on CPU use fp32 (or bf16 where the CPU has bf16 instruct
 OUTPUT_PAD = -1e4
 #: batch keys that are targets, not model inputs
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
+#: batches run at once on the CPU, each on its share of torch's intra-op threads (two streams
+#: of one thread each beat one stream of two on a 2-core machine: benchmarks/RESULTS.md)
+CPU_STREAMS = 2
+#: environment override of :data:`CPU_STREAMS` ("1": one batch at a time on every thread)
+CPU_STREAMS_ENV = "XSTILTS_CPU_STREAMS"
 #: encoders whose last hidden state, with only the first ``k`` layers kept, is exactly
 #: ``hidden_states[k]`` (no final norm after the layer stack)
 _TRUNCATABLE = ("bert", "xlm-roberta", "roberta", "camembert")
@@ -389,8 +405,8 @@ def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Coll
     was_training = model.training
     model.eval()
     try:
-        chunks, token_level = _run_batches(model, target, step, _progress(_shard(batches, accelerator), desc, show),
-                                           precision)
+        chunks, token_level = _run_batches(model, target, step, _shard(batches, accelerator), precision,
+                                           _progress(desc, show))
     finally:
         model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
@@ -416,32 +432,82 @@ class _Step:
         return self.transform(batch) if self.transform is not None else batch
 
 
-def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step, batches: Iterable[list[int]],
-                 precision: str) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], dict[str, bool]]:
+def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step, batches: list[list[int]],
+                 precision: str, bar: Callable[[Iterable[Any], int], Iterable[Any]] | None = None
+                 ) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], dict[str, bool]]:
     """(feature indices, outputs) of every batch, per output key, without gradients; and per
-    key whether dim 1 of every batch's output is as wide as the batch's longest feature."""
+    key whether dim 1 of every batch's output is as wide as the batch's longest feature.
+    On the CPU up to :func:`cpu_streams` batches run at once (see the module docstring);
+    ``bar`` wraps the finished batches (a progress bar)."""
     chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     token_level: dict[str, bool] = {}
     with contextlib.ExitStack() as stack:
         forward = _forward_fn(model, target, stack)
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(_precision_context(model, precision, step.device))
         if step.device.type == "cpu" and precision == "bf16" and not torch.is_autocast_enabled("cpu"):
             stack.enter_context(fused_cpu_linears(model))  # bf16 weights only: bias (+ GELU) inside the GEMM
-        for idx in batches:
+
+        def one(idx: list[int]) -> tuple[list[int], dict[str, Tensor]]:
+            # grad mode and autocast are thread-local: entered here, in whichever thread runs the batch
+            with torch.inference_mode(), _precision_context(model, precision, step.device):
+                return idx, forward(step.inputs(idx))
+
+        streams = cpu_streams(step.device, len(batches))
+        if streams > 1:
+            pool = stack.enter_context(_cpu_stream_pool(streams))
+            # longest first: the streams finish together (the short batches fill in at the end)
+            done: Iterable[tuple[list[int], dict[str, Tensor]]] = pool.map(one, batches[::-1])
+        else:
+            done = map(one, batches)
+        for idx, outputs in (bar(done, len(batches)) if bar is not None else done):
             width = max(feature_length(step.features[i if i >= 0 else -1 - i]) for i in idx)
-            for key, val in forward(step.inputs(idx)).items():
+            for key, val in outputs.items():
                 chunks.setdefault(key, []).append((np.asarray(idx), val.float().cpu().numpy()))
                 token_level[key] = token_level.get(key, True) and val.dim() > 1 and val.shape[1] == width
     return chunks, token_level
 
 
-def _progress(items: list[list[int]], desc: str, enabled: bool) -> Any:
+def cpu_streams(device: torch.device, n_batches: int = 2) -> int:
+    """How many batches run at once on ``device``: on the CPU, :data:`CPU_STREAMS` (or
+    ``XSTILTS_CPU_STREAMS``), at most one per intra-op thread and per batch; 1 elsewhere."""
+    if device.type != "cpu" or n_batches < 2:
+        return 1
+    raw = os.environ.get(CPU_STREAMS_ENV)
+    if raw is None or not raw.strip():
+        wanted = CPU_STREAMS
+    else:
+        try:
+            wanted = int(raw)
+        except ValueError:
+            wanted = 0
+        if wanted < 1:
+            raise ConfigError(f"{CPU_STREAMS_ENV} must be a whole number >= 1 (1 = one batch at a time), got {raw!r}",
+                              key=CPU_STREAMS_ENV)
+    return max(1, min(wanted, torch.get_num_threads(), n_batches))
+
+
+@contextlib.contextmanager
+def _cpu_stream_pool(streams: int) -> Iterator[Any]:
+    """A pool of ``streams`` threads, each running its batches' kernels on ``threads // streams``
+    intra-op threads (torch's thread count is process-wide: restored on exit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // streams))  # new threads start with this count
+    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="xstilts-predict")
+    try:
+        yield pool
+    finally:  # an error or Ctrl-C: the batches not started are dropped, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
+def _progress(desc: str, enabled: bool) -> Callable[[Iterable[Any], int], Iterable[Any]] | None:
+    """A function wrapping finished batches in a tqdm bar (None when ``enabled`` is false)."""
     if not enabled:
-        return items
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, leave=False, disable=None)
+    return lambda items, total: tqdm(items, total=total, desc=desc, leave=False, disable=None)
 
 
 __all__ = [
@@ -452,6 +518,7 @@ __all__ = [
     "cast_for_inference",
     "check_precision",
     "cpu_has_bf16_instructions",
+    "cpu_streams",
     "feature_length",
     "length_sorted_batches",
     "predict",
