@@ -52,19 +52,27 @@ def test_miss_then_hit_loads_same_features(tokenizer, tmp_path, monkeypatch):
     assert again.cache_files and Path(again.cache_files[0]["filename"]).is_relative_to(entry)  # memory-mapped from disk
 
 
-def test_rows_of_a_new_entry_are_not_read_back(tokenizer, tmp_path, monkeypatch):
-    """featurize_cached_rows (zero-shot evaluation): a miss writes the entry and returns the rows it
-    just built, equal to what the entry gives on a later hit; a miss never loads its own entry."""
+def test_rows_equal_the_format_features_on_a_miss_and_a_hit(tokenizer, tmp_path):
+    """featurize_cached_rows (zero-shot evaluation): the entry's rows, the format's own features, with
+    datasets' types (from_list's), and the key as the dataset's fingerprint (no hashing of the table)."""
+    import datasets
+
     reset_cache_stats()
     task, examples, opts = FakeTask(), nli_examples(), FeaturizeOptions(max_length=32)
-    real_load = cache._load
-    monkeypatch.setattr(cache, "_load", lambda entry: pytest.fail("a new entry was read back"))
+    direct = get_format("classification").featurize(examples, tokenizer, opts, NLI)
     rows = cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path)
-    assert cache_stats()["misses"] == 1 and len(entries(tmp_path)) == 1
-    monkeypatch.setattr(cache, "_load", real_load)
-    assert rows == get_format("classification").featurize(examples, tokenizer, opts, NLI)
+    assert cache_stats()["misses"] == 1 and len(entries(tmp_path)) == 1 and rows == direct
     assert cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path) == rows
-    assert cache_stats()["hits"] == 1 and featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path).to_list() == rows
+    ds = featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path)
+    assert cache_stats()["hits"] == 2 and ds.to_list() == rows
+    assert ds.features == datasets.Dataset.from_list(direct).features  # e.g. input_ids int32, as from_list
+    assert ds._fingerprint == entries(tmp_path)[0].name.split("-", 1)[1]
+
+
+def test_no_examples_give_an_empty_entry(tokenizer, tmp_path):
+    task, opts = FakeTask(), FeaturizeOptions(max_length=32)
+    assert cache.featurize_cached_rows(task, [], tokenizer, opts, cache_dir=tmp_path) == []
+    assert len(featurize_cached(task, [], tokenizer, opts, cache_dir=tmp_path)) == 0
 
 
 def test_key_changes_with_every_input(tokenizer):
