@@ -211,6 +211,25 @@ def test_cpu_streams_give_the_one_stream_outputs_exactly(model, monkeypatch, fmt
         np.testing.assert_array_equal(one[key], two[key])
 
 
+def test_a_caller_inside_autocast_keeps_it_with_streams_on(model, monkeypatch):
+    """autocast is thread-local: a caller's autocast must reach every batch (one stream then)."""
+    m, tok = model
+    fmt, feats = _features("classification", tok)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        outs = {}
+        for streams in ("1", "2"):
+            monkeypatch.setenv(CPU_STREAMS_ENV, streams)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[streams] = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
+        fp32 = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(outs["1"], outs["2"])
+    assert not np.array_equal(outs["2"], fp32)  # bf16 numbers, not fp32 ones
+
+
 def test_cpu_streams_setting_and_errors(model, monkeypatch):
     m, tok = model
     fmt, feats = _features("classification", tok)

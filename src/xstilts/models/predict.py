@@ -28,9 +28,11 @@ intra-op threads, longest batches first. Small encoders' kernels do not keep two
 (the GEMMs split across them, element-wise ops and attention scale worse): two batches side by
 side on one thread each took 0.88 of the time of one batch at a time on both threads in fp32 and
 0.77 in bf16 (e5-small, the eval benchmark's batches, 2-core Xeon; benchmarks/RESULTS.md). Each
-batch's numbers were the same bit for bit in every check (tests, the benchmark's fp32 scores): its
-kernels see the same shapes, only on fewer threads.
-torch's thread count is process-wide: it is lowered for the call and restored after it.
+batch's numbers were the same bit for bit in every check (tests, the benchmark's fp32 scores), an
+observation rather than a guarantee: a GEMM library may split a product differently on fewer
+threads. torch's thread count is process-wide: it is lowered for the call and restored after it.
+A caller inside ``torch.autocast`` runs one batch at a time in its own thread (autocast is
+thread-local and would not reach the pool).
 
 Distribution: with an ``accelerate.Accelerator`` of several processes each process runs
 every ``world``-th batch of the shared length-sorted order on its unwrapped model (no
@@ -451,7 +453,10 @@ def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step,
             with torch.inference_mode(), _precision_context(model, precision, step.device):
                 return idx, forward(step.inputs(idx))
 
-        streams = cpu_streams(step.device, len(batches))
+        # autocast (and the like) entered by the caller is thread-local: it would not reach the pool's
+        # threads, so a caller inside autocast runs its batches in its own thread
+        inherited = torch.is_autocast_enabled(step.device.type)
+        streams = 1 if inherited else cpu_streams(step.device, len(batches))
         if streams > 1:
             pool = stack.enter_context(_cpu_stream_pool(streams))
             # longest first: the streams finish together (the short batches fill in at the end)
@@ -493,11 +498,13 @@ def _cpu_stream_pool(streams: int) -> Iterator[Any]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // streams))  # new threads start with this count
-    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="xstilts-predict")
     try:
-        yield pool
-    finally:  # an error or Ctrl-C: the batches not started are dropped, the running ones finish
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="xstilts-predict")
+        try:
+            yield pool
+        finally:  # an error or Ctrl-C: the batches not started are dropped, the running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:  # even when a second signal interrupts the shutdown
         torch.set_num_threads(threads)
 
 

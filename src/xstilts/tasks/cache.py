@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -177,10 +178,10 @@ def _load(entry: Path):
 
 
 def _write_features(features: Sequence[dict[str, Any]], path: Path, key: str) -> None:
-    """``features`` as one Arrow file, typed as ``datasets.Dataset.from_list`` types them (its
-    ``ArrowWriter``), the key recorded as the dataset's fingerprint. (``from_list`` +
-    ``save_to_disk`` took ~26 ms an entry, most of it hashing the new table for a fingerprint
-    the key already is: 1.5 s of a 59-language evaluation of 20 examples each.)"""
+    """``features`` as one Arrow file, typed as ``datasets.Dataset.from_list`` types them (both go
+    through datasets' ``OptimizedTypedSequence``), the key recorded as the dataset's fingerprint.
+    (``from_list`` + ``save_to_disk`` took ~26 ms an entry, most of it hashing the new table for
+    a fingerprint the key already is: 1.5 s of a 59-language evaluation of 20 examples each.)"""
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
@@ -188,7 +189,10 @@ def _write_features(features: Sequence[dict[str, Any]], path: Path, key: str) ->
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([])):
             return
     columns = {name: [f.get(name) for f in features] for name in features[0]}
-    with ArrowWriter(path=str(path), fingerprint=key, on_mixed_types=None) as writer:
+    # mixed types are an error, as in from_list (datasets >= 4.7 would otherwise store them as JSON;
+    # older versions have no such option and always raise)
+    strict = {"on_mixed_types": None} if "on_mixed_types" in inspect.signature(ArrowWriter).parameters else {}
+    with ArrowWriter(path=str(path), fingerprint=key, **strict) as writer:
         writer.write_batch(columns)
         writer.finalize()
 

@@ -213,7 +213,8 @@ def read_token_tsv(path: Path, *, label_list: Sequence[str] | None = None, langu
 def _tags_known(text: str, label_list: Sequence[str]) -> bool:
     """Whether every tag cell of a two-column token TSV (one tab per line) is in ``label_list``:
     the cells ``<TAB>label<NEWLINE>`` of the known labels, counted in C, are all the tabs (a
-    regex list of every cell took ~0.45 s over PAN-X's 47 test files; this takes ~0.05 s)."""
+    regex list of every cell instead: reading PAN-X's 48 test files for 20 sentences each took
+    ~1.0 s, now ~0.4 s)."""
     ended = text if text.endswith("\n") else text + "\n"
     return sum(ended.count(f"\t{label}\n") for label in set(label_list)) == ended.count("\t")
 
