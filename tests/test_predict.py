@@ -188,81 +188,75 @@ def test_transform_sees_every_batch_on_the_device(model):
     assert sorted(seen) == [3, 4, 4]  # on the CPU two streams run batches at once, longest first
 
 
+@pytest.fixture
+def two_threads():
+    """torch on 2 intra-op threads for the test (what the streams split), the count restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("fmt_name,target", [("tagging", "ner"), ("extractive_qa", "qa"),
                                              ("retrieval", SentenceEmbedding(layer=1))])
-def test_cpu_streams_give_the_one_stream_outputs_exactly(model, monkeypatch, fmt_name, target):
+def test_cpu_streams_give_the_one_stream_outputs_exactly(model, monkeypatch, two_threads, fmt_name, target):
     """Two batches at once on one intra-op thread each: the same fp32 numbers as one batch at a
     time on every thread (each batch's kernels see the same shapes), torch's thread count restored."""
     m, tok = model
     fmt, feats = _features(fmt_name, tok)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        monkeypatch.setenv(CPU_STREAMS_ENV, "1")
-        one = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)
-        monkeypatch.setenv(CPU_STREAMS_ENV, "2")
-        assert cpu_streams(torch.device("cpu"), 6) == 2
-        two = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id, progress=True)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setenv(CPU_STREAMS_ENV, "1")
+    one = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)
+    monkeypatch.setenv(CPU_STREAMS_ENV, "2")
+    assert cpu_streams(torch.device("cpu"), 6) == 2
+    two = predict(m, target, fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id, progress=True)
+    assert torch.get_num_threads() == 2
     assert set(one) == set(two)
     for key in one:
         np.testing.assert_array_equal(one[key], two[key])
 
 
-def test_a_caller_inside_autocast_keeps_it_with_streams_on(model, monkeypatch):
+def test_a_caller_inside_autocast_keeps_it_with_streams_on(model, monkeypatch, two_threads):
     """autocast is thread-local: a caller's autocast must reach every batch (one stream then)."""
     m, tok = model
     fmt, feats = _features("classification", tok)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        outs = {}
-        for streams in ("1", "2"):
-            monkeypatch.setenv(CPU_STREAMS_ENV, streams)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                outs[streams] = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
-        fp32 = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
-    finally:
-        torch.set_num_threads(threads)
+    outs = {}
+    for streams in ("1", "2"):
+        monkeypatch.setenv(CPU_STREAMS_ENV, streams)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[streams] = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
+    fp32 = predict(m, "nli", fmt, feats, batch_size=2, pad_token_id=tok.pad_token_id)["logits"]
     np.testing.assert_array_equal(outs["1"], outs["2"])
     assert not np.array_equal(outs["2"], fp32)  # bf16 numbers, not fp32 ones
 
 
-def test_cpu_streams_setting_and_errors(model, monkeypatch):
+def test_cpu_streams_setting_and_errors(model, monkeypatch, two_threads):
     m, tok = model
     fmt, feats = _features("classification", tok)
     cpu = torch.device("cpu")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        monkeypatch.delenv(CPU_STREAMS_ENV, raising=False)
-        assert cpu_streams(cpu, 10) == CPU_STREAMS == 2
-        assert cpu_streams(cpu, 1) == 1  # one batch: nothing to run beside it
-        assert cpu_streams(torch.device("meta"), 10) == 1  # accelerators run one batch at a time
-        monkeypatch.setenv(CPU_STREAMS_ENV, "8")
-        assert cpu_streams(cpu, 10) == 2  # at most one stream per thread
-        torch.set_num_threads(1)
-        assert cpu_streams(cpu, 10) == 1
-        for bad in ("0", "two", "-1"):
-            monkeypatch.setenv(CPU_STREAMS_ENV, bad)
-            with pytest.raises(ConfigError, match=f"{CPU_STREAMS_ENV} must be a whole number >= 1"):
-                cpu_streams(cpu, 10)
-        # a batch that fails in a stream: the error reaches the caller, the thread count comes back
-        torch.set_num_threads(2)
-        monkeypatch.setenv(CPU_STREAMS_ENV, "2")
+    monkeypatch.delenv(CPU_STREAMS_ENV, raising=False)
+    assert cpu_streams(cpu, 10) == CPU_STREAMS == 2
+    assert cpu_streams(cpu, 1) == 1  # one batch: nothing to run beside it
+    assert cpu_streams(torch.device("meta"), 10) == 1  # accelerators run one batch at a time
+    monkeypatch.setenv(CPU_STREAMS_ENV, "8")
+    assert cpu_streams(cpu, 10) == 2  # at most one stream per thread
+    torch.set_num_threads(1)
+    assert cpu_streams(cpu, 10) == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(CPU_STREAMS_ENV, bad)
+        with pytest.raises(ConfigError, match=f"{CPU_STREAMS_ENV} must be a whole number >= 1"):
+            cpu_streams(cpu, 10)
+    # a batch that fails in a stream: the error reaches the caller, the thread count comes back
+    torch.set_num_threads(2)
+    monkeypatch.setenv(CPU_STREAMS_ENV, "2")
 
-        def boom(batch):
-            if batch["input_ids"].shape[0] == 3:
-                raise RuntimeError("bad batch")
-            return batch
+    def boom(batch):
+        if batch["input_ids"].shape[0] == 3:
+            raise RuntimeError("bad batch")
+        return batch
 
-        with pytest.raises(RuntimeError, match="bad batch"):
-            predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, transform=boom)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        predict(m, "nli", fmt, feats, batch_size=4, pad_token_id=tok.pad_token_id, transform=boom)
+    assert torch.get_num_threads() == 2
 
 
 class _FakeAccelerator:

@@ -445,7 +445,10 @@ def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step,
     token_level: dict[str, bool] = {}
     with contextlib.ExitStack() as stack:
         forward = _forward_fn(model, target, stack)
-        if step.device.type == "cpu" and precision == "bf16" and not torch.is_autocast_enabled("cpu"):
+        # the caller's autocast is thread-local: it would not reach the pool's threads, so a caller
+        # inside autocast runs its batches in its own thread (and unfused: its weights are not bf16)
+        caller_autocast = torch.is_autocast_enabled(step.device.type)
+        if step.device.type == "cpu" and precision == "bf16" and not caller_autocast:
             stack.enter_context(fused_cpu_linears(model))  # bf16 weights only: bias (+ GELU) inside the GEMM
 
         def one(idx: list[int]) -> tuple[list[int], dict[str, Tensor]]:
@@ -453,10 +456,7 @@ def _run_batches(model: nn.Module, target: str | SentenceEmbedding, step: _Step,
             with torch.inference_mode(), _precision_context(model, precision, step.device):
                 return idx, forward(step.inputs(idx))
 
-        # autocast (and the like) entered by the caller is thread-local: it would not reach the pool's
-        # threads, so a caller inside autocast runs its batches in its own thread
-        inherited = torch.is_autocast_enabled(step.device.type)
-        streams = 1 if inherited else cpu_streams(step.device, len(batches))
+        streams = 1 if caller_autocast else cpu_streams(step.device, len(batches))
         if streams > 1:
             pool = stack.enter_context(_cpu_stream_pool(streams))
             # longest first: the streams finish together (the short batches fill in at the end)

@@ -14,6 +14,7 @@ same data at once: the first rename wins and the others load the winner's entry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -189,12 +190,18 @@ def _write_features(features: Sequence[dict[str, Any]], path: Path, key: str) ->
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([])):
             return
     columns = {name: [f.get(name) for f in features] for name in features[0]}
-    # mixed types are an error, as in from_list (datasets >= 4.7 would otherwise store them as JSON;
-    # older versions have no such option and always raise)
-    strict = {"on_mixed_types": None} if "on_mixed_types" in inspect.signature(ArrowWriter).parameters else {}
-    with ArrowWriter(path=str(path), fingerprint=key, **strict) as writer:
+    with ArrowWriter(path=str(path), fingerprint=key, **_strict_types()) as writer:
         writer.write_batch(columns)
         writer.finalize()
+
+
+@functools.cache
+def _strict_types() -> dict[str, Any]:
+    """ArrowWriter's keyword making mixed types an error, as in from_list (datasets >= 4.7 would
+    otherwise store them as JSON; older versions have no such option and always raise)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    return {"on_mixed_types": None} if "on_mixed_types" in inspect.signature(ArrowWriter).parameters else {}
 
 
 def featurize_cached(
@@ -207,27 +214,10 @@ def featurize_cached(
 ):
     """Featurise ``examples`` for ``task`` with its format, or load the cached features.
 
-    Returns a memory-mapped ``datasets.Dataset`` whose rows are the format's feature dicts.
-    ``cache_dir`` defaults to :func:`xstilts.paths.features_cache_dir`.
+    Returns a memory-mapped ``datasets.Dataset`` whose rows are the format's feature dicts (a
+    miss writes the entry first, then maps it). ``cache_dir`` defaults to
+    :func:`xstilts.paths.features_cache_dir`.
     """
-    return _featurize_or_load(task, examples, tokenizer, options, cache_dir)
-
-
-def featurize_cached_rows(
-    task: TaskSpec,
-    examples: Sequence[Any],
-    tokenizer: Any,
-    options: FeaturizeOptions | None = None,
-    *,
-    cache_dir: Path | str | None = None,
-) -> list[dict[str, Any]]:
-    """The rows of :func:`featurize_cached` as a list of feature dicts (what zero-shot evaluation holds)."""
-    return _featurize_or_load(task, examples, tokenizer, options, cache_dir).to_list()
-
-
-def _featurize_or_load(task: TaskSpec, examples: Sequence[Any], tokenizer: Any, options: FeaturizeOptions | None,
-                       cache_dir: Path | str | None) -> Any:
-    """The entry of these features, written first on a miss, as a memory-mapped Dataset."""
     options = options if options is not None else FeaturizeOptions()
     root = Path(cache_dir) if cache_dir is not None else paths.features_cache_dir()
     fmt = get_format(task.format)
@@ -284,6 +274,18 @@ def _featurize_or_load(task: TaskSpec, examples: Sequence[Any], tokenizer: Any, 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return _load(entry)  # memory-mapped from its file (~1 ms)
+
+
+def featurize_cached_rows(
+    task: TaskSpec,
+    examples: Sequence[Any],
+    tokenizer: Any,
+    options: FeaturizeOptions | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`featurize_cached` as a list of feature dicts (what zero-shot evaluation holds)."""
+    return featurize_cached(task, examples, tokenizer, options, cache_dir=cache_dir).to_list()
 
 
 __all__ = [
