@@ -70,6 +70,11 @@ def features_cache_dir() -> Path:
     return xstilts_home() / "features"
 
 
+def tokenizers_cache_dir() -> Path:
+    """Directory holding snapshots of loaded tokenizers (see ``models.loading``)."""
+    return xstilts_home() / "tokenizers"
+
+
 def _candidate_shared_data() -> list[Path]:
     here = Path(__file__).resolve()
     cands = [Path.cwd() / ".." / "shared" / "data", Path.cwd() / "shared" / "data"]

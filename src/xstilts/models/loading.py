@@ -13,14 +13,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import hashlib
 import inspect
 import json
 import logging
+import os
+import pickle
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xstilts import paths
 from xstilts.errors import ModelLoadError
 from xstilts.hub import hub_endpoint, hub_offline, hub_reachable  # noqa: F401 (re-exported by models)
 from xstilts.paths import ENCODER_SUBDIR, XSTILTS_MODEL_FILE
@@ -162,6 +168,138 @@ def _copy_tokenizer(tokenizer: Any, share_backend: bool) -> Any:
     return copy.deepcopy(tokenizer, {id(value): value for value in shared if value is not None})
 
 
+#: environment switch of the on-disk tokenizer snapshots ("0", "false", "no" or "off": none)
+TOKENIZER_SNAPSHOTS_ENV = "XSTILTS_TOKENIZER_SNAPSHOTS"
+#: bump when what a snapshot holds changes (invalidates every snapshot)
+_SNAPSHOT_VERSION = 1
+#: files of a model directory that no tokenizer reads (weights: GBs), left out of a snapshot's key
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".index"})
+
+
+def _snapshots_on() -> bool:
+    return os.environ.get(TOKENIZER_SNAPSHOTS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def tokenizer_snapshot_key(directory: str | Path) -> str:
+    """The key of ``directory``'s tokenizer snapshot: a hash of the content of every file in it
+    but the weights (``from_pretrained`` may read any of them: tokenizer.json, tokenizer_config,
+    special tokens, sentencepiece model, config.json), and of the transformers, tokenizers and
+    Python versions that pickled it. Hashing XLM-R's files takes ~0.05 s."""
+    import tokenizers
+    import transformers
+
+    h = hashlib.sha256()
+    h.update(json.dumps([_SNAPSHOT_VERSION, transformers.__version__, tokenizers.__version__,
+                         list(sys.version_info[:2])]).encode())
+    for file in sorted(Path(directory).iterdir()):
+        if file.is_file() and file.suffix not in _WEIGHT_SUFFIXES:
+            data = file.read_bytes()
+            h.update(f"\x00{file.name}\x00{len(data)}\x00".encode())
+            h.update(data)
+    return h.hexdigest()
+
+
+def _snapshot_file(key: str) -> Path:
+    return paths.tokenizers_cache_dir() / f"{key}.pkl"
+
+
+def _read_snapshot(key: str, source: str) -> Any | None:
+    """The tokenizer pickled under ``key`` with ``name_or_path`` set to ``source`` (what
+    ``from_pretrained(source)`` records), or None when there is none or it cannot be read."""
+    from transformers import PreTrainedTokenizerBase
+
+    file = _snapshot_file(key)
+    try:
+        with open(file, "rb") as fh:
+            tokenizer = pickle.load(fh)  # noqa: S301 (xstilts's own cache dir, written by _write_snapshot)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # truncated, or pickled by an incompatible class: load from the files
+        log.warning("ignoring the unreadable tokenizer snapshot %s (%s: %s); loading %s from its files",
+                    file, type(exc).__name__, exc, source)
+        return None
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        log.warning("ignoring the tokenizer snapshot %s: it holds a %s, not a tokenizer", file, type(tokenizer).__name__)
+        return None
+    _move_paths(tokenizer, str(tokenizer.name_or_path), source)
+    tokenizer.name_or_path = source
+    return tokenizer
+
+
+def _move_paths(tokenizer: Any, old: str, new: str) -> None:
+    """Point the attributes and ``init_kwargs`` that name ``old`` (the directory the snapshot
+    was loaded from: ``name_or_path``, a ``vocab_file``...) or a file in it at ``new``."""
+    root = old.rstrip(os.sep)
+    if not root or old == new:
+        return
+    for store in (vars(tokenizer), getattr(tokenizer, "init_kwargs", None)):
+        if not isinstance(store, dict):
+            continue
+        for name, value in list(store.items()):
+            if isinstance(value, str) and value == old:
+                store[name] = new
+            elif isinstance(value, str) and value.startswith(root + os.sep):
+                store[name] = new.rstrip(os.sep) + value[len(root):]
+
+
+def _write_snapshot(tokenizer: Any, key: str) -> None:
+    """Pickle a tokenizer just loaded by ``from_pretrained`` under ``key``, atomically. Best
+    effort: a full disk or an unpicklable tokenizer only costs the next load its speed."""
+    root = paths.tokenizers_cache_dir()
+    tmp: str | None = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=root)
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(tokenizer, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, _snapshot_file(key))
+        tmp = None
+    except Exception as exc:
+        log.info("no tokenizer snapshot written under %s (%s: %s)", root, type(exc).__name__, exc)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _from_pretrained_or_snapshot(source: str, local_files_only: bool) -> Any:
+    """``AutoTokenizer.from_pretrained(source)`` for a local directory, read from a snapshot.
+
+    ``from_pretrained`` of an XLM-R tokenizer takes ~3 s (transformers 5 parses its 17 MB
+    tokenizer.json in Python and rebuilds the 250k-piece vocabulary); unpickling the tokenizer it
+    returned takes ~1 s. The first load of a directory's tokenizer files pickles the result under
+    :func:`xstilts.paths.tokenizers_cache_dir`, keyed by :func:`tokenizer_snapshot_key` (the files'
+    content, not their path: the same tokenizer saved into every stage's model directory shares one
+    snapshot); later loads of the same files unpickle it. Snapshots are read only from that cache
+    dir, which xstilts writes itself, never from a model directory.
+    ``XSTILTS_TOKENIZER_SNAPSHOTS=0`` turns them off.
+    """
+    from transformers import AutoTokenizer
+
+    if not _snapshots_on():
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    key = tokenizer_snapshot_key(source)
+    tokenizer = _read_snapshot(key, source)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        _write_snapshot(tokenizer, key)
+    return tokenizer
+
+
+def ensure_tokenizer_snapshot(directory: str | Path) -> Path | None:
+    """The snapshot file of ``directory``'s tokenizer, written (by loading the tokenizer from its
+    files) when there is none yet. None when snapshots are off or none could be written."""
+    if not _snapshots_on():
+        return None
+    key = tokenizer_snapshot_key(directory)
+    file = _snapshot_file(key)
+    if not file.is_file():
+        from transformers import AutoTokenizer
+
+        _write_snapshot(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), key)
+    return file if file.is_file() else None
+
+
 def _load_tokenizer(source: str, local_files_only: bool) -> Any:
     from transformers import AutoTokenizer
 
@@ -174,7 +312,7 @@ def _load_tokenizer(source: str, local_files_only: bool) -> Any:
         log.warning("the cached tokenizer of %s was changed in place (added tokens?); loading it again", source)
         cached = None
     if cached is None:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        tokenizer = _from_pretrained_or_snapshot(source, local_files_only)
         _TOKENIZERS.pop(key, None)
         while len(_TOKENIZERS) >= _TOKENIZERS_KEPT:
             _TOKENIZERS.pop(next(iter(_TOKENIZERS)))
