@@ -12,6 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# tokenizers load from their files, not from snapshots earlier sessions left in the cache
+# (tests/test_tokenizer_snapshots.py turns them on, with a cache of its own)
+os.environ.setdefault("XSTILTS_TOKENIZER_SNAPSHOTS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

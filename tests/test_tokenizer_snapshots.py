@@ -73,18 +73,55 @@ def test_the_second_load_is_unpickled_and_equals_from_pretrained(tiny_model_dir,
 
 
 def test_a_snapshot_is_keyed_by_the_files_content_not_their_path(tiny_model_dir, counted, tmp_path):
-    _load(tiny_model_dir)
-    copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
+    from transformers import AutoTokenizer
+
+    first = shutil.copytree(tiny_model_dir, tmp_path / "first")
+    _load(first)
+    copy = shutil.copytree(first, tmp_path / "elsewhere")
+    shutil.rmtree(first)  # nothing of the first directory is needed, nor named, by the copy's tokenizer
     from_copy = _load(copy)
-    assert counted == [str(tiny_model_dir)] and from_copy.name_or_path == str(copy)
+    assert counted == [str(first)]
+    assert _state(from_copy) == _state(AutoTokenizer.from_pretrained(str(copy)))  # init_kwargs included
+    assert from_copy.name_or_path == str(copy) and str(first) not in repr(vars(from_copy))
 
     config = copy / "tokenizer_config.json"  # a changed file is another tokenizer
     data = json.loads(config.read_text())
     data["model_max_length"] = 77
     config.write_text(json.dumps(data))
     changed = _load(copy)
-    assert counted == [str(tiny_model_dir), str(copy)] and changed.model_max_length == 77
+    assert counted == [str(first), str(copy), str(copy)] and changed.model_max_length == 77
     assert len(_snapshots(tmp_path)) == 2
+
+
+def test_the_tokenizer_saved_by_a_stage_has_the_key_of_the_one_it_loaded(tiny_model_dir, counted, tmp_path):
+    """A model loaded from a directory and saved again (each stage of a chain) writes tokenizer
+    files with the same key, so every stage after the first finds the snapshot."""
+    from xstilts.models import MultiTaskModel
+    from xstilts.models.loading import tokenizer_snapshot_key
+
+    source = tiny_model_dir
+    keys = []
+    for stage, max_length in enumerate((96, 192, 384)):
+        model, tok = MultiTaskModel.from_pretrained(str(source))
+        tok(TEXTS, TEXTS, truncation="only_second", max_length=max_length, stride=max_length // 4,
+            return_overflowing_tokens=True)  # what the stage encoded last: recorded by the backend
+        source = tmp_path / f"stage{stage}"
+        model.save(source, tokenizer=tok)
+        assert tok.backend_tokenizer.truncation["max_length"] == max_length  # the caller's state is kept
+        keys.append(tokenizer_snapshot_key(source / "encoder"))
+        assert '"truncation":null' in (source / "encoder" / "tokenizer.json").read_text().replace(" ", "").replace("\n", "")
+    assert keys[0] == keys[1] == keys[2]
+
+
+def test_files_a_tokenizer_may_read_are_in_the_key(tiny_model_dir, tmp_path):
+    from xstilts.models.loading import tokenizer_snapshot_key
+
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    key = tokenizer_snapshot_key(copy)
+    (copy / "additional_chat_templates").mkdir()
+    (copy / "additional_chat_templates" / "tool.jinja").write_text("{{ messages }}")
+    assert tokenizer_snapshot_key(copy) != key
+    assert tokenizer_snapshot_key(copy, local_files_only=False) != tokenizer_snapshot_key(copy)
 
 
 def test_weights_are_not_part_of_the_key(tiny_model_dir, tmp_path):
@@ -132,13 +169,81 @@ def test_snapshots_can_be_turned_off(tiny_model_dir, counted, tmp_path, monkeypa
     assert len(counted) == 2 and _snapshots(tmp_path) == []
 
 
-def test_an_unwritable_cache_costs_only_speed(tiny_model_dir, counted, tmp_path, monkeypatch):
+def test_an_unusable_cache_dir_costs_only_speed(tiny_model_dir, counted, tmp_path, monkeypatch, caplog):
     home = tmp_path / "a-file"
     home.write_text("XSTILTS_HOME is a file: no cache dir can be made under it")
     monkeypatch.setenv("XSTILTS_HOME", str(home))
+    with caplog.at_level(logging.WARNING, logger="xstilts.models.loading"):
+        tokenizer = _load(tiny_model_dir)
+    assert tokenizer("a tiny test").input_ids and len(counted) == 1 and not caplog.text
+
+
+def test_a_full_disk_leaves_no_partial_snapshot(tiny_model_dir, counted, tmp_path, monkeypatch):
+    import errno
+
+    from xstilts.models import loading
+
+    def full(obj, fh, protocol=None):
+        fh.write(b"half a pickle")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loading.pickle, "dump", full)
     tokenizer = _load(tiny_model_dir)
     assert tokenizer("a tiny test").input_ids and len(counted) == 1
-    assert not any(p.name.startswith(".tmp-") for p in tmp_path.rglob("*"))
+    assert list((tmp_path / "home" / "tokenizers").iterdir()) == []
+
+
+def test_a_directory_not_owned_by_this_user_alone_is_not_read(tiny_model_dir, counted, tmp_path, caplog):
+    _load(tiny_model_dir)
+    (tmp_path / "home" / "tokenizers").chmod(0o777)  # anyone could have put a pickle there
+    with caplog.at_level(logging.WARNING, logger="xstilts.models.loading"):
+        _load(tiny_model_dir)
+    assert len(counted) == 2 and "others can write it" in caplog.text
+
+
+def test_an_unreadable_directory_file_falls_back_to_from_pretrained(tiny_model_dir, counted, monkeypatch):
+    from xstilts.models import loading
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("a file of the directory cannot be read")
+
+    monkeypatch.setattr(loading, "tokenizer_snapshot_key", unreadable)
+    assert _load(tiny_model_dir)("a tiny test").input_ids and len(counted) == 1
+
+
+def test_old_snapshots_and_a_killed_writer_s_files_are_removed(tiny_model_dir, counted, tmp_path, monkeypatch):
+    import os
+
+    from xstilts.models import loading
+
+    root = tmp_path / "home" / "tokenizers"
+    root.mkdir(parents=True, mode=0o700)
+    for i in range(3):
+        (root / f"old{i}.pkl").write_bytes(b"")
+        os.utime(root / f"old{i}.pkl", (1000 + i, 1000 + i))
+    (root / ".tmp-killed.pkl").write_bytes(b"")
+    os.utime(root / ".tmp-killed.pkl", (1000, 1000))
+    monkeypatch.setattr(loading, "_SNAPSHOTS_KEPT", 3)
+    _load(tiny_model_dir)
+    (new,) = [p.name for p in root.iterdir() if not p.name.startswith("old")]
+    assert sorted(p.name for p in root.iterdir()) == sorted(["old1.pkl", "old2.pkl", new])  # the oldest went
+
+
+def test_a_new_process_unpickles_the_snapshot(tiny_model_dir, counted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from transformers import AutoTokenizer\n"
+            "from xstilts.models.loading import _load_tokenizer\n"
+            "if sys.argv[2] == 'snapshot':\n"
+            "    AutoTokenizer.from_pretrained = None  # any call fails\n"
+            "print(_load_tokenizer(sys.argv[1], True)(sys.argv[3]).input_ids)\n")
+    env = {**os.environ, "XSTILTS_HOME": str(tmp_path / "home"), "XSTILTS_TOKENIZER_SNAPSHOTS": "1"}
+    out = [subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), how, TEXTS[1]], env=env, check=True,
+                          capture_output=True, text=True).stdout for how in ("files", "snapshot")]
+    assert out[0] == out[1] and out[0].startswith("[0,")
 
 
 def test_ensure_tokenizer_snapshot_writes_it_once(tiny_model_dir, counted, tmp_path, monkeypatch):

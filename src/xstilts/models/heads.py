@@ -42,6 +42,7 @@ from xstilts.models.loading import (
     encoder_num_layers,
     load_encoder,
     read_xstilts_model_json,
+    save_tokenizer,
 )
 from xstilts.paths import HEADS_FILE
 
@@ -534,7 +535,7 @@ class MultiTaskModel(nn.Module):
             enc_dir.mkdir(parents=True)
             self.encoder.save_pretrained(enc_dir)
             if tokenizer is not None:
-                tokenizer.save_pretrained(enc_dir)
+                save_tokenizer(tokenizer, enc_dir)
             else:
                 log.warning("saving %s without a tokenizer: pass tokenizer= to make the directory self-contained", directory)
             specs = list(self.head_specs.values()) if with_heads else []

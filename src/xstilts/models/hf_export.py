@@ -42,6 +42,7 @@ import torch
 
 from xstilts.errors import ModelLoadError, XStiltsError
 from xstilts.models.heads import HeadSpec, MultiTaskModel, head_class
+from xstilts.models.loading import save_tokenizer
 from xstilts.paths import XSTILTS_MODEL_FILE
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def export_hf(source: str | Path, out_dir: str | Path, *, head: str | None = Non
 
     def write(directory: Path) -> None:
         hf.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
+        save_tokenizer(tokenizer, directory)
         write_model_card(directory, card, hf, layout)
 
     _write_atomic(out, write)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -21,6 +22,7 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,31 +173,66 @@ def _copy_tokenizer(tokenizer: Any, share_backend: bool) -> Any:
 #: environment switch of the on-disk tokenizer snapshots ("0", "false", "no" or "off": none)
 TOKENIZER_SNAPSHOTS_ENV = "XSTILTS_TOKENIZER_SNAPSHOTS"
 #: bump when what a snapshot holds changes (invalidates every snapshot)
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
 #: files of a model directory that no tokenizer reads (weights: GBs), left out of a snapshot's key
-_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".index"})
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".onnx_data",
+                              ".ckpt", ".index", ".ot", ".gguf", ".tflite", ".npz", ".pkl", ".joblib"})
+#: a file larger than this enters the key by name, size and mtime instead of its content
+_HASHED_BYTES = 64 * 2**20
+#: subdirectories ``from_pretrained`` reads for a local directory (transformers' CHAT_TEMPLATE_DIR)
+_TOKENIZER_SUBDIRS = ("additional_chat_templates",)
+#: snapshots kept (least recently used removed first; XLM-R's takes 15 MB)
+_SNAPSHOTS_KEPT = 16
+_STALE_TMP_SECONDS = 24 * 3600
+_UNTRUSTED_WARNED: set[str] = set()
 
 
 def _snapshots_on() -> bool:
     return os.environ.get(TOKENIZER_SNAPSHOTS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def tokenizer_snapshot_key(directory: str | Path) -> str:
-    """The key of ``directory``'s tokenizer snapshot: a hash of the content of every file in it
-    but the weights (``from_pretrained`` may read any of them: tokenizer.json, tokenizer_config,
-    special tokens, sentencepiece model, config.json), and of the transformers, tokenizers and
-    Python versions that pickled it. Hashing XLM-R's files takes ~0.05 s."""
+@functools.cache
+def _library_identity() -> tuple[Any, ...]:
+    """What unpickling depends on besides the files: the snapshot layout, the transformers and
+    tokenizers versions, Python's, and (for a development install, whose version stays the same
+    across commits) the size and mtime of transformers' tokenizer base modules."""
     import tokenizers
     import transformers
 
-    h = hashlib.sha256()
-    h.update(json.dumps([_SNAPSHOT_VERSION, transformers.__version__, tokenizers.__version__,
-                         list(sys.version_info[:2])]).encode())
-    for file in sorted(Path(directory).iterdir()):
-        if file.is_file() and file.suffix not in _WEIGHT_SUFFIXES:
-            data = file.read_bytes()
-            h.update(f"\x00{file.name}\x00{len(data)}\x00".encode())
-            h.update(data)
+    base = Path(transformers.__file__).parent
+    sources = [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+               for f in (base / "tokenization_utils_base.py", base / "tokenization_utils_tokenizers.py") if f.is_file()]
+    return (_SNAPSHOT_VERSION, transformers.__version__, tokenizers.__version__, tuple(sys.version_info[:2]), *sources)
+
+
+def _key_files(directory: Path) -> list[Path]:
+    files = [f for f in directory.iterdir() if f.is_file()]
+    for sub in _TOKENIZER_SUBDIRS:
+        if (directory / sub).is_dir():
+            files += [f for f in (directory / sub).rglob("*") if f.is_file()]
+    return sorted(f for f in files if f.suffix not in _WEIGHT_SUFFIXES)
+
+
+def tokenizer_snapshot_key(directory: str | Path, local_files_only: bool = True) -> str:
+    """The key of ``directory``'s tokenizer snapshot: a hash of :func:`_library_identity`,
+    ``local_files_only`` (``from_pretrained`` records it), and the content of the files
+    ``from_pretrained`` may read: every top-level file but weights (tokenizer.json,
+    tokenizer_config.json, special tokens, a sentencepiece model, config.json, which names the
+    tokenizer class when tokenizer_config does not) and ``additional_chat_templates/``. A file over
+    64 MiB enters by name, size and mtime. XLM-R's files take ~0.05 s to hash. Raises OSError when
+    a file cannot be read."""
+    directory = Path(directory)
+    h = hashlib.sha256(json.dumps([*_library_identity(), local_files_only]).encode())
+    for file in _key_files(directory):
+        stat = file.stat()
+        name = file.relative_to(directory).as_posix()
+        if stat.st_size > _HASHED_BYTES:
+            h.update(f"\x00{name}\x00{stat.st_size}\x00{stat.st_mtime_ns}\x00".encode())
+            continue
+        with open(file, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").digest()
+        h.update(f"\x00{name}\x00{stat.st_size}\x00".encode())
+        h.update(digest)
     return h.hexdigest()
 
 
@@ -203,17 +240,41 @@ def _snapshot_file(key: str) -> Path:
     return paths.tokenizers_cache_dir() / f"{key}.pkl"
 
 
+def _trusted(file: Path) -> bool:
+    """Whether ``file`` and its directory belong to this user and nobody else can write them:
+    unpickling runs code, so a snapshot another user could have written is never read."""
+    if not hasattr(os, "getuid"):
+        return True
+    for path in (file.parent, file):
+        stat = path.stat()
+        if stat.st_uid != os.getuid() or stat.st_mode & 0o022:
+            if str(path) not in _UNTRUSTED_WARNED:
+                _UNTRUSTED_WARNED.add(str(path))
+                log.warning("not reading tokenizer snapshots from %s: it belongs to another user or others can "
+                            "write it (unpickling runs code). Snapshots stay off until it is yours alone "
+                            "(chmod go-w), or set %s=0.", path, TOKENIZER_SNAPSHOTS_ENV)
+            return False
+    return True
+
+
 def _read_snapshot(key: str, source: str) -> Any | None:
-    """The tokenizer pickled under ``key`` with ``name_or_path`` set to ``source`` (what
-    ``from_pretrained(source)`` records), or None when there is none or it cannot be read."""
+    """The tokenizer pickled under ``key``, its paths moved to ``source`` (what
+    ``from_pretrained(source)`` records), or None when there is none or it cannot be used."""
     from transformers import PreTrainedTokenizerBase
 
     file = _snapshot_file(key)
     try:
-        with open(file, "rb") as fh:
-            tokenizer = pickle.load(fh)  # noqa: S301 (xstilts's own cache dir, written by _write_snapshot)
+        if not _trusted(file):
+            return None
+        fh = open(file, "rb")
     except FileNotFoundError:
         return None
+    except OSError as exc:  # not readable (permissions, the cache root is a file...): as if absent
+        log.debug("no tokenizer snapshot read from %s (%s)", file, exc)
+        return None
+    try:
+        with fh:
+            tokenizer = pickle.load(fh)  # noqa: S301 (this user's own cache file, written by _write_snapshot)
     except Exception as exc:  # truncated, or pickled by an incompatible class: load from the files
         log.warning("ignoring the unreadable tokenizer snapshot %s (%s: %s); loading %s from its files",
                     file, type(exc).__name__, exc, source)
@@ -221,6 +282,8 @@ def _read_snapshot(key: str, source: str) -> Any | None:
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         log.warning("ignoring the tokenizer snapshot %s: it holds a %s, not a tokenizer", file, type(tokenizer).__name__)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(file)  # recently used: kept by _evict
     _move_paths(tokenizer, str(tokenizer.name_or_path), source)
     tokenizer.name_or_path = source
     return tokenizer
@@ -242,18 +305,40 @@ def _move_paths(tokenizer: Any, old: str, new: str) -> None:
                 store[name] = new.rstrip(os.sep) + value[len(root):]
 
 
+def _evict(root: Path, keep: Path) -> None:
+    """Remove all but the :data:`_SNAPSHOTS_KEPT` most recently used snapshots, and temporary
+    files a killed writer left behind."""
+    now = time.time()
+    snapshots = []
+    for file in root.iterdir():
+        with contextlib.suppress(OSError):
+            mtime = file.stat().st_mtime
+            if file.name.startswith(".tmp-") and now - mtime > _STALE_TMP_SECONDS:
+                file.unlink()
+            elif file.suffix == ".pkl" and file != keep:
+                snapshots.append((mtime, file))
+    for _, file in sorted(snapshots)[: max(0, len(snapshots) + 1 - _SNAPSHOTS_KEPT)]:
+        with contextlib.suppress(OSError):
+            file.unlink()
+
+
 def _write_snapshot(tokenizer: Any, key: str) -> None:
     """Pickle a tokenizer just loaded by ``from_pretrained`` under ``key``, atomically. Best
-    effort: a full disk or an unpicklable tokenizer only costs the next load its speed."""
+    effort: a full disk or an unpicklable tokenizer only costs the next load its speed. Only
+    transformers' own classes are pickled (a class defined elsewhere may not unpickle in another
+    process)."""
+    if not type(tokenizer).__module__.startswith("transformers."):
+        return
     root = paths.tokenizers_cache_dir()
     tmp: str | None = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=root)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=root)  # 0600
         with os.fdopen(fd, "wb") as fh:
             pickle.dump(tokenizer, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, _snapshot_file(key))
         tmp = None
+        _evict(root, _snapshot_file(key))
     except Exception as exc:
         log.info("no tokenizer snapshot written under %s (%s: %s)", root, type(exc).__name__, exc)
     finally:
@@ -265,20 +350,24 @@ def _write_snapshot(tokenizer: Any, key: str) -> None:
 def _from_pretrained_or_snapshot(source: str, local_files_only: bool) -> Any:
     """``AutoTokenizer.from_pretrained(source)`` for a local directory, read from a snapshot.
 
-    ``from_pretrained`` of an XLM-R tokenizer takes ~3 s (transformers 5 parses its 17 MB
+    ``from_pretrained`` of XLM-R's tokenizer takes 2.8-4 s (transformers 5 parses its 17 MB
     tokenizer.json in Python and rebuilds the 250k-piece vocabulary); unpickling the tokenizer it
-    returned takes ~1 s. The first load of a directory's tokenizer files pickles the result under
-    :func:`xstilts.paths.tokenizers_cache_dir`, keyed by :func:`tokenizer_snapshot_key` (the files'
-    content, not their path: the same tokenizer saved into every stage's model directory shares one
-    snapshot); later loads of the same files unpickle it. Snapshots are read only from that cache
-    dir, which xstilts writes itself, never from a model directory.
-    ``XSTILTS_TOKENIZER_SNAPSHOTS=0`` turns them off.
+    returned takes ~1 s (2-core Xeon). The first load of a directory's tokenizer files pickles the
+    result (~0.2 s more, 15 MB) under :func:`xstilts.paths.tokenizers_cache_dir`, keyed by
+    :func:`tokenizer_snapshot_key` (the files' content, not their path: a tokenizer saved unchanged
+    into every stage's model directory shares one snapshot); later loads of the same files
+    unpickle it. Snapshots are read only from that cache dir, and only when it and the file belong
+    to this user and nobody else can write them. ``XSTILTS_TOKENIZER_SNAPSHOTS=0`` turns them off.
     """
     from transformers import AutoTokenizer
 
     if not _snapshots_on():
         return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
-    key = tokenizer_snapshot_key(source)
+    try:
+        key = tokenizer_snapshot_key(source, local_files_only)
+    except OSError as exc:  # a file of the directory cannot be read: from_pretrained says whether it matters
+        log.debug("no tokenizer snapshot key for %s (%s)", source, exc)
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     tokenizer = _read_snapshot(key, source)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
@@ -291,13 +380,35 @@ def ensure_tokenizer_snapshot(directory: str | Path) -> Path | None:
     files) when there is none yet. None when snapshots are off or none could be written."""
     if not _snapshots_on():
         return None
-    key = tokenizer_snapshot_key(directory)
-    file = _snapshot_file(key)
-    if not file.is_file():
-        from transformers import AutoTokenizer
-
-        _write_snapshot(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), key)
+    _from_pretrained_or_snapshot(str(directory), True)
+    try:
+        file = _snapshot_file(tokenizer_snapshot_key(directory, True))
+    except OSError:
+        return None
     return file if file.is_file() else None
+
+
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """``tokenizer.save_pretrained(directory)`` without the truncation and padding its backend
+    recorded from its last call. transformers writes them into tokenizer.json (and a reload makes
+    them defaults in ``init_kwargs``), so a stage that had last cut QA windows at 192 tokens saved
+    a tokenizer that differs from one that had last encoded tags at 96; every call sets its own
+    anyway. The same tokenizer now saves the same files, whatever it encoded last (and their
+    snapshot is shared). The caller's tokenizer keeps its state."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "no_truncation"):
+        tokenizer.save_pretrained(directory)
+        return
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        tokenizer.save_pretrained(directory)
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
 
 
 def _load_tokenizer(source: str, local_files_only: bool) -> Any:
