@@ -47,3 +47,18 @@ def tiny_encoder_dir(directory: Path, *, kind: str = "xlm-roberta", hidden_size:
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
+
+
+def count_tokenizer_loads(monkeypatch) -> list[str]:
+    """An empty in-memory tokenizer cache, and the sources of every ``AutoTokenizer.from_pretrained``
+    after it (the list fills as they happen)."""
+    from transformers import AutoTokenizer
+
+    from xstilts.models import loading
+
+    loads: list[str] = []
+    real = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
+    monkeypatch.setattr(loading, "_TOKENIZERS", {})
+    return loads

@@ -135,17 +135,11 @@ def test_predict_groups_of_a_cast_model_run_without_autocast(model):
 def _counted_tokenizer_loads(monkeypatch) -> list[str]:
     """An empty tokenizer cache, and the sources of every ``AutoTokenizer.from_pretrained`` after it
     (no on-disk snapshots: these tests count the loads the in-memory cache saves)."""
-    from transformers import AutoTokenizer
-
+    from tests.helpers import count_tokenizer_loads
     from xstilts.models import loading
 
     monkeypatch.setenv(loading.TOKENIZER_SNAPSHOTS_ENV, "0")
-    loads: list[str] = []
-    real = AutoTokenizer.from_pretrained.__func__
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
-                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
-    monkeypatch.setattr(loading, "_TOKENIZERS", {})
-    return loads
+    return count_tokenizer_loads(monkeypatch)
 
 
 def test_a_directory_tokenizer_is_loaded_once_and_copied(tiny_model_dir, monkeypatch):

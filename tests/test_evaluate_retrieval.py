@@ -145,13 +145,13 @@ def test_qa_featurisation_keywords_are_honoured(tiny_model_dir, shared_data, tmp
     from xstilts.models import HeadSpec, MultiTaskModel
 
     used = []
-    real = cache.featurize_cached_rows
+    real = cache.featurize_cached
 
     def spy(task, examples, tokenizer, options, **kw):
         used.append(options)
         return real(task, examples, tokenizer, options, **kw)
 
-    monkeypatch.setattr(cache, "featurize_cached_rows", spy)
+    monkeypatch.setattr(cache, "featurize_cached", spy)
 
     model, tok = MultiTaskModel.from_pretrained(str(tiny_model_dir))
     model.add_head(HeadSpec(task="squad_v1", kind="extractive_qa"))

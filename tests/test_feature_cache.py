@@ -53,16 +53,16 @@ def test_miss_then_hit_loads_same_features(tokenizer, tmp_path, monkeypatch):
 
 
 def test_rows_equal_the_format_features_on_a_miss_and_a_hit(tokenizer, tmp_path):
-    """featurize_cached_rows (zero-shot evaluation): the entry's rows, the format's own features, with
+    """featurize_cached's rows (what zero-shot evaluation holds): the entry's rows, the format's own features, with
     datasets' types (from_list's), and the key as the dataset's fingerprint (no hashing of the table)."""
     import datasets
 
     reset_cache_stats()
     task, examples, opts = FakeTask(), nli_examples(), FeaturizeOptions(max_length=32)
     direct = get_format("classification").featurize(examples, tokenizer, opts, NLI)
-    rows = cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path)
+    rows = featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path).to_list()
     assert cache_stats()["misses"] == 1 and len(entries(tmp_path)) == 1 and rows == direct
-    assert cache.featurize_cached_rows(task, examples, tokenizer, opts, cache_dir=tmp_path) == rows
+    assert featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path).to_list() == rows
     ds = featurize_cached(task, examples, tokenizer, opts, cache_dir=tmp_path)
     assert cache_stats()["hits"] == 2 and ds.to_list() == rows
     assert ds.features == datasets.Dataset.from_list(direct).features  # e.g. input_ids int32, as from_list
@@ -71,7 +71,7 @@ def test_rows_equal_the_format_features_on_a_miss_and_a_hit(tokenizer, tmp_path)
 
 def test_no_examples_give_an_empty_entry(tokenizer, tmp_path):
     task, opts = FakeTask(), FeaturizeOptions(max_length=32)
-    assert cache.featurize_cached_rows(task, [], tokenizer, opts, cache_dir=tmp_path) == []
+    assert featurize_cached(task, [], tokenizer, opts, cache_dir=tmp_path).to_list() == []
     assert len(featurize_cached(task, [], tokenizer, opts, cache_dir=tmp_path)) == 0
 
 

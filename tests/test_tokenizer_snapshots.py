@@ -21,18 +21,12 @@ TEXTS = ["Zürich liegt am Zürichsee.", "東京は日本の首都です。", "�
 def counted(monkeypatch, tmp_path):
     """A fresh cache root, an empty in-memory tokenizer cache, and the sources of every
     ``AutoTokenizer.from_pretrained`` after it."""
-    from transformers import AutoTokenizer
-
+    from tests.helpers import count_tokenizer_loads
     from xstilts.models import loading
 
     monkeypatch.setenv("XSTILTS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(loading.TOKENIZER_SNAPSHOTS_ENV, raising=False)
-    monkeypatch.setattr(loading, "_TOKENIZERS", {})
-    loads: list[str] = []
-    real = AutoTokenizer.from_pretrained.__func__
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
-                        classmethod(lambda c, *a, **k: loads.append(a[0]) or real(c, *a, **k)))
-    return loads
+    return count_tokenizer_loads(monkeypatch)
 
 
 def _load(directory: Path):

@@ -279,12 +279,12 @@ def _load_language(run: _Run, lang: str, report: EvalReport) -> list[Any] | None
 
 
 def _featurize(run: _Run, examples: list[Any]) -> list[dict[str, Any]]:
-    from xstilts.tasks.cache import featurize_cached_rows
+    from xstilts.tasks.cache import featurize_cached
 
     if run.retrieval is not None and run.retrieval.prefix:
         p = run.retrieval.prefix
         examples = [replace(ex, source=p + ex.source, target=p + ex.target) for ex in examples]
-    return featurize_cached_rows(run.spec, examples, run.tokenizer, run.options)
+    return featurize_cached(run.spec, examples, run.tokenizer, run.options).to_list()  # rows: feature dicts
 
 
 def _decode_and_score(run: _Run, lang: str, examples: list[Any], features: list[dict[str, Any]],

@@ -375,16 +375,25 @@ def _from_pretrained_or_snapshot(source: str, local_files_only: bool) -> Any:
     return tokenizer
 
 
+def tokenizer_snapshot_path(directory: str | Path) -> Path:
+    """Where the snapshot of ``directory``'s tokenizer files is (or would be) kept. Raises
+    OSError when a file cannot be read."""
+    return _snapshot_file(tokenizer_snapshot_key(directory))
+
+
 def ensure_tokenizer_snapshot(directory: str | Path) -> Path | None:
     """The snapshot file of ``directory``'s tokenizer, written (by loading the tokenizer from its
     files) when there is none yet. None when snapshots are off or none could be written."""
     if not _snapshots_on():
         return None
-    _from_pretrained_or_snapshot(str(directory), True)
     try:
-        file = _snapshot_file(tokenizer_snapshot_key(directory, True))
+        file = tokenizer_snapshot_path(directory)
     except OSError:
         return None
+    if not file.is_file():
+        from transformers import AutoTokenizer
+
+        _write_snapshot(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), file.stem)
     return file if file.is_file() else None
 
 

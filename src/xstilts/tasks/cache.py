@@ -258,7 +258,7 @@ def featurize_cached(
             "tokenizer": {
                 "class": type(tokenizer).__name__,
                 # not ``name_or_path``: the same tokenizer saved into every stage's model dir must share
-        # one cache entry; class + vocabulary hash + size decide the ids
+                # one cache entry; class + vocabulary hash + size decide the ids
                 "fingerprint": tokenizer_fingerprint(tokenizer),
             },
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -276,25 +276,12 @@ def featurize_cached(
     return _load(entry)  # memory-mapped from its file (~1 ms)
 
 
-def featurize_cached_rows(
-    task: TaskSpec,
-    examples: Sequence[Any],
-    tokenizer: Any,
-    options: FeaturizeOptions | None = None,
-    *,
-    cache_dir: Path | str | None = None,
-) -> list[dict[str, Any]]:
-    """The rows of :func:`featurize_cached` as a list of feature dicts (what zero-shot evaluation holds)."""
-    return featurize_cached(task, examples, tokenizer, options, cache_dir=cache_dir).to_list()
-
-
 __all__ = [
     "CacheStats",
     "cache_stats",
     "examples_fingerprint",
     "features_key",
     "featurize_cached",
-    "featurize_cached_rows",
     "reset_cache_stats",
     "tokenizer_fingerprint",
 ]
