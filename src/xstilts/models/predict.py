@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from xstilts.errors import ConfigError, UnknownNameError, XStiltsError
 from xstilts.models.cpu_fusion import fused_cpu_linears
+from xstilts.models.cpu_memory import tune_cpu_allocator
 from xstilts.models.heads import POOLINGS, pool
 from xstilts.models.loading import encoder_num_layers
 
@@ -398,6 +399,8 @@ def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Coll
     if device is None:
         device = accelerator.device if accelerator is not None else model_device(model)
     device = torch.device(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # freed activations reused, not unmapped and faulted in again
     model.to(device)
     batches = length_sorted_batches(features, batch_size)
     if not batches:

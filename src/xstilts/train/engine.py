@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from xstilts.errors import CheckpointError, XStiltsError
+from xstilts.models.cpu_memory import tune_cpu_allocator
 from xstilts.models.predict import model_device, to_device
 from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
 from xstilts.provenance import provenance
@@ -222,6 +223,8 @@ class StageTrainer:
         if self.compact is not None:  # the full embedding and the id tables follow the model
             self.compact.to(model_device(self.module, self.device))
         configure_tf32(self.config, self.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # freed activations reused, not unmapped and faulted in again
         self.log = StageLog(self.output_dir / TRAIN_LOG_FILE, acc, self.is_main)
 
     def _record_heldout(self) -> None:
