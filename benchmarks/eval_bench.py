@@ -6,8 +6,9 @@ target (XQuAD, 12 languages) and a tagging target (PAN-X, every local language),
 the first ``max_examples`` examples of each language (same deterministic subsample).
 
 - xstilts: one ``zero_shot_eval`` call per task; the model is loaded once, the features of
-  all languages are sorted by length together into dynamically padded batches (one stream),
-  run under ``inference_mode``.
+  all languages are sorted by length together (one stream) and cut into dynamically padded
+  batches of at most the batch size where they waste the fewest tokens, run under
+  ``inference_mode``.
   The feature cache is cold (a fresh cache dir), so tokenising is timed too.
 - baseline: what a ``transformers`` user writes: for each language, ``Trainer.predict``
   on that language's features (the same featuriser, 384-token QA windows, stride 128),
@@ -117,11 +118,18 @@ def measure_ours(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
 def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> int:
     """Tokens in the batches of ``groups`` (feature lengths, one list per language), every batch
-    padded to its longest feature. ``sort=False``: each group batched in its own order (the
-    per-language loop); ``sort=True``: all groups as one length-sorted stream, whose batches
-    (``length_sorted_batches`` in ``predict_groups``) are consecutive runs of the sorted lengths."""
-    runs = [sorted(length for group in groups for length in group)] if sort else groups
-    batches = (run[i:i + batch_size] for run in runs for i in range(0, len(run), batch_size))
+    padded to its longest feature. ``sort=False``: each group batched in its own order, batches of
+    ``batch_size`` (the per-language loop); ``sort=True``: all groups as one length-sorted stream
+    cut into batches as ``predict_groups`` cuts it (``sorted_batch_sizes``, at most ``batch_size``)."""
+    from xstilts.models.predict import sorted_batch_sizes
+
+    if not sort:
+        batches = [run[i:i + batch_size] for run in groups for i in range(0, len(run), batch_size)]
+    else:
+        run, batches, start = sorted(length for group in groups for length in group), [], 0
+        for size in sorted_batch_sizes(run, batch_size):
+            batches.append(run[start:start + size])
+            start += size
     return sum(max(batch) * len(batch) for batch in batches)
 
 

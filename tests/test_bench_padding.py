@@ -12,6 +12,8 @@ def test_padded_tokens_per_language_order_vs_one_sorted_stream() -> None:
     assert padded_tokens(groups, 2, sort=False) == 24
     # one stream sorted by length: [1,1] [2,2] [5,5] -> 2 + 4 + 10
     assert padded_tokens(groups, 2, sort=True) == 16
+    # cut as predict cuts it: the long outlier alone ([1,1,1] [9] rather than [1,1] [1,9])
+    assert padded_tokens([[1, 9, 1, 1]], 3, sort=True) == 3 + 9
     assert padded_tokens([[3]], 8, sort=True) == padded_tokens([[3]], 8, sort=False) == 3
     assert padded_tokens([[], []], 4, sort=False) == 0
 

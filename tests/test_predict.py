@@ -21,6 +21,7 @@ from xstilts.models.predict import (
     cast_for_inference,
     cpu_streams,
     length_sorted_batches,
+    sorted_batch_sizes,
     predict,
     resolve_device,
     truncated_encoder,
@@ -124,10 +125,50 @@ def test_predict_equals_a_plain_forward_per_feature_in_order(model, fmt_name, ta
 
 def test_length_sorted_batches_are_stable_and_complete():
     feats = [{"input_ids": [0] * n} for n in (5, 2, 5, 1, 2)]
-    assert length_sorted_batches(feats, 2) == [[3, 1], [4, 0], [2]]
+    # sorted 1 2 2 5 5: [1] [2 2] [5 5] pads 15 tokens, equal batches [1 2] [2 5] [5] 19
+    assert length_sorted_batches(feats, 2) == [[3], [1, 4], [0, 2]]
+    same = [{"input_ids": [0] * 3} for _ in range(5)]
+    assert length_sorted_batches(same, 2) == [[0, 1], [2, 3], [4]]  # ties keep feature order
     assert length_sorted_batches([], 2) == []
     with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
         length_sorted_batches(feats, 0)
+
+
+def _padded(lengths, sizes):
+    total, start = 0, 0
+    for size in sizes:
+        total += lengths[start + size - 1] * size
+        start += size
+    return total
+
+
+def test_sorted_batch_sizes_minimise_padding_plus_batch_cost():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 40) for _ in range(rng.randint(1, 9)))
+        bs, cost = rng.randint(1, 4), rng.choice([0, 3, 64])
+        sizes = sorted_batch_sizes(lengths, bs, cost)
+        assert sum(sizes) == len(lengths) and all(1 <= s <= bs for s in sizes)
+        # brute force over every way to cut the sorted stream into batches of at most bs
+        best = min(_padded(lengths, c) + cost * len(c)
+                   for k in range(1, len(lengths) + 1) for c in itertools.product(range(1, bs + 1), repeat=k)
+                   if sum(c) == len(lengths))
+        assert _padded(lengths, sizes) + cost * len(sizes) == best
+    # a huge batch cost: equal batches; a long tail: the outlier alone
+    assert sorted_batch_sizes([1] * 7, 3, 10**6) == [3, 3, 1]
+    assert sorted_batch_sizes([10, 10, 10, 300], 4, 64) == [3, 1]
+
+
+def test_sorted_batch_sizes_fall_back_to_equal_batches_beyond_the_work_bound(monkeypatch):
+    import xstilts.models.predict as P
+
+    monkeypatch.setattr(P, "PARTITION_MAX_WORK", 10)
+    assert sorted_batch_sizes([1, 1, 1, 1, 50], 2) == [2, 2, 1]
+    with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
+        sorted_batch_sizes([1], 0)
 
 
 def test_batch_size_does_not_change_fp32_outputs_beyond_rounding(model):

@@ -11,7 +11,8 @@ way and cannot disagree::
 ``target`` is a head name (outputs ``logits``, or ``start_logits`` / ``end_logits``) or a
 :class:`SentenceEmbedding` (outputs ``embeddings`` [F, H]). ``fmt`` is anything with the
 format contract's ``collate(features, pad_token_id)`` (this module does not import
-``tasks``). Features are run in batches sorted by length (least padding) and the outputs put
+``tasks``). Features are run sorted by length, in batches cut where they waste the fewest padded
+tokens (:func:`sorted_batch_sizes`), and the outputs put
 back in feature order; token-level outputs are right-padded with :data:`OUTPUT_PAD` to the
 widest feature.
 
@@ -75,6 +76,13 @@ LABEL_KEYS = ("labels", "start_positions", "end_positions")
 CPU_STREAMS = 2
 #: environment override of :data:`CPU_STREAMS` ("1": one batch at a time on every thread)
 CPU_STREAMS_ENV = "XSTILTS_CPU_STREAMS"
+#: what a batch costs beyond its tokens, in tokens (kernel launches and Python per layer, less
+#: efficient products on small batches): :func:`sorted_batch_sizes` starts a batch when it
+#: saves more padded tokens than this
+BATCH_COST_TOKENS = 64
+#: above this many features x batch size a sorted stream is cut into equal batches (bounds the
+#: partition's time, ~30 ms at 1M here; see sorted_batch_sizes)
+PARTITION_MAX_WORK = 1_000_000
 #: encoders whose last hidden state, with only the first ``k`` layers kept, is exactly
 #: ``hidden_states[k]`` (no final norm after the layer stack)
 _TRUNCATABLE = ("bert", "xlm-roberta", "roberta", "camembert")
@@ -201,11 +209,50 @@ def feature_length(feature: Mapping[str, Any]) -> int:
 
 
 def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int) -> list[list[int]]:
-    """Feature indices in batches of ``batch_size``, sorted by length (stable: ties keep feature order)."""
+    """Feature indices sorted by length (stable: ties keep feature order), cut into batches of at
+    most ``batch_size`` where :func:`sorted_batch_sizes` wastes the fewest padded tokens."""
     if batch_size < 1:
         raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(features)), key=lambda i: feature_length(features[i]))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    for size in sorted_batch_sizes([feature_length(features[i]) for i in order], batch_size):
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int | None = None) -> list[int]:
+    """Sizes of consecutive batches (each at most ``batch_size``) of the ascending ``lengths``
+    that minimise padded tokens plus ``batch_cost`` (default :data:`BATCH_COST_TOKENS`) per
+    batch: every batch is padded to its last (longest) feature.
+
+    Cutting a sorted stream into equal batches pads every batch to a length that can be well
+    above most of its features where lengths are sparse (the long tail; few features per
+    language): a smaller batch there saves more tokens than its fixed cost. Exact dynamic
+    programme, O(n * batch_size); beyond :data:`PARTITION_MAX_WORK` equal batches (their waste
+    shrinks as n grows: 0.5-0.9 % in the eval benchmark at 300 examples per language, 6-8 % at 20)."""
+    n = len(lengths)
+    if batch_size < 1:
+        raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
+    if n * batch_size > PARTITION_MAX_WORK:
+        return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    cost = BATCH_COST_TOKENS if batch_cost is None else batch_cost
+    best = [0] * (n + 1)  # best[i]: least cost of the first i features
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        longest = lengths[i - 1]
+        best_j = max(0, i - batch_size)
+        best_cost = best[best_j] + longest * (i - best_j)
+        for j in range(best_j + 1, i):
+            c = best[j] + longest * (i - j)
+            if c <= best_cost:  # ties: the later cut (full batches first, as equal batches are cut)
+                best_j, best_cost = j, c
+        best[i], cut[i] = best_cost + cost, best_j
+    sizes, i = [], n
+    while i > 0:
+        sizes.append(i - cut[i])
+        i = cut[i]
+    return sizes[::-1]
 
 
 def _shard(batches: list[list[int]], accelerator: Any) -> list[list[int]]:
@@ -532,6 +579,7 @@ __all__ = [
     "feature_length",
     "length_sorted_batches",
     "predict",
+    "sorted_batch_sizes",
     "predict_groups",
     "resolve_device",
     "warn_if_bf16_emulated",
