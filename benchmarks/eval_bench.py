@@ -40,6 +40,12 @@ its clock starts, xstilts imports ``datasets`` and the modules ``zero_shot_eval`
 (the model loader, the inference loop, the feature cache) before its clock. Each side runs in
 a process of its own, so neither inherits the other's loaded tokenizer or parsed files.
 
+Memory: on the CPU xstilts's inference loop sets glibc's malloc to keep freed activations for
+reuse (``models/cpu_memory.py``; when its first batch runs, so its featurising and model load
+run with glibc's defaults). The baseline runs with glibc's defaults, except in the row with
+``baseline_malloc``, where the same settings apply from its process's start: what they are
+worth to anyone, and how much of the ratio is left without them.
+
 Padding: the baseline side also counts the tokens its batches hold (each batch padded to its
 longest feature, per language, in dataset order) and the tokens the same features take in one
 length-sorted stream per task (what ``zero_shot_eval`` runs; :func:`padded_tokens`). Their ratio is
@@ -152,6 +158,10 @@ def measure_baseline(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from xstilts.tasks.formats import FeaturizeOptions, get_format
     from xstilts.tasks.loading import load_examples
 
+    if config.get("baseline_malloc"):  # the settings xstilts applies on the CPU, from the start
+        from xstilts.models.cpu_memory import tune_cpu_allocator
+
+        tune_cpu_allocator()
     model_dir = _model_dir(workdir, config["model"])
     data_dir = config.get("data_dir")
     n = 0

@@ -106,9 +106,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "Scores: the average over languages of each task's primary metric on both sides (untrained heads: "
                 "they check that both sides compute the same thing; a difference is marked ≠). "
                 "Padding bound: the tokens the baseline's batches hold (per language, in dataset order, each batch padded to its "
-                "longest feature) ÷ the tokens of the same features in one length-sorted stream per task (what xstilts runs), "
+                "longest feature) ÷ the tokens of the same features in one length-sorted stream per task, cut into batches "
+                "of at most that size where they waste the fewest tokens (what xstilts runs), "
                 "with the real tokens' share of each; the ratio xstilts would reach from length sorting alone at the baseline's "
-                "tokens/s (both sides run every real token through every layer).", ""]
+                "tokens/s (both sides run every real token through every layer). "
+                "Memory: on the CPU xstilts's inference loop sets glibc's malloc to reuse freed activations "
+                "(`models/cpu_memory.py`); the baseline runs with glibc's defaults, except in the row *vs baseline with "
+                "xstilts's malloc settings*, where it gets the same settings from its process's start.", ""]
         first = [f"{r['name']} {_med(r['ours'], 'tokenizer_first_load_s', 1)} s" for r in b["eval"]
                  if r["ours"].get("tokenizer_first_load_s")]
         if first:

@@ -31,6 +31,12 @@ TRAIN_VARIANTS: list[dict[str, Any]] = [
     {"trimmed": True, "label": "vs Trainer with trimmed vocabulary + xstilts batch order"},
 ]
 
+#: eval row: the baseline given the malloc settings xstilts applies on the CPU
+#: (``models/cpu_memory.py``), from its process's start: what the settings are worth to anyone;
+#: fp32 only (bf16 activations are half as large and hardly fault: 0.67M faults either way)
+EVAL_MALLOC_VARIANT: dict[str, Any] = {"baseline_malloc": True, "precisions": ["fp32"],
+                                       "label": "20 examples per language, vs baseline with xstilts's malloc settings"}
+
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
         "store": {"sizes": [2000], "workers": 4, "seconds": 1.0},
@@ -45,7 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 200, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 2, "variants": TRAIN_VARIANTS},
         "eval": {"model": "e5-small", "max_examples": 20, "batch_size": 32, "reps": 2, "precisions": ["fp32", "bf16"],
-                 "variants": [{}, {"max_examples": 300, "reps": 1}]},
+                 "variants": [{}, {"max_examples": 300, "reps": 1}, EVAL_MALLOC_VARIANT]},
         "retrieval": {"model": "e5-small", "max_examples": 50, "batch_size": 128},
         "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 60, "reps": 2},
     },
@@ -54,7 +60,7 @@ MODES: dict[str, dict[str, Any]] = {
         "train": {"model": "e5-small", "n_train": 1000, "n_dev": 1000, "batch_size": 16, "max_length": 128, "lr": 2e-4, "seed": 0,
                   "precisions": ["bf16", "fp32"], "reps": 5, "variants": TRAIN_VARIANTS},
         "eval": {"model": "e5-small", "max_examples": 300, "batch_size": 32, "reps": 5, "precisions": ["fp32", "bf16"],
-                 "variants": [{"max_examples": 20}, {}]},
+                 "variants": [{"max_examples": 20}, {}, {**EVAL_MALLOC_VARIANT, "max_examples": 20}]},
         "retrieval": {"model": "e5-small", "max_examples": None, "batch_size": 128},
         "gpu": {"shape": "xlmr-large", "seq_lens": [128, 256], "batch_size": 32, "steps": 200, "reps": 3},
     },
@@ -68,12 +74,16 @@ def log(msg: str) -> None:
 def _per_precision(bench: str, cfg: dict[str, Any], data_dir: str | None, what: str, name: str,
                    vary_seed: bool = False) -> list[dict[str, Any]]:
     """One interleaved comparison per precision in ``cfg["precisions"]`` and variant in
-    ``cfg["variants"]`` (config overrides; ``label`` names the row, ``reps`` its repetitions)."""
+    ``cfg["variants"]`` (config overrides; ``label`` names the row, ``reps`` its repetitions,
+    ``precisions`` limits it to those of the mode's precisions)."""
     rows = []
     for variant in cfg.get("variants", [{}]):
         for precision in cfg.get("precisions", ["fp32"]):
+            if precision not in variant.get("precisions", [precision]):
+                continue
             conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps", "variants")} | {
-                k: v for k, v in variant.items() if k not in ("label", "reps")} | {"precision": precision, "data_dir": data_dir}
+                k: v for k, v in variant.items() if k not in ("label", "reps", "precisions")} | {
+                "precision": precision, "data_dir": data_dir}
             label = variant.get("label") or what.format(**conf)
             log(f"{bench}: {conf['model']} {precision}, {label}")
             comp = interleaved(bench, conf, variant.get("reps", cfg["reps"]), "examples_per_s",

@@ -48,3 +48,26 @@ def test_precisions_option_replaces_the_per_precision_comparisons_only() -> None
     assert MODES["default"]["eval"]["precisions"] == ["fp32", "bf16"]  # the mode itself is untouched
     with pytest.raises(ValueError, match="fp32 and/or bf16"):
         with_precisions(MODES["default"], "fp16")
+
+
+def test_a_variant_can_limit_its_precisions(monkeypatch) -> None:
+    import benchmarks.run as run
+
+    seen = []
+
+    class _Comp:
+        def summary(self):
+            return {}
+
+    def fake(bench, conf, reps, metric, **kwargs):
+        seen.append((conf["precision"], conf.get("max_examples"), bool(conf.get("baseline_malloc")), kwargs["name"]))
+        return _Comp()
+
+    monkeypatch.setattr(run, "interleaved", fake)
+    monkeypatch.setattr(run, "log", lambda msg: None)
+    rows = run.bench_eval(run.MODES["default"]["eval"], None)
+    assert len(rows) == len(seen) == 5
+    malloc = [s for s in seen if s[2]]
+    assert malloc == [("fp32", 20, True, "zero-shot eval e5-small fp32, 20 examples per language, vs baseline with "
+                                         "xstilts's malloc settings (CPU)")]
+    assert all("precisions" not in row["settings"] for row in rows)
