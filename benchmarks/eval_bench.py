@@ -126,16 +126,16 @@ def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> in
     """Tokens in the batches of ``groups`` (feature lengths, one list per language), every batch
     padded to its longest feature. ``sort=False``: each group batched in its own order, batches of
     ``batch_size`` (the per-language loop); ``sort=True``: all groups as one length-sorted stream
-    cut into batches as ``predict_groups`` cuts it (``sorted_batch_sizes``, at most ``batch_size``)."""
-    from xstilts.models.predict import sorted_batch_sizes
+    cut into batches as ``predict_groups`` cuts it on the CPU (``length_sorted_batches`` with the
+    CPU's batch cost: at most ``batch_size``)."""
+    from xstilts.models.predict import BATCH_COST_TOKENS, length_sorted_batches
 
     if not sort:
         batches = [run[i:i + batch_size] for run in groups for i in range(0, len(run), batch_size)]
     else:
-        run, batches, start = sorted(length for group in groups for length in group), [], 0
-        for size in sorted_batch_sizes(run, batch_size):
-            batches.append(run[start:start + size])
-            start += size
+        flat = [length for group in groups for length in group]
+        cut = length_sorted_batches([{"input_ids": range(n)} for n in flat], batch_size, BATCH_COST_TOKENS)
+        batches = [[flat[i] for i in batch] for batch in cut]
     return sum(max(batch) * len(batch) for batch in batches)
 
 

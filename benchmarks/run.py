@@ -80,6 +80,7 @@ def _per_precision(bench: str, cfg: dict[str, Any], data_dir: str | None, what: 
     for variant in cfg.get("variants", [{}]):
         for precision in cfg.get("precisions", ["fp32"]):
             if precision not in variant.get("precisions", [precision]):
+                log(f"{bench}: {variant.get('label', variant)} only in {', '.join(variant['precisions'])}: not in {precision}")
                 continue
             conf = {k: v for k, v in cfg.items() if k not in ("precisions", "reps", "variants")} | {
                 k: v for k, v in variant.items() if k not in ("label", "reps", "precisions")} | {

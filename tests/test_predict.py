@@ -125,10 +125,11 @@ def test_predict_equals_a_plain_forward_per_feature_in_order(model, fmt_name, ta
 
 def test_length_sorted_batches_are_stable_and_complete():
     feats = [{"input_ids": [0] * n} for n in (5, 2, 5, 1, 2)]
-    # sorted 1 2 2 5 5: [1] [2 2] [5 5] pads 15 tokens, equal batches [1 2] [2 5] [5] 19
-    assert length_sorted_batches(feats, 2) == [[3], [1, 4], [0, 2]]
+    assert length_sorted_batches(feats, 2) == [[3, 1], [4, 0], [2]]  # equal batches (a GPU's)
+    # with a batch cost (the CPU's): sorted 1 2 2 5 5 as [1] [2 2] [5 5] pads 15 tokens, equal batches 19
+    assert length_sorted_batches(feats, 2, 3) == [[3], [1, 4], [0, 2]]
     same = [{"input_ids": [0] * 3} for _ in range(5)]
-    assert length_sorted_batches(same, 2) == [[0, 1], [2, 3], [4]]  # ties keep feature order
+    assert length_sorted_batches(same, 2, 3) == [[0, 1], [2, 3], [4]]  # ties keep feature order
     assert length_sorted_batches([], 2) == []
     with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
         length_sorted_batches(feats, 0)
@@ -169,6 +170,21 @@ def test_sorted_batch_sizes_fall_back_to_equal_batches_beyond_the_work_bound(mon
     assert sorted_batch_sizes([1, 1, 1, 1, 50], 2) == [2, 2, 1]
     with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
         sorted_batch_sizes([1], 0)
+    with pytest.raises(ValueError, match="ascending"):
+        sorted_batch_sizes([3, 1], 2)
+
+
+def test_predict_cuts_by_batch_cost_on_the_cpu_only(monkeypatch):
+    import xstilts.models.predict as P
+
+    seen = []  # the batches each call would run (the forward passes themselves are not needed here)
+    monkeypatch.setattr(P, "_run_batches", lambda model, target, step, batches, *a: seen.append(batches) or ({}, {}))
+    for device in ("cpu", "meta"):  # meta stands in for a GPU, as in test_gpu_path
+        out = P.predict(torch.nn.Linear(1, 1), "h", None, [{"input_ids": [0] * n} for n in (1, 5, 5, 5)],
+                        batch_size=3, device=device)
+        assert out == {}
+    # CPU: [1] [5 5 5] (16 tokens + 2 batches) rather than [1 5 5] [5] (20); GPU: equal batches
+    assert seen == [[[0], [1, 2, 3]], [[0, 1, 2], [3]]]
 
 
 def test_batch_size_does_not_change_fp32_outputs_beyond_rounding(model):

@@ -12,7 +12,7 @@ way and cannot disagree::
 :class:`SentenceEmbedding` (outputs ``embeddings`` [F, H]). ``fmt`` is anything with the
 format contract's ``collate(features, pad_token_id)`` (this module does not import
 ``tasks``). Features are run sorted by length, in batches cut where they waste the fewest padded
-tokens (:func:`sorted_batch_sizes`), and the outputs put
+tokens on the CPU (:func:`sorted_batch_sizes`; equal batches on a GPU), and the outputs put
 back in feature order; token-level outputs are right-padded with :data:`OUTPUT_PAD` to the
 widest feature.
 
@@ -76,12 +76,13 @@ LABEL_KEYS = ("labels", "start_positions", "end_positions")
 CPU_STREAMS = 2
 #: environment override of :data:`CPU_STREAMS` ("1": one batch at a time on every thread)
 CPU_STREAMS_ENV = "XSTILTS_CPU_STREAMS"
-#: what a batch costs beyond its tokens, in tokens (kernel launches and Python per layer, less
-#: efficient products on small batches): :func:`sorted_batch_sizes` starts a batch when it
-#: saves more padded tokens than this
+#: what a batch costs on the CPU beyond its tokens, in tokens (Python and dispatch per layer,
+#: less efficient products on small batches): on the CPU :func:`sorted_batch_sizes` starts a
+#: batch when it saves more padded tokens than this. Not used on a GPU, where a batch's fixed
+#: cost is worth thousands of tokens: equal batches there.
 BATCH_COST_TOKENS = 64
 #: above this many features x batch size a sorted stream is cut into equal batches (bounds the
-#: partition's time, ~30 ms at 1M here; see sorted_batch_sizes)
+#: partition's time: 27 ms for 12,978 features x 32 here; see sorted_batch_sizes)
 PARTITION_MAX_WORK = 1_000_000
 #: encoders whose last hidden state, with only the first ``k`` layers kept, is exactly
 #: ``hidden_states[k]`` (no final norm after the layer stack)
@@ -208,14 +209,19 @@ def feature_length(feature: Mapping[str, Any]) -> int:
     return len(ids)
 
 
-def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int) -> list[list[int]]:
-    """Feature indices sorted by length (stable: ties keep feature order), cut into batches of at
-    most ``batch_size`` where :func:`sorted_batch_sizes` wastes the fewest padded tokens."""
+def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int,
+                          batch_cost: int | None = None) -> list[list[int]]:
+    """Feature indices sorted by length (stable: ties keep feature order) in batches of at most
+    ``batch_size``: equal batches, or with a ``batch_cost`` (tokens) cut where
+    :func:`sorted_batch_sizes` finds the fewest padded tokens plus that cost per batch."""
     if batch_size < 1:
         raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(features)), key=lambda i: feature_length(features[i]))
+    lengths = [feature_length(f) for f in features]
+    order = sorted(range(len(features)), key=lengths.__getitem__)
+    if batch_cost is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     batches, start = [], 0
-    for size in sorted_batch_sizes([feature_length(features[i]) for i in order], batch_size):
+    for size in sorted_batch_sizes([lengths[i] for i in order], batch_size, batch_cost):
         batches.append(order[start:start + size])
         start += size
     return batches
@@ -234,6 +240,8 @@ def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int 
     n = len(lengths)
     if batch_size < 1:
         raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
+    if any(lengths[i] > lengths[i + 1] for i in range(n - 1)):
+        raise ValueError("sorted_batch_sizes needs the lengths in ascending order")
     if n * batch_size > PARTITION_MAX_WORK:
         return [min(batch_size, n - i) for i in range(0, n, batch_size)]
     cost = BATCH_COST_TOKENS if batch_cost is None else batch_cost
@@ -449,7 +457,7 @@ def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Coll
     if device.type == "cpu":
         tune_cpu_allocator()  # freed activations reused, not unmapped and faulted in again
     model.to(device)
-    batches = length_sorted_batches(features, batch_size)
+    batches = length_sorted_batches(features, batch_size, BATCH_COST_TOKENS if device.type == "cpu" else None)
     if not batches:
         return {}, {}
     show = progress and (accelerator is None or accelerator.is_main_process)
