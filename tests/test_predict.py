@@ -167,11 +167,11 @@ def test_sorted_batch_sizes_fall_back_to_equal_batches_beyond_the_work_bound(mon
     import xstilts.models.predict as P
 
     monkeypatch.setattr(P, "PARTITION_MAX_WORK", 10)
-    assert sorted_batch_sizes([1, 1, 1, 1, 50], 2) == [2, 2, 1]
+    assert sorted_batch_sizes([1, 1, 1, 1, 50], 2, 64) == [2, 2, 1]
     with pytest.raises(XStiltsError, match="batch_size must be >= 1"):
-        sorted_batch_sizes([1], 0)
+        sorted_batch_sizes([1], 0, 64)
     with pytest.raises(ValueError, match="ascending"):
-        sorted_batch_sizes([3, 1], 2)
+        sorted_batch_sizes([3, 1], 2, 64)
 
 
 def test_predict_cuts_by_batch_cost_on_the_cpu_only(monkeypatch):

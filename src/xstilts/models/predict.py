@@ -227,10 +227,10 @@ def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int
     return batches
 
 
-def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int | None = None) -> list[int]:
+def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int) -> list[int]:
     """Sizes of consecutive batches (each at most ``batch_size``) of the ascending ``lengths``
-    that minimise padded tokens plus ``batch_cost`` (default :data:`BATCH_COST_TOKENS`) per
-    batch: every batch is padded to its last (longest) feature.
+    that minimise padded tokens plus ``batch_cost`` tokens per batch (the CPU's:
+    :data:`BATCH_COST_TOKENS`): every batch is padded to its last (longest) feature.
 
     Cutting a sorted stream into equal batches pads every batch to a length that can be well
     above most of its features where lengths are sparse (the long tail; few features per
@@ -244,7 +244,6 @@ def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int 
         raise ValueError("sorted_batch_sizes needs the lengths in ascending order")
     if n * batch_size > PARTITION_MAX_WORK:
         return [min(batch_size, n - i) for i in range(0, n, batch_size)]
-    cost = BATCH_COST_TOKENS if batch_cost is None else batch_cost
     best = [0] * (n + 1)  # best[i]: least cost of the first i features
     cut = [0] * (n + 1)
     for i in range(1, n + 1):
@@ -255,7 +254,7 @@ def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int 
             c = best[j] + longest * (i - j)
             if c <= best_cost:  # ties: the later cut (full batches first, as equal batches are cut)
                 best_j, best_cost = j, c
-        best[i], cut[i] = best_cost + cost, best_j
+        best[i], cut[i] = best_cost + batch_cost, best_j
     sizes, i = [], n
     while i > 0:
         sizes.append(i - cut[i])
@@ -454,10 +453,11 @@ def _predict_chunks(model: nn.Module, target: str | SentenceEmbedding, fmt: Coll
     if device is None:
         device = accelerator.device if accelerator is not None else model_device(model)
     device = torch.device(device)
-    if device.type == "cpu":
+    on_cpu = device.type == "cpu"
+    if on_cpu:
         tune_cpu_allocator()  # freed activations reused, not unmapped and faulted in again
     model.to(device)
-    batches = length_sorted_batches(features, batch_size, BATCH_COST_TOKENS if device.type == "cpu" else None)
+    batches = length_sorted_batches(features, batch_size, BATCH_COST_TOKENS if on_cpu else None)
     if not batches:
         return {}, {}
     show = progress and (accelerator is None or accelerator.is_main_process)
