@@ -412,6 +412,9 @@ def _ddp_worker(model_dir: Path, out_dir: Path) -> None:
     acc = Accelerator(cpu=True)
     m, tok = _ddp_model(model_dir)
     np.savez(out_dir / f"rank-{acc.process_index}.npz", **_ddp_outputs(m, tok, acc))
+    from xstilts.distributed import release_process_group
+
+    release_process_group()  # as xstilts' entry points do (else gloo may abort the exit)
 
 
 @pytest.mark.slow

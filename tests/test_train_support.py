@@ -134,6 +134,9 @@ def _worker() -> None:
 
     result = train_stage(stage_config(model_dir, **overrides), out, task_data=synthetic(*tasks))
     print(json.dumps({"steps": result.steps, "dev": result.dev_metrics}))
+    from xstilts.distributed import release_process_group
+
+    release_process_group()  # as xstilts' entry points do (else gloo may abort the exit)
 
 
 if __name__ == "__main__":

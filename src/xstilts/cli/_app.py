@@ -186,4 +186,11 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code in (None, 0):  # finished without error: end the launched process's group
+            from xstilts.distributed import release_process_group
+
+            release_process_group()
+        raise

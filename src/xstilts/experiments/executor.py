@@ -176,8 +176,11 @@ def _main(argv: list[str]) -> int:
     from xstilts.train import train_stage
     from xstilts.train.config import TrainConfig
 
+    from xstilts.distributed import release_process_group
+
     config = TrainConfig.model_validate_json(Path(argv[0]).read_text())
     train_stage(config, Path(argv[1]))
+    release_process_group()  # not at interpreter exit, where gloo's threads can abort the process
     return 0
 
 

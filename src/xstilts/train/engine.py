@@ -514,8 +514,10 @@ class StageTrainer:
                 provenance=provenance(config=self.config, device=self.device)))
             drop_checkpoints(self.output_dir, self.config)
         self.accelerator.wait_for_everyone()
-        if self.config.trackers:
-            self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:
+            # not end_training(): it also destroys the process group, which belongs to the
+            # process (its entry point releases it: xstilts.distributed), not to one stage
+            tracker.finish()
         if self.compact is not None:
             self.compact.restore()
         seconds = time.time() - self.t_start
