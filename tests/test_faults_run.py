@@ -30,7 +30,7 @@ import yaml
 from tests.test_runner import RecordingExecutor, make_plan, records
 from xstilts.errors import ConfigError, DiskFullError, StoreError
 from xstilts.experiments import StageOutcome, StageTask, open_store, parse_spec, plan_stages, run_local, run_worker
-from xstilts.experiments.runner import _write_json_atomic
+from xstilts.fileio import write_json_atomic
 from xstilts.experiments.store import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def _frame(output_dir: Path):
 def _stamp(path: Path) -> None:
     """The time, written atomically: a worker stopped (SIGSTOP, or its stage taken over) between
     creating and writing the file must not leave an empty one behind."""
-    _write_json_atomic(path, time.time())
+    write_json_atomic(path, time.time())
 
 
 class TickExecutor:

@@ -31,6 +31,7 @@ from xstilts.experiments.executor import StageExecutor, StageOutcome, StageTask,
 from xstilts.experiments.faults import disk_full_error, is_disk_full
 from xstilts.experiments.plan import Plan
 from xstilts.experiments.store import DEFAULT_STALE_AFTER_S, Claim, ResultsStore, open_store
+from xstilts.fileio import write_json_atomic
 from xstilts.paths import TRAIN_LOG_FILE
 
 logger = logging.getLogger(__name__)
@@ -199,12 +200,6 @@ class _Heartbeat(threading.Thread):
             store.close()
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _disk_paths(task: StageTask) -> list[Path]:
     """Where a stage writes: what to look at when a write fails on a full disk."""
     import tempfile
@@ -238,7 +233,7 @@ class _Worker:
         data = stage.to_json() if stage is not None else {"id": claim.stage_id, "kind": claim.kind,
                                                            "settings": claim.settings, "depends_on": [], "labels": []}
         data["provenance"] = provenance(config=data.get("settings"), device="cuda" if task.devices else "cpu")
-        _write_json_atomic(task.stage_dir / STAGE_FILE, data)
+        write_json_atomic(task.stage_dir / STAGE_FILE, data)
 
     def run_claim(self, claim: Claim) -> str:
         """Run the claimed stage; ``"ran"``, ``"failed"`` or ``"lost"`` (taken over: nothing recorded)."""
@@ -290,7 +285,7 @@ class _Worker:
 
         try:
             if self.store.owns(claim):
-                _write_json_atomic(task.stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
+                write_json_atomic(task.stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
             done = self.store.complete(claim, outcome.metrics, outcome.result)
         except (OSError, XStiltsError) as exc:
             if is_disk_full(exc):

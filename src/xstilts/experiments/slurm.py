@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from xstilts.errors import XStiltsError
 from xstilts.experiments.executor import StageExecutor, StageTask
 from xstilts.experiments.plan import Plan
 from xstilts.experiments.store import DEFAULT_STALE_AFTER_S, open_store
+from xstilts.fileio import write_json_atomic
 from xstilts.paths import OUTCOME_FILE, STAGE_FILE
 
 logger = logging.getLogger(__name__)
@@ -99,12 +99,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the job graph
@@ -170,17 +164,17 @@ def run_stage_job(plan: Plan, stage_id: str, executor: StageExecutor, devices: i
     stage_dir = plan.stage_dir(stage_id)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / FAILED_FILE).unlink(missing_ok=True)
-    _write_json_atomic(stage_dir / STAGE_FILE, stage.to_json())
+    write_json_atomic(stage_dir / STAGE_FILE, stage.to_json())
     task = StageTask(stage_id, stage.kind, stage.settings, stage_dir, plan.output_dir, plan.data_dir, devices)
     try:
         outcome = executor(task)
         check_outcome(Claim(stage_id, stage.kind, stage.settings, 0), outcome)
     except Exception as exc:  # noqa: BLE001 - recorded; the job goes on with what does not need it
         logger.error("stage %s failed: %s", stage_id, exc)
-        _write_json_atomic(stage_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+        write_json_atomic(stage_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
                                                      "finished_at": time.time()})
         return "failed"
-    _write_json_atomic(stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
+    write_json_atomic(stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
     logger.info("stage %s done", stage_id)
     return "ran"
 
@@ -196,7 +190,7 @@ def _job_stage(plan: Plan, sid: str, executor: StageExecutor, devices: int, wait
         logger.warning("stage %s not run: upstream stage %s did not finish", sid, missing)
         stage_dir = plan.stage_dir(sid)
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(stage_dir / FAILED_FILE, {"blocked_by": missing, "finished_at": time.time()})
+        write_json_atomic(stage_dir / FAILED_FILE, {"blocked_by": missing, "finished_at": time.time()})
         return "blocked"
     return run_stage_job(plan, sid, executor, devices)
 

@@ -42,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 
 from xstilts.errors import CheckpointError, XStiltsError
+from xstilts.fileio import fsync_dir, write_json_atomic  # noqa: F401 (write_json_atomic: used here and by train)
 from xstilts.paths import BEST_CHECKPOINT, MODEL_DIR, TRAINER_STATE_FILE
 from xstilts.train.sampling import StreamState
 
@@ -119,31 +120,7 @@ def fsync_tree(directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` atomically (temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        fsync_dir(Path(root))
 
 
 def discard_dir(path: Path) -> None:
@@ -158,7 +135,7 @@ def discard_dir(path: Path) -> None:
     if trash.exists():
         shutil.rmtree(trash)
     os.replace(path, trash)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -170,7 +147,7 @@ def commit_dir(tmp: Path, final: Path) -> None:
         old = final.with_name(f".old-{final.name}-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
