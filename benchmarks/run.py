@@ -1,6 +1,6 @@
 """Run the benchmark suite and write ``benchmarks/results.json`` + ``benchmarks/RESULTS.md``.
 
-    python -m benchmarks.run                 # default mode: e5-small on CPU, ~56 min on 2 idle cores
+    python -m benchmarks.run                 # default mode: e5-small on CPU, about an hour on 2 idle cores
     python -m benchmarks.run --mode quick    # a tiny model, a minute or two: checks the machinery
     python -m benchmarks.run --mode full     # more data and repetitions, every Tatoeba pair
     python -m benchmarks.run --only train,eval
