@@ -186,11 +186,15 @@ def version() -> None:
 
 
 def main() -> None:
+    ok = False
     try:
         app()
-    except SystemExit as exc:
-        if exc.code in (None, 0):  # finished without error: end the launched process's group
+        ok = True
+    except SystemExit as exc:  # typer ends every command, a successful one too, with sys.exit
+        ok = exc.code in (None, 0)
+        raise
+    finally:
+        if ok:  # finished without error: end a launched process's process group (xstilts.distributed)
             from xstilts.distributed import release_process_group
 
             release_process_group()
-        raise

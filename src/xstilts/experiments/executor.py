@@ -173,10 +173,9 @@ def _jsonable(x: Any) -> Any:
 
 def _main(argv: list[str]) -> int:
     """Entry of one ``accelerate launch`` process: train the stage config in ``argv[0]`` into ``argv[1]``."""
+    from xstilts.distributed import release_process_group
     from xstilts.train import train_stage
     from xstilts.train.config import TrainConfig
-
-    from xstilts.distributed import release_process_group
 
     config = TrainConfig.model_validate_json(Path(argv[0]).read_text())
     train_stage(config, Path(argv[1]))

@@ -172,7 +172,7 @@ def run_stage_job(plan: Plan, stage_id: str, executor: StageExecutor, devices: i
     except Exception as exc:  # noqa: BLE001 - recorded; the job goes on with what does not need it
         logger.error("stage %s failed: %s", stage_id, exc)
         write_json_atomic(stage_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
-                                                     "finished_at": time.time()})
+                                                    "finished_at": time.time()})
         return "failed"
     write_json_atomic(stage_dir / OUTCOME_FILE, {"metrics": outcome.metrics, "result": outcome.result})
     logger.info("stage %s done", stage_id)
