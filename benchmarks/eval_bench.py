@@ -126,17 +126,18 @@ def padded_tokens(groups: list[list[int]], batch_size: int, *, sort: bool) -> in
     """Tokens in the batches of ``groups`` (feature lengths, one list per language), every batch
     padded to its longest feature. ``sort=False``: each group batched in its own order, batches of
     ``batch_size`` (the per-language loop); ``sort=True``: all groups as one length-sorted stream
-    cut into batches as ``predict_groups`` cuts it on the CPU (``length_sorted_batches`` with the
+    cut into batches as ``predict_groups`` cuts it on the CPU (``sorted_batch_sizes`` with the
     CPU's batch cost: at most ``batch_size``)."""
-    from xstilts.models.predict import BATCH_COST_TOKENS, length_sorted_batches
+    from xstilts.models.predict import BATCH_COST_TOKENS, sorted_batch_sizes
 
     if not sort:
         batches = [run[i:i + batch_size] for run in groups for i in range(0, len(run), batch_size)]
-    else:
-        flat = [length for group in groups for length in group]
-        cut = length_sorted_batches([{"input_ids": range(n)} for n in flat], batch_size, BATCH_COST_TOKENS)
-        batches = [[flat[i] for i in batch] for batch in cut]
-    return sum(max(batch) * len(batch) for batch in batches)
+        return sum(max(batch) * len(batch) for batch in batches)
+    stream, tokens, end = sorted(length for group in groups for length in group), 0, 0
+    for size in sorted_batch_sizes(stream, batch_size, BATCH_COST_TOKENS):
+        end += size
+        tokens += stream[end - 1] * size  # padded to its last (longest) feature
+    return tokens
 
 
 def _primary_average(task: str, per_language: dict[str, dict[str, float]]) -> float:

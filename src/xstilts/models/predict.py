@@ -218,13 +218,17 @@ def length_sorted_batches(features: Sequence[Mapping[str, Any]], batch_size: int
         raise XStiltsError(f"batch_size must be >= 1, got {batch_size}")
     lengths = [feature_length(f) for f in features]
     order = sorted(range(len(features)), key=lengths.__getitem__)
-    if batch_cost is None:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    sizes = (_equal_batch_sizes(len(order), batch_size) if batch_cost is None
+             else sorted_batch_sizes([lengths[i] for i in order], batch_size, batch_cost))
     batches, start = [], 0
-    for size in sorted_batch_sizes([lengths[i] for i in order], batch_size, batch_cost):
+    for size in sizes:
         batches.append(order[start:start + size])
         start += size
     return batches
+
+
+def _equal_batch_sizes(n: int, batch_size: int) -> list[int]:
+    return [min(batch_size, n - i) for i in range(0, n, batch_size)]
 
 
 def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int) -> list[int]:
@@ -243,7 +247,7 @@ def sorted_batch_sizes(lengths: Sequence[int], batch_size: int, batch_cost: int)
     if any(lengths[i] > lengths[i + 1] for i in range(n - 1)):
         raise ValueError("sorted_batch_sizes needs the lengths in ascending order")
     if n * batch_size > PARTITION_MAX_WORK:
-        return [min(batch_size, n - i) for i in range(0, n, batch_size)]
+        return _equal_batch_sizes(n, batch_size)
     best = [0] * (n + 1)  # best[i]: least cost of the first i features
     cut = [0] * (n + 1)
     for i in range(1, n + 1):

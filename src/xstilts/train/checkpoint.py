@@ -42,7 +42,7 @@ import torch
 from safetensors import SafetensorError
 
 from xstilts.errors import CheckpointError, XStiltsError
-from xstilts.fileio import fsync_dir, write_json_atomic  # noqa: F401 (write_json_atomic: used here and by train)
+from xstilts.fileio import fsync_dir, write_json_atomic
 from xstilts.paths import BEST_CHECKPOINT, MODEL_DIR, TRAINER_STATE_FILE
 from xstilts.train.sampling import StreamState
 

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from xstilts.errors import CheckpointError, XStiltsError
+from xstilts.fileio import write_json_atomic
 from xstilts.models.cpu_memory import tune_cpu_allocator
 from xstilts.models.predict import model_device, to_device
 from xstilts.paths import CHECKPOINTS_DIR, MODEL_DIR, TRAIN_LOG_FILE
@@ -231,7 +232,7 @@ class StageTrainer:
         """``heldout.json``: the examples each task held out of its training split for dev evaluation."""
         self.heldout = heldout_record(self.data.tasks)
         if self.heldout and self.is_main:
-            ckpt.write_json_atomic(self.output_dir / HELDOUT_FILE, self.heldout)
+            write_json_atomic(self.output_dir / HELDOUT_FILE, self.heldout)
 
     def restore(self, resume: Checkpoint | None) -> None:
         """Optimizer, scheduler, data streams, counters and RNGs of the checkpoint ``resume``."""
@@ -403,7 +404,7 @@ class StageTrainer:
         if self.is_main:
             tmp = ckpt.fresh_dir(self.ckpt_dir / f".tmp-{ckpt.BEST_DIR}")
             self._save_model(tmp / MODEL_DIR)
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {"step": self.state.step, "dev_metrics": metrics,
+            write_json_atomic(tmp / ckpt.STATE_FILE, {"step": self.state.step, "dev_metrics": metrics,
                                                           "score": self.state.best_score,
                                                           "config_hash": self.config_hash})
             ckpt.commit_dir(tmp, self.ckpt_dir / ckpt.BEST_DIR)

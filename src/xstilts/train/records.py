@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from xstilts.errors import CheckpointError
+from xstilts.fileio import write_json_atomic
 from xstilts.paths import DONE_FILE
-from xstilts.train.checkpoint import write_json_atomic
 
 
 @dataclass
